@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the package is not installed in the venv (yet); test this checkout
+    sys.path.insert(0, str(REPO))
+
+from upgrader.record import RunRecord  # noqa: E402
+from upgrader.store import RunStore  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(tmp_path / "state")
+
+
+@pytest.fixture
+def make_record() -> Callable[..., RunRecord]:
+    counter = iter(range(1000))
+
+    def make(host: str = "mailhost", minute: int | None = None, **fields: object) -> RunRecord:
+        n = next(counter) if minute is None else minute
+        run_id = f"20261124T20{n:02d}00Z-{n:04x}"
+        base = {"run_id": run_id, "host": host, "plan_path": "plans/mailhost.yaml", "plan_sha256": "ab" * 32}
+        return RunRecord.model_validate({**base, **fields})
+
+    return make
+
+
+@pytest.fixture
+def umask0() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)

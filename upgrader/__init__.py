@@ -1,0 +1,2 @@
+"""upgrader: twin/snapshot upgrades of pet VMs."""
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""Use cases behind the CLI: start, resume, abort, rollback, decommission, status. Each takes an
+options object, holds the host lock while it changes anything, and hands back records; the CLI
+renders. No printing here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from upgrader.adapters.factory import build_ports
+from upgrader.engine import Engine, request_abort
+from upgrader.errors import BusyError, IllegalAction, InputError, LockedError, NoRun, UnknownHost
+from upgrader.events import Listener, Notice
+from upgrader.machine import RunMachine
+from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
+from upgrader.plan import Plan, load_plan, plan_digest, resolve_plan_path
+from upgrader.record import RunOptions, RunRecord, new_run_id, utcnow
+from upgrader.steps import STEPS
+from upgrader.steps.base import Ports
+from upgrader.store import RunStore
+
+PortsFactory = Callable[[Plan, str], Ports]
+
+
+@dataclass
+class Context:
+    """What every use case needs: where state lives, who listens, how ports are built."""
+
+    store: RunStore
+    listeners: list[Listener] = field(default_factory=list)
+    ports_factory: PortsFactory = build_ports
+    now: Callable[[], dt.datetime] = utcnow
+
+    def emit_notice(self, text: str, level: str = "info") -> None:
+        for listener in self.listeners:
+            listener(Notice(text, level))
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    host: str
+    plan: str
+    now: bool = False
+
+
+@dataclass(frozen=True)
+class DryRunPhase:
+    phase: Phase
+    actions: list[str]
+
+
+def load(plan_arg: str, cwd: Path | None = None) -> tuple[Path, Plan]:
+    path = resolve_plan_path(plan_arg, cwd)
+    return path, load_plan(path)
+
+
+def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:
+    """What every phase would do. Reads the plan only: no state, no lock, no connection."""
+    path, plan = load(options.plan)
+    phases = [DryRunPhase(p, STEPS[p].describe(plan)) for p in FORWARD if p in STEPS]
+    phases.append(DryRunPhase(Phase.DECOMMISSIONED, ["end state: old VM gone, images reclaimed"]))
+    return path, plan, phases
+
+
+def start(ctx: Context, options: StartOptions) -> RunRecord:
+    path, plan = load(options.plan)
+    with ctx.store.lock(options.host):
+        active = ctx.store.active_run(options.host)
+        if active is not None:
+            raise BusyError(
+                f'host "{options.host}" has an unfinished run {active.run_id} in phase {active.phase.value}',
+                hint=f"`upgrader resume {options.host}` continues it, `upgrader abort {options.host}` ends it",
+            )
+        record = RunRecord(
+            run_id=new_run_id(ctx.now()),
+            host=options.host,
+            plan_path=str(path.resolve()),
+            plan_sha256=plan_digest(path),
+            options=RunOptions(now=options.now),
+        )
+        ctx.store.create(record)
+        ports = ctx.ports_factory(plan, record.run_id)
+        return Engine(ctx.store, record, plan, ports, ctx.listeners, now=ctx.now).run(resumed=False)
+
+
+def _active(ctx: Context, host: str) -> RunRecord:
+    if not ctx.store.runs(host):
+        raise UnknownHost(f'no runs for host "{host}"')
+    record = ctx.store.active_run(host)
+    if record is None:
+        latest = ctx.store.latest(host)
+        assert latest is not None
+        raise NoRun(f'host "{host}" has no unfinished run (last run {latest.run_id} ended {latest.phase.value})')
+    return record
+
+
+def _plan_of(record: RunRecord) -> Plan:
+    path = Path(record.plan_path)
+    if not path.exists():
+        raise InputError(f"the run's plan {path} is gone", hint="put it back where it was when the run started")
+    if plan_digest(path) != record.plan_sha256:
+        raise InputError(
+            f"the plan {path} changed since the run started",
+            hint="restore the plan the run started with (`upgrader show HOST` has its sha256), or abort and start anew",
+        )
+    return load_plan(path)
+
+
+def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False) -> Engine:
+    plan = _plan_of(record)
+    return Engine(ctx.store, record, plan, ctx.ports_factory(plan, record.run_id), ctx.listeners, now=ctx.now,
+                  force_decommission=force_decommission)
+
+
+def resume(ctx: Context, host: str, *, now: bool = False) -> RunRecord:
+    with ctx.store.lock(host):
+        record = _active(ctx, host)
+        if now and not record.options.now:
+            record.options.now = True
+            ctx.store.append(host, record.run_id, {"kind": "operator", "action": "now"})
+        return _engine(ctx, record).run(resumed=True)
+
+
+def abort(ctx: Context, host: str) -> RunRecord | None:
+    """Abort before cutover. If another process holds the run, ask it to stop (returns None)."""
+    lock = ctx.store.lock(host)
+    try:
+        lock.acquire()
+    except LockedError:
+        record = _active(ctx, host)
+        if record.phase not in BEFORE_CUTOVER:
+            raise IllegalAction(f"cannot abort a run in phase {record.phase.value}",
+                                hint=f"after cutover use `upgrader rollback {host}`") from None
+        request_abort(ctx.store.run_dir(host, record.run_id))
+        ctx.emit_notice(f"abort requested: the process running {record.run_id} stops at its next step and cleans up")
+        return None
+    try:
+        record = _active(ctx, host)
+        if record.phase != Phase.ABORTED:
+            RunMachine(record.phase).fire("abort")  # raises IllegalAction with a hint
+            engine = _engine(ctx, record)
+            engine.journal.write("operator", action="abort")
+            engine.fire("abort")
+        else:
+            engine = _engine(ctx, record)
+        return engine.run(resumed=True)
+    finally:
+        lock.release()
+
+
+def rollback(ctx: Context, host: str) -> RunRecord:
+    with ctx.store.lock(host):
+        record = _active(ctx, host)
+        if record.phase != Phase.ROLLING_BACK:
+            if record.phase not in AFTER_CUTOVER:
+                RunMachine(record.phase).fire("rollback")  # raises IllegalAction with a hint
+            engine = _engine(ctx, record)
+            engine.journal.write("operator", action="rollback")
+            engine.fire("rollback")
+        else:
+            engine = _engine(ctx, record)
+        return engine.run(resumed=True)
+
+
+def decommission(ctx: Context, host: str) -> RunRecord:
+    with ctx.store.lock(host):
+        record = _active(ctx, host)
+        if record.phase != Phase.COMPLETED:
+            raise IllegalAction(f"cannot decommission: the run is in phase {record.phase.value}",
+                                hint="decommission follows a completed cutover")
+        engine = _engine(ctx, record, force_decommission=True)
+        engine.journal.write("operator", action="decommission")
+        return engine.run(resumed=True)
+
+
+def status(ctx: Context, host: str | None) -> list[RunRecord]:
+    hosts = [host] if host else ctx.store.hosts()
+    records = []
+    for h in hosts:
+        latest = ctx.store.latest(h)
+        if latest is None:
+            raise UnknownHost(f'no runs for host "{h}"')
+        records.append(latest)
+    return records
+
+
+def history(ctx: Context) -> list[RunRecord]:
+    return [ctx.store.load(h, r) for h in ctx.store.hosts() for r in ctx.store.runs(h)]
+
+
+def journal(ctx: Context, host: str) -> tuple[RunRecord, list[dict[str, object]]]:
+    record = ctx.store.latest(host)
+    if record is None:
+        raise UnknownHost(f'no runs for host "{host}"')
+    return record, ctx.store.journal(host, record.run_id)

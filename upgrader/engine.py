@@ -1,0 +1,193 @@
+"""The engine: for the current phase run its step, journal, checkpoint, advance. It emits
+events and never prints.
+
+Failure policy (docs/architecture.md):
+  * a step fails before cutover          -> abort (the aborted phase's step cleans staging up)
+  * a step fails in cutover or verify    -> rollback (network back, reverse sync, old VM serves)
+  * a cleanup step fails (aborted, rolling_back, completed/decommission)
+                                         -> the phase stays, the error is recorded, exit 1;
+                                            `resume` retries; after MAX_CLEANUP_ATTEMPTS a
+                                            rollback/abort ends in `failed` for a human to look.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from upgrader.errors import StepFailed, UpgraderError
+from upgrader.events import (
+    Event,
+    Listener,
+    Notice,
+    Parked,
+    PhaseDone,
+    PhaseFailed,
+    PhaseStarted,
+    RunEnded,
+    RunStarted,
+    Transition,
+)
+from upgrader.machine import RunMachine
+from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, TERMINAL, UNSUCCESSFUL, Phase
+from upgrader.record import PhaseTiming, RunError, RunRecord, utcnow
+from upgrader.steps import STEPS
+from upgrader.steps.base import Journal, Ports, StepContext
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
+    from upgrader.store import RunStore
+
+MAX_CLEANUP_ATTEMPTS = 3
+ABORT_REQUEST_FILE = "abort-requested"
+
+
+class AbortRequested(StepFailed):
+    """The operator asked (`upgrader abort HOST`) while this process held the run."""
+
+
+class _StoreJournal:
+    def __init__(self, store: "RunStore", record: RunRecord) -> None:
+        self.store, self.host, self.run_id = store, record.host, record.run_id
+
+    def append(self, entry: dict[str, object]) -> None:
+        self.store.append(self.host, self.run_id, entry)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: "RunStore",
+        record: RunRecord,
+        plan: "Plan",
+        ports: Ports,
+        listeners: list[Listener],
+        *,
+        now: Callable[[], dt.datetime] = utcnow,
+        force_decommission: bool = False,
+    ) -> None:
+        self.store, self.record, self.plan, self.ports = store, record, plan, ports
+        self.listeners = listeners
+        self.now = now
+        self.journal = Journal.from_entries(_StoreJournal(store, record), store.journal(record.host, record.run_id))
+        # run.json is a summary; the journal is the truth about steps.
+        record.outputs.update(self.journal.done)
+        self.ctx = StepContext(
+            plan=plan,
+            record=record,
+            ports=ports,
+            journal=self.journal,
+            emit=self.emit,
+            now=now,
+            force_decommission=force_decommission,
+            interrupt=self._check_abort,
+        )
+        self.machine = RunMachine(record.phase, on_change=self._on_change)
+        self._trigger = ""
+
+    # ------------------------------------------------------------------------------ events
+
+    def emit(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    # ------------------------------------------------------------------------ transitions
+
+    def fire(self, trigger: str) -> None:
+        self._trigger = trigger
+        self.machine.fire(trigger)
+
+    def _on_change(self, source: Phase, dest: Phase) -> None:
+        """transitions' after_state_change: checkpoint, then tell the world."""
+        now = self.now()
+        for timing in self.record.timings:
+            if timing.phase == source and timing.ended is None:
+                timing.ended, timing.status = now, "done" if self._trigger == "advance" else timing.status
+        self.record.phase = dest
+        self.record.parked = None
+        if dest in TERMINAL and STEPS.get(dest) is None:
+            self.record.finished = True
+        self.journal.write("transition", source=source.value, dest=dest.value, trigger=self._trigger)
+        self.store.save(self.record)
+        self.emit(Transition(source, dest, self._trigger))
+
+    # ------------------------------------------------------------------------------- run
+
+    def abort_requested(self) -> bool:
+        return (self.store.run_dir(self.record.host, self.record.run_id) / ABORT_REQUEST_FILE).exists()
+
+    def _check_abort(self) -> None:
+        """Called before every step's side effect: an abort request stops a long upgrade early."""
+        if self.machine.state in BEFORE_CUTOVER and self.abort_requested():
+            raise AbortRequested("aborted by the operator (`upgrader abort`)")
+
+    def run(self, *, resumed: bool) -> RunRecord:
+        record = self.record
+        self.emit(RunStarted(record.host, record.run_id, record.phase, resumed))
+        stopped_on_error = False
+        while not record.finished:
+            phase = self.machine.state
+            step = STEPS.get(phase)
+            if step is None:  # a terminal phase without a step of its own
+                record.finished = True
+                self.store.save(record)
+                break
+            if phase in BEFORE_CUTOVER and self.abort_requested():
+                self._fail(phase, AbortRequested("aborted by the operator (`upgrader abort`)"))
+                continue
+            timing = PhaseTiming(phase=phase, started=self.now())
+            record.timings.append(timing)
+            self.store.save(record)
+            self.emit(PhaseStarted(phase))
+            started = time.monotonic()
+            try:
+                outcome = step.run(self.ctx)
+            except UpgraderError as exc:
+                timing.ended, timing.status = self.now(), "failed"
+                self._fail(phase, exc)
+                if record.phase == phase:  # cleanup phase failed: stop here, resume retries
+                    stopped_on_error = True
+                    break
+                continue
+            if outcome.park:
+                timing.ended, timing.status = self.now(), "parked"
+                record.parked = outcome.park
+                self.store.save(record)
+                self.emit(Parked(phase, outcome.park))
+                break
+            self.emit(PhaseDone(phase, time.monotonic() - started))
+            if outcome.trigger:
+                self.fire(outcome.trigger)
+            else:  # the terminal phase's own step (abort cleanup) is done
+                timing.ended, timing.status = self.now(), "done"
+                record.finished = True
+                self.store.save(record)
+        ok = not stopped_on_error and record.phase not in UNSUCCESSFUL
+        self.emit(RunEnded(record.phase, record.finished, ok))
+        return record
+
+    def _fail(self, phase: Phase, exc: UpgraderError) -> None:
+        record = self.record
+        record.error = RunError(phase=phase, message=exc.message, hint=exc.hint, kind=type(exc).__name__)
+        self.journal.write("failed", phase=phase.value, error=exc.message, kind=type(exc).__name__)
+        self.emit(PhaseFailed(phase, exc.message, exc.hint))
+        if phase in BEFORE_CUTOVER:
+            self.emit(Notice("aborting: prod was not touched; staging is being removed", "warning"))
+            self.fire("abort")
+        elif phase in (Phase.CUTOVER, Phase.VERIFY):
+            self.emit(Notice("rolling back: network back to the old VM, reverse sync, services restarted", "warning"))
+            self.fire("rollback")
+        else:
+            failures = sum(1 for e in self.store.journal(record.host, record.run_id) if e.get("kind") == "failed" and e.get("phase") == phase.value)
+            if phase in (Phase.ABORTED, Phase.ROLLING_BACK) and failures >= MAX_CLEANUP_ATTEMPTS:
+                self.fire("fail")
+            else:
+                self.store.save(record)
+
+
+def request_abort(run_dir: Path) -> None:
+    """Ask the process that holds the run to abort at its next step boundary."""
+    path = run_dir / ABORT_REQUEST_FILE
+    path.touch(mode=0o600)

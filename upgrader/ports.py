@@ -1,0 +1,208 @@
+"""The narrow, typed ports the steps talk through. Real adapters live in upgrader/adapters/,
+fakes with canned results in upgrader/testing/. A step never imports an adapter."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+OutputSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A shell command built from a template and quoted arguments; `secrets` print as ***."""
+
+    template: str
+    args: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def raw(cls, text: str) -> "Command":
+        """A command the operator wrote in the plan: used as is (it is theirs to quote)."""
+        return cls(text.replace("{", "{{").replace("}", "}}"))
+
+    @property
+    def line(self) -> str:
+        return self.template.format(*(shlex.quote(a) for a in self.args))
+
+    def masked(self) -> str:
+        text = self.line
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(shlex.quote(secret), "***").replace(secret, "***")
+        return text
+
+    def __str__(self) -> str:
+        return self.masked()
+
+
+def cmd(template: str, *args: str, secrets: Sequence[str] = ()) -> Command:
+    """`cmd("mkdir -p {} && touch {}", d, f)` quotes every argument."""
+    return Command(template, tuple(str(a) for a in args), tuple(secrets))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One remote call's outcome (invoke's Result shape)."""
+
+    command: str  # masked
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def tail(self, lines: int = 10) -> str:
+        text = (self.stdout + ("\n" + self.stderr if self.stderr else "")).strip()
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Prompt:
+    pattern: str  # regex
+    answer: str
+
+
+# ---------------------------------------------------------------------------------- hypervisor
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    overlays: dict[str, str]  # disk target (vda) -> overlay path prod now writes to
+    bases: dict[str, str]  # disk target -> frozen base path the twin starts from
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    running: bool
+    disks: dict[str, str]  # target -> source path
+    nics: dict[str, str] = field(default_factory=dict)  # mac -> network/bridge
+    links: dict[str, bool] = field(default_factory=dict)  # mac -> link up?
+
+
+class Hypervisor(Protocol):
+    def check(self) -> str:
+        """Reachability: returns a description (hypervisor + version). Raises InfraError."""
+
+    def domain(self, name: str) -> DomainInfo | None: ...
+
+    def free_bytes(self, directory: str) -> int: ...
+
+    def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
+        """External, disk-only, atomic snapshot: prod continues on new overlays."""
+
+    def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
+        """Probe: is the snapshot's overlay already active for the domain?"""
+
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+        """Define `twin` from source's inactive XML: new name/UUID, disks on new overlays over
+        the snapshot's bases, NICs on `network` (same MACs). Not started."""
+
+    def start(self, name: str) -> None: ...
+
+    def destroy(self, name: str) -> None:
+        """Stop hard if running (no error if already off)."""
+
+    def undefine(self, name: str) -> int:
+        """Remove the domain and the disk images only it uses. Returns bytes freed."""
+
+    def set_link(self, domain: str, mac: str, up: bool) -> None: ...
+
+    def move_nic(self, domain: str, mac: str, network: str) -> None: ...
+
+    def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
+        """Fold the snapshot's overlays back into their bases (blockcommit), refusing when
+        another image still depends on the base. Returns bytes freed."""
+
+    def flatten(self, domain: str) -> None:
+        """Make the domain's disks independent of their backing files (blockpull)."""
+
+
+# --------------------------------------------------------------------------------------- shell
+
+
+class Shell(Protocol):
+    """One guest reached over SSH (or a fake)."""
+
+    name: str  # "prod" / "staging" / "old"
+
+    def run(
+        self,
+        command: Command,
+        *,
+        timeout: float = 600,
+        prompts: Sequence[Prompt] = (),
+        env: dict[str, str] | None = None,
+        on_output: OutputSink | None = None,
+    ) -> Result:
+        """Run; never raises on a non-zero exit (check `Result.ok`); raises InfraError when the
+        connection fails or dies, StepFailed on timeout."""
+
+    def boot_id(self) -> str: ...
+
+    def reboot(self, *, timeout: float) -> str:
+        """Reboot and wait (bounded) until a fresh connection sees a new boot id; returns it."""
+
+    def close(self) -> None: ...
+
+
+class ShellFactory(Protocol):
+    def connect(self, role: str) -> Shell:
+        """role: "prod" or "staging" (the plan's ssh targets). After takeover the twin answers
+        on the prod path and the old VM on the staging path."""
+
+
+# ---------------------------------------------------------------------------------------- sync
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    files: int  # files transferred
+    bytes: int  # bytes transferred (literal data)
+    seconds: float
+    rc: int = 0
+
+
+class Syncer(Protocol):
+    def sync(
+        self,
+        source: str,
+        target: str,
+        paths: Sequence[tuple[str, Sequence[str]]],
+        *,
+        final: bool,
+        on_output: OutputSink | None = None,
+    ) -> SyncStats:
+        """rsync `paths` (path, excludes) from role `source` to role `target` without joining
+        their networks. `final`: exit 24 (vanished files) is an error."""
+
+
+# ------------------------------------------------------------------------------------ probing
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A network check: kind tcp / smtp / http, against `host` (None = the role's service
+    address) and `port`; `expect` is a regex the banner/body must match."""
+
+    kind: str
+    port: int
+    host: str | None = None
+    expect: str | None = None
+    path: str = "/"
+    status: int = 200
+    timeout: float = 10
+
+
+class Prober(Protocol):
+    def probe(self, role: str, probe: Probe) -> str:
+        """Run `probe` against the guest in `role` ("prod": from the client side of the
+        production segment; "staging": through the isolated staging path). Returns what was
+        seen (banner, status line); raises CheckFailed."""

@@ -1,0 +1,83 @@
+"""The run record: what run.json holds. Plain data (pydantic), never a pickle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from upgrader.phases import Phase
+
+RECORD_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Sortable and unique: 20261124T201500Z-3f9a."""
+    now = now or utcnow()
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+class PhaseTiming(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase
+    started: dt.datetime
+    ended: dt.datetime | None = None
+    status: str = "running"  # running | done | failed | parked
+
+    @property
+    def seconds(self) -> float | None:
+        if self.ended is None:
+            return None
+        return (self.ended - self.started).total_seconds()
+
+
+class RunError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase
+    message: str
+    hint: str | None = None
+    kind: str = "StepFailed"
+
+
+class RunOptions(BaseModel):
+    """What the operator asked for when starting/resuming; recorded so a resume behaves alike."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    now: bool = False  # cut over without waiting for a window
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = RECORD_VERSION
+    run_id: str
+    host: str
+    plan_path: str
+    plan_sha256: str
+    phase: Phase = Phase.PREFLIGHT
+    finished: bool = False  # the terminal phase's own step (e.g. abort cleanup) is done too
+    created: dt.datetime = Field(default_factory=utcnow)
+    updated: dt.datetime = Field(default_factory=utcnow)
+    options: RunOptions = Field(default_factory=RunOptions)
+    # outputs of every step that finished, by step key ("snapshot", "upgrade[2]", ...)
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    timings: list[PhaseTiming] = Field(default_factory=list)
+    error: RunError | None = None
+    # why the run is waiting, when it is (e.g. "window opens 2026-11-29T01:30+01:00")
+    parked: str | None = None
+
+    def output(self, step: str) -> dict[str, Any]:
+        return self.outputs.get(step, {})
+
+    @property
+    def active(self) -> bool:
+        return not self.finished

@@ -1,0 +1,140 @@
+"""What every step gets (an explicit context) and the one idempotency primitive, `once`.
+
+`ctx.once(key, title, run, probe)`:
+  * `done` for key in the journal      -> return its recorded outputs, run nothing;
+  * `begin` without `done` (in doubt)  -> ask `probe(begin_entry)`: outputs if the effect is
+                                          already in place (journal `done`, run nothing), None if not;
+  * otherwise                          -> journal `begin` (+ `before()` data), run, journal `done`.
+Nothing is done twice as long as every side effect sits in a `once` with an honest probe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from upgrader.events import Event, StepBegin, StepDone, StepInDoubt, StepOutput
+from upgrader.phases import Phase
+from upgrader.ports import Hypervisor, Prober, ShellFactory, Syncer
+from upgrader.record import RunRecord, utcnow
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
+
+Outputs = dict[str, Any]
+
+
+@dataclass
+class Ports:
+    hypervisor: Hypervisor
+    shells: ShellFactory
+    syncer: Syncer
+    prober: Prober
+
+
+class JournalIO(Protocol):
+    def append(self, entry: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Journal:
+    """The run's journal as an index: key -> begin entry / done outputs."""
+
+    io: JournalIO
+    begun: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, Outputs] = field(default_factory=dict)
+
+    @classmethod
+    def from_entries(cls, io: JournalIO, entries: list[dict[str, Any]]) -> "Journal":
+        journal = cls(io)
+        for entry in entries:
+            kind, key = entry.get("kind"), entry.get("key")
+            if kind == "begin" and isinstance(key, str):
+                journal.begun[key] = entry
+            elif kind == "done" and isinstance(key, str):
+                journal.done[key] = dict(entry.get("outputs") or {})
+        return journal
+
+    def write(self, kind: str, **fields: Any) -> dict[str, Any]:
+        entry = {"kind": kind, **fields}
+        self.io.append(entry)
+        key = fields.get("key")
+        if kind == "begin" and isinstance(key, str):
+            self.begun[key] = entry
+        elif kind == "done" and isinstance(key, str):
+            self.done[key] = dict(fields.get("outputs") or {})
+        return entry
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a phase's step tells the engine besides its outputs."""
+
+    outputs: Outputs = field(default_factory=dict)
+    park: str | None = None  # reason: stop here, exit 0, resume later
+    trigger: str = "advance"
+
+
+@dataclass
+class StepContext:
+    plan: "Plan"
+    record: RunRecord
+    ports: Ports
+    journal: Journal
+    emit: Callable[[Event], None]
+    now: Callable[[], dt.datetime] = utcnow
+    force_decommission: bool = False
+    interrupt: Callable[[], None] | None = None  # raises to stop before the next side effect
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def output_sink(self, key: str) -> Callable[[str], None]:
+        def sink(line: str) -> None:
+            self.emit(StepOutput(key, line.rstrip("\n")))
+
+        return sink
+
+    def once(
+        self,
+        key: str,
+        title: str,
+        run: Callable[[dict[str, Any]], Outputs],
+        probe: Callable[[dict[str, Any]], Outputs | None] | None = None,
+        before: Callable[[], dict[str, Any]] | None = None,
+    ) -> Outputs:
+        """Run `run(begin_entry)` at most once per run (see module doc). `before()` adds data to
+        the `begin` entry (e.g. the boot id before a reboot) that `probe` can compare with."""
+        if key in self.journal.done:
+            outputs = self.journal.done[key]
+            self.emit(StepDone(key, outputs, skipped=True))
+            return outputs
+        begin = self.journal.begun.get(key)
+        if begin is not None:
+            found = probe(begin) if probe is not None else None
+            self.emit(StepInDoubt(key, already_done=found is not None))
+            if found is not None:
+                return self._done(key, found, skipped=True)
+        if self.interrupt is not None:
+            self.interrupt()
+        extra = before() if before is not None else {}
+        begin = self.journal.write("begin", key=key, title=title, **extra)
+        self.emit(StepBegin(key, title))
+        return self._done(key, run(begin))
+
+    def _done(self, key: str, outputs: Outputs, skipped: bool = False) -> Outputs:
+        self.journal.write("done", key=key, outputs=outputs)
+        self.record.outputs[key] = outputs
+        self.emit(StepDone(key, outputs, skipped=skipped))
+        return outputs
+
+
+class Step(Protocol):
+    phase: Phase
+
+    def describe(self, plan: "Plan") -> list[str]:
+        """What this phase will do, for --dry-run; touches nothing."""
+
+    def run(self, ctx: StepContext) -> Outcome: ...

@@ -1,0 +1,48 @@
+"""completed: the old VM is kept (link down) for keep_old_for; then, or when the operator asks,
+decommission: flatten the new prod off the shared base, destroy and undefine the old VM and
+delete the images nothing depends on any more. Reports the bytes freed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from upgrader.phases import Phase
+from upgrader.steps.base import Outcome, StepContext
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
+
+
+def due_time(ctx: StepContext) -> dt.datetime:
+    verified = ctx.record.output("verify").get("at")
+    base = dt.datetime.fromisoformat(verified) if verified else ctx.now()
+    return base + ctx.plan.keep_old_for
+
+
+class Completed:
+    phase = Phase.COMPLETED
+
+    def describe(self, plan: "Plan") -> list[str]:
+        return [
+            f"keep {plan.source.domain} (link down) for {plan.keep_old_for}; `upgrader rollback HOST` works until then",
+            f"decommission: flatten {plan.twin_name} off the shared base, destroy and undefine {plan.source.domain}, "
+            "delete images nothing depends on, report bytes freed",
+        ]
+
+    def run(self, ctx: StepContext) -> Outcome:
+        due = due_time(ctx)
+        if ctx.now() < due and not ctx.force_decommission:
+            return Outcome(park=f"old VM {ctx.plan.source.domain} kept until {due.isoformat(timespec='seconds')}; "
+                           "`upgrader decommission HOST` does it now, `upgrader rollback HOST` goes back")
+        hv, plan = ctx.ports.hypervisor, ctx.plan
+        old, twin = plan.source.domain, plan.twin_name
+        ctx.once("decommission.flatten", f"flatten {twin} off the shared base", lambda _: (hv.flatten(twin), {})[1])
+        ctx.once("decommission.destroy", f"stop {old}", lambda _: (hv.destroy(old), {})[1] if hv.domain(old) else {})
+
+        def undefine(_: dict[str, Any]) -> dict[str, Any]:
+            return {"bytes_freed": hv.undefine(old) if hv.domain(old) else 0}
+
+        freed = ctx.once("decommission.undefine", f"undefine {old} and delete its images", undefine,
+                         lambda _: {"bytes_freed": 0, "probed": True} if hv.domain(old) is None else None)
+        return Outcome({"bytes_freed": freed["bytes_freed"]})

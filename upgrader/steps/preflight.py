@@ -1,0 +1,64 @@
+"""preflight: is everything in place? Read-only; reports every inhibitor, then stops if any."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from upgrader.errors import StepFailed, UpgraderError
+from upgrader.phases import Phase
+from upgrader.steps.base import Outcome, StepContext
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
+
+# Overlays start empty but grow with every write during the upgrade; ask for a sane minimum.
+MIN_FREE_BYTES = 256 * 1024 * 1024
+
+
+class Preflight:
+    phase = Phase.PREFLIGHT
+
+    def describe(self, plan: "Plan") -> list[str]:
+        return [
+            f"connect to libvirt at {plan.source.libvirt_uri} and find domain {plan.source.domain} running",
+            f"check that no domain named {plan.twin_name} exists yet",
+            f"check free space for overlays in {plan.source.disk_dir or 'the disk directory'} (>= {MIN_FREE_BYTES >> 20} MiB)",
+            f"SSH to prod {plan.ssh.prod.user}@{plan.ssh.prod.host}:{plan.ssh.prod.port} with pinned host keys",
+        ]
+
+    def run(self, ctx: StepContext) -> Outcome:
+        return Outcome(ctx.once("preflight", "check hypervisor, domain, space and SSH", lambda _: self._check(ctx)))
+
+    def _check(self, ctx: StepContext) -> dict[str, Any]:
+        plan, hv = ctx.plan, ctx.ports.hypervisor
+        inhibitors: list[str] = []
+        out: dict[str, Any] = {"hypervisor": hv.check()}
+        domain = hv.domain(plan.source.domain)
+        if domain is None:
+            inhibitors.append(f"domain {plan.source.domain} not found at {plan.source.libvirt_uri}")
+        else:
+            if not domain.running:
+                inhibitors.append(f"domain {plan.source.domain} is not running")
+            directory = plan.source.disk_dir or _dirname(next(iter(domain.disks.values()), "/"))
+            free = hv.free_bytes(directory)
+            out["free_bytes"] = free
+            if free < MIN_FREE_BYTES:
+                inhibitors.append(f"only {free >> 20} MiB free in {directory}; need {MIN_FREE_BYTES >> 20} MiB for overlays")
+            out["disks"] = domain.disks
+        if hv.domain(plan.twin_name) is not None:
+            inhibitors.append(f"a domain named {plan.twin_name} already exists")
+        try:
+            shell = ctx.ports.shells.connect("prod")
+            out["prod_boot_id"] = shell.boot_id()
+        except UpgraderError as exc:
+            inhibitors.append(f"SSH to prod: {exc.message}")
+        if inhibitors:
+            raise StepFailed(
+                "preflight found inhibitors:\n  - " + "\n  - ".join(inhibitors),
+                hint="fix them and `upgrader resume HOST`, or `upgrader abort HOST`",
+            )
+        return out
+
+
+def _dirname(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"

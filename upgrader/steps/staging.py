@@ -1,0 +1,38 @@
+"""Tear staging down and put prod's disks back as they were: used by abort and after rollback.
+Order matters: the twin's overlay depends on the frozen base, so it goes first; only then may
+prod's overlay be committed back into that base (the hypervisor adapter re-checks the chain)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from upgrader.steps.base import StepContext
+from upgrader.steps.snapshot import snapshot_name, snapshot_of
+
+
+def teardown(ctx: StepContext, prefix: str) -> dict[str, Any]:
+    hv, plan = ctx.ports.hypervisor, ctx.plan
+    out: dict[str, Any] = {}
+    if "clone.define" in ctx.journal.begun:
+        twin = plan.twin_name
+
+        def remove_twin(_: dict[str, Any]) -> dict[str, Any]:
+            if hv.domain(twin) is None:
+                return {"bytes_freed": 0}
+            hv.destroy(twin)
+            return {"bytes_freed": hv.undefine(twin)}
+
+        out["twin"] = ctx.once(f"{prefix}.remove_twin", f"destroy and undefine {twin}", remove_twin,
+                               lambda _: {"bytes_freed": 0, "probed": True} if hv.domain(twin) is None else None)
+    if "snapshot" in ctx.journal.begun:
+        name = snapshot_name(ctx.run_id)
+
+        def merge(_: dict[str, Any]) -> dict[str, Any]:
+            found = hv.find_snapshot(plan.source.domain, name)
+            if found is None and "snapshot" not in ctx.journal.done:
+                return {"bytes_freed": 0}
+            return {"bytes_freed": hv.merge_back(plan.source.domain, found or snapshot_of(ctx))}
+
+        out["merge"] = ctx.once(f"{prefix}.merge_back", f"merge {plan.source.domain}'s overlay back into its base", merge,
+                                lambda _: {"bytes_freed": 0, "probed": True} if hv.find_snapshot(plan.source.domain, name) is None else None)
+    return out

@@ -1,0 +1,90 @@
+"""upgrade: the plan's steps on the twin, in order. Each is a `once`: a `run` step writes a
+done-marker on the guest right after it succeeds (or the plan gives its own `probe`), a reboot
+records the boot id before and is done when the boot id changed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from upgrader.errors import StepFailed
+from upgrader.phases import Phase
+from upgrader.ports import Command, Prompt
+from upgrader.steps import guest
+from upgrader.steps.base import Outcome, StepContext
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan, RebootStep, RunStep
+
+
+def step_key(index: int) -> str:
+    return f"upgrade[{index}]"
+
+
+class Upgrade:
+    phase = Phase.UPGRADE
+
+    def describe(self, plan: "Plan") -> list[str]:
+        lines = []
+        for i, step in enumerate(plan.upgrade):
+            if getattr(step, "reboot", False):
+                lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {step.timeout})")
+            else:
+                answers = f", answering {len(step.expect)} prompt(s)" if step.expect else ""
+                lines.append(f"[{i}] on the twin: {step.run}{answers} (timeout {step.timeout})")
+        return lines
+
+    def run(self, ctx: StepContext) -> Outcome:
+        shell = ctx.ports.shells.connect("staging")
+        for i, step in enumerate(ctx.plan.upgrade):
+            if getattr(step, "reboot", False):
+                self._reboot(ctx, i, step)  # type: ignore[arg-type]
+                shell = ctx.ports.shells.connect("staging")
+            else:
+                self._run(ctx, i, step)  # type: ignore[arg-type]
+        release = ctx.record.outputs.get(step_key(len(ctx.plan.upgrade) - 1), {})
+        return Outcome({"steps": len(ctx.plan.upgrade), "last": release})
+
+    def _run(self, ctx: StepContext, i: int, step: "RunStep") -> None:
+        key, state_dir = step_key(i), ctx.plan.guest_state_dir
+
+        def run(_: dict[str, Any]) -> dict[str, Any]:
+            shell = ctx.ports.shells.connect("staging")
+            result = shell.run(
+                Command.raw(step.run),
+                timeout=step.timeout.total_seconds(),
+                prompts=[Prompt(p.prompt, p.answer) for p in step.expect],
+                env=dict(step.env),
+                on_output=ctx.output_sink(key),
+            )
+            if not result.ok:
+                raise StepFailed(
+                    f"{key} `{step.label}` exited {result.rc}:\n{result.tail()}",
+                    hint="the twin is untouched otherwise; the run will abort and prod keeps serving",
+                )
+            shell.run(guest.mark(state_dir, ctx.run_id, key), timeout=60)
+            return {"rc": result.rc}
+
+        def probe(_: dict[str, Any]) -> dict[str, Any] | None:
+            shell = ctx.ports.shells.connect("staging")
+            check = Command.raw(step.probe) if step.probe else guest.is_marked(state_dir, ctx.run_id, key)
+            return {"rc": 0, "probed": True} if shell.run(check, timeout=60).ok else None
+
+        ctx.once(key, step.label, run, probe)
+
+    def _reboot(self, ctx: StepContext, i: int, step: "RebootStep") -> None:
+        key, timeout = step_key(i), step.timeout.total_seconds()
+
+        def before() -> dict[str, Any]:
+            return {"boot_id": ctx.ports.shells.connect("staging").boot_id()}
+
+        def run(begin: dict[str, Any]) -> dict[str, Any]:
+            new = ctx.ports.shells.connect("staging").reboot(timeout=timeout)
+            return {"boot_id_before": begin["boot_id"], "boot_id": new}
+
+        def probe(begin: dict[str, Any]) -> dict[str, Any] | None:
+            current = ctx.ports.shells.connect("staging").boot_id()
+            if current != begin.get("boot_id"):
+                return {"boot_id_before": begin.get("boot_id"), "boot_id": current, "probed": True}
+            return None
+
+        ctx.once(key, "reboot", run, probe, before)

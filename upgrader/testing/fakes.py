@@ -1,0 +1,403 @@
+"""Fakes behind the ports, for fast tests. Chosen through the plan: `source.libvirt_uri:
+fake:///abs/path/world.json`. The world lives in that JSON file so it survives the process
+being killed (the crash tests kill the orchestrator and resume in a new process).
+
+Every side effect is appended to `effects` so a test can assert it happened exactly once.
+Fakes fail loudly: an unknown domain, an unsafe merge or an unexpected command shape raises.
+
+World shape (see `new_world`):
+  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
+  images:   path -> {size, backing}
+  guests:   id -> {boot_id, files[], mail[], release, services}
+  commands: [{match: regex, rc, stdout, set: {guest fields}, role}]   canned results, first match
+  incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
+  faults:   ["probe:prod", "probe:staging", ...]
+  effects:  [{op, ...}]
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import os
+import re
+import uuid as uuidlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from upgrader.errors import CheckFailed, InfraError, StepFailed, UnsafeOperation
+from upgrader.ports import Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
+from upgrader.steps.base import Ports
+from upgrader.steps.guest import IS_MARKED_TEMPLATE, MARK_TEMPLATE
+from upgrader.testing.hooks import maybe_pause
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
+
+World = dict[str, Any]
+
+
+def new_world(
+    domain: str = "mailhost",
+    production_network: str = "prod-net",
+    mac: str = "52:54:00:12:34:56",
+    mails: int = 20,
+) -> World:
+    guest = {"boot_id": str(uuidlib.uuid4()), "files": [], "mail": [f"m{i}" for i in range(mails)], "release": "1", "services": True}
+    return {
+        "hypervisor": "fake-hypervisor 1.0",
+        "free_bytes": 50 * 2**30,
+        "domains": {
+            domain: {
+                "uuid": str(uuidlib.uuid4()),
+                "running": True,
+                "disks": {"vda": f"/fake/{domain}.qcow2"},
+                "nics": {mac: production_network},
+                "links": {mac: True},
+                "guest": "g0",
+            }
+        },
+        "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
+        "guests": {"g0": guest},
+        "commands": [],
+        "incoming": [40, 8, 1],
+        "faults": [],
+        "effects": [],
+    }
+
+
+class WorldFile:
+    """The world JSON, read-modify-written under an flock, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> World:
+        return json.loads(self.path.read_text())
+
+    @contextmanager
+    def change(self) -> Iterator[World]:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            world = self.read()
+            yield world
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(world, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def write(self, world: World) -> None:
+        self.path.write_text(json.dumps(world, indent=1, sort_keys=True))
+
+
+def _effect(world: World, op: str, **fields: Any) -> None:
+    world["effects"].append({"op": op, **fields})
+
+
+def _domain(world: World, name: str) -> dict[str, Any]:
+    if name not in world["domains"]:
+        raise InfraError(f"fake: domain {name} not found")
+    return world["domains"][name]
+
+
+def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
+    for name, dom in world["domains"].items():
+        if dom["running"] and any(net == role_network and dom["links"].get(mac, True) for mac, net in dom["nics"].items()):
+            return name, world["guests"][dom["guest"]]
+    raise InfraError(f"fake: nothing answers on {role_network}", hint="is the domain running and linked?")
+
+
+# ---------------------------------------------------------------------------------- hypervisor
+
+
+class FakeHypervisor:
+    def __init__(self, world: WorldFile) -> None:
+        self.world = world
+
+    def check(self) -> str:
+        return str(self.world.read()["hypervisor"])
+
+    def domain(self, name: str) -> DomainInfo | None:
+        dom = self.world.read()["domains"].get(name)
+        if dom is None:
+            return None
+        return DomainInfo(name, dom["uuid"], dom["running"], dict(dom["disks"]), dict(dom["nics"]), dict(dom["links"]))
+
+    def free_bytes(self, directory: str) -> int:
+        return int(self.world.read()["free_bytes"])
+
+    def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
+        with self.world.change() as world:
+            dom = _domain(world, domain)
+            overlays, bases = {}, {}
+            for target, base in dom["disks"].items():
+                overlay = f"{base.rsplit('.', 1)[0]}.{name}.qcow2"
+                if overlay in world["images"]:
+                    raise StepFailed(f"fake: overlay {overlay} exists already")
+                world["images"][overlay] = {"size": 196608, "backing": base}
+                dom["disks"][target] = overlay
+                overlays[target], bases[target] = overlay, base
+            world.setdefault("snapshots", {})[name] = {
+                "domain": domain,
+                "overlays": overlays,
+                "bases": bases,
+                "guest": copy.deepcopy(world["guests"][dom["guest"]]),
+            }
+            _effect(world, "snapshot", domain=domain, name=name)
+        maybe_pause("after:snapshot")
+        return SnapshotInfo(name, overlays, bases)
+
+    def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
+        world = self.world.read()
+        snap = world.get("snapshots", {}).get(name)
+        if snap is None or snap["domain"] != domain:
+            return None
+        if any(world["domains"][domain]["disks"].get(t) != o for t, o in snap["overlays"].items()):
+            return None
+        return SnapshotInfo(name, dict(snap["overlays"]), dict(snap["bases"]))
+
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+        with self.world.change() as world:
+            if twin in world["domains"]:
+                raise StepFailed(f"fake: domain {twin} exists already")
+            src = _domain(world, source)
+            snap = world["snapshots"][snapshot.name]
+            disks = {}
+            for target, base in snapshot.bases.items():
+                overlay = f"{base.rsplit('.', 1)[0]}.{twin}.qcow2"
+                world["images"][overlay] = {"size": 196608, "backing": base}
+                disks[target] = overlay
+            guest_id = f"g{len(world['guests'])}"
+            world["guests"][guest_id] = copy.deepcopy(snap["guest"])
+            world["domains"][twin] = {
+                "uuid": str(uuidlib.uuid4()),
+                "running": False,
+                "disks": disks,
+                "nics": {mac: network for mac in src["nics"]},
+                "links": {mac: True for mac in src["nics"]},
+                "guest": guest_id,
+            }
+            _effect(world, "clone", source=source, twin=twin)
+        maybe_pause("after:clone")
+        info = self.domain(twin)
+        assert info is not None
+        return info
+
+    def start(self, name: str) -> None:
+        with self.world.change() as world:
+            dom = _domain(world, name)
+            if dom["running"]:
+                raise StepFailed(f"fake: {name} is running already")
+            dom["running"] = True
+            world["guests"][dom["guest"]]["boot_id"] = str(uuidlib.uuid4())
+            _effect(world, "start", domain=name)
+        maybe_pause("after:start")
+
+    def destroy(self, name: str) -> None:
+        with self.world.change() as world:
+            dom = _domain(world, name)
+            if dom["running"]:
+                dom["running"] = False
+                _effect(world, "destroy", domain=name)
+
+    def undefine(self, name: str) -> int:
+        with self.world.change() as world:
+            dom = _domain(world, name)
+            if dom["running"]:
+                raise StepFailed(f"fake: {name} is running; destroy it first")
+            del world["domains"][name]
+            freed = _delete_unused_chains(world, list(dom["disks"].values()))
+            _effect(world, "undefine", domain=name, bytes_freed=freed)
+        maybe_pause("after:undefine")
+        return freed
+
+    def set_link(self, domain: str, mac: str, up: bool) -> None:
+        with self.world.change() as world:
+            _domain(world, domain)["links"][mac] = up
+            _effect(world, "set_link", domain=domain, mac=mac, up=up)
+        maybe_pause(f"after:set_link:{domain}")
+
+    def move_nic(self, domain: str, mac: str, network: str) -> None:
+        with self.world.change() as world:
+            dom = _domain(world, domain)
+            if mac not in dom["nics"]:
+                raise StepFailed(f"fake: {domain} has no NIC {mac}")
+            dom["nics"][mac] = network
+            _effect(world, "move_nic", domain=domain, mac=mac, network=network)
+        maybe_pause(f"after:move_nic:{network}")
+
+    def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
+        with self.world.change() as world:
+            dom = _domain(world, domain)
+            freed = 0
+            for target, overlay in snapshot.overlays.items():
+                base = snapshot.bases[target]
+                users = [p for p, img in world["images"].items() if img["backing"] == base and p != overlay]
+                if users:
+                    raise UnsafeOperation(f"fake: refusing to commit {overlay} into {base}: {users[0]} depends on it")
+                if dom["disks"].get(target) != overlay:
+                    raise StepFailed(f"fake: {domain} {target} is not on {overlay}")
+                freed += world["images"].pop(overlay)["size"]
+                dom["disks"][target] = base
+            _effect(world, "merge_back", domain=domain)
+        maybe_pause("after:merge_back")
+        return freed
+
+    def flatten(self, domain: str) -> None:
+        with self.world.change() as world:
+            dom = _domain(world, domain)
+            for path in dom["disks"].values():
+                image = world["images"][path]
+                while image["backing"]:
+                    base = world["images"][image["backing"]]
+                    image["size"] += base["size"]
+                    image["backing"] = base["backing"]
+            _effect(world, "flatten", domain=domain)
+
+
+def _delete_unused_chains(world: World, paths: list[str]) -> int:
+    """Delete the domain's images and their backing files, unless another image or domain uses them."""
+    freed = 0
+    for path in paths:
+        while path:
+            used_by_domain = any(path in d["disks"].values() for d in world["domains"].values())
+            used_as_backing = any(img["backing"] == path for img in world["images"].values())
+            if used_by_domain or used_as_backing or path not in world["images"]:
+                break
+            image = world["images"].pop(path)
+            freed += image["size"]
+            path = image["backing"]
+    return freed
+
+
+# --------------------------------------------------------------------------------------- shell
+
+
+class FakeShell:
+    def __init__(self, world: WorldFile, role: str, network: str) -> None:
+        self.world, self.name, self.network = world, role, network
+
+    def run(
+        self,
+        command: Command,
+        *,
+        timeout: float = 600,
+        prompts: Sequence[Prompt] = (),
+        env: dict[str, str] | None = None,
+        on_output: OutputSink | None = None,
+    ) -> Result:
+        line = command.line
+        with self.world.change() as world:
+            domain, guest = _guest_of(world, self.network)
+            if command.template == MARK_TEMPLATE:
+                guest["files"].append(command.args[1])
+                return Result(command.masked(), 0)
+            if command.template == IS_MARKED_TEMPLATE:
+                return Result(command.masked(), 0 if command.args[0] in guest["files"] else 1)
+            rc, stdout = 0, ""
+            for canned in world["commands"]:
+                if re.search(canned["match"], line) and canned.get("role", self.name) == self.name:
+                    rc, stdout = int(canned.get("rc", 0)), str(canned.get("stdout", "")).format(**guest)
+                    guest.update(canned.get("set", {}))
+                    break
+            _effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
+        if on_output and stdout:
+            for out in stdout.splitlines():
+                on_output(out)
+        maybe_pause(f"after:run:{line}")
+        return Result(command.masked(), rc, stdout)
+
+    def boot_id(self) -> str:
+        _, guest = _guest_of(self.world.read(), self.network)
+        return str(guest["boot_id"])
+
+    def reboot(self, *, timeout: float) -> str:
+        with self.world.change() as world:
+            domain, guest = _guest_of(world, self.network)
+            guest["boot_id"] = str(uuidlib.uuid4())
+            _effect(world, "reboot", role=self.name, domain=domain)
+        maybe_pause("after:reboot")
+        return str(guest["boot_id"])
+
+    def close(self) -> None:
+        pass
+
+
+class FakeShells:
+    def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
+        self.world, self.networks = world, networks
+
+    def connect(self, role: str) -> FakeShell:
+        shell = FakeShell(self.world, role, self.networks[role])
+        shell.boot_id()  # fails like SSH would when nothing answers
+        return shell
+
+
+# ---------------------------------------------------------------------------------------- sync
+
+
+class FakeSyncer:
+    def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
+        self.world, self.networks = world, networks
+
+    def sync(
+        self,
+        source: str,
+        target: str,
+        paths: Sequence[tuple[str, Sequence[str]]],
+        *,
+        final: bool,
+        on_output: OutputSink | None = None,
+    ) -> SyncStats:
+        with self.world.change() as world:
+            _, src = _guest_of(world, self.networks[source])
+            _, dst = _guest_of(world, self.networks[target])
+            passes = sum(1 for e in world["effects"] if e["op"] == "sync")
+            incoming = world["incoming"]
+            if src["services"] and not final and passes < len(incoming):
+                start = len(src["mail"])
+                src["mail"].extend(f"m{start + i}-p{passes}" for i in range(incoming[passes]))
+            new = sorted(set(src["mail"]) - set(dst["mail"]))
+            gone = set(dst["mail"]) - set(src["mail"])
+            dst["mail"] = list(src["mail"])
+            files = len(new) + len(gone)
+            _effect(world, "sync", source=source, target=target, final=final, files=files)
+        if on_output:
+            on_output(f"sent {files} files")
+        maybe_pause(f"after:sync:{'final' if final else 'pass'}")
+        return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3))
+
+
+# -------------------------------------------------------------------------------------- probing
+
+
+class FakeProber:
+    def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
+        self.world, self.networks = world, networks
+
+    def probe(self, role: str, probe: Probe) -> str:
+        world = self.world.read()
+        if f"probe:{role}" in world["faults"]:
+            raise CheckFailed(f"fake: {probe.kind} port {probe.port} on {role}: connection refused (fault)")
+        try:
+            _, guest = _guest_of(world, self.networks[role])
+        except InfraError as exc:
+            raise CheckFailed(exc.message) from exc
+        if not guest["services"]:
+            raise CheckFailed(f"fake: {probe.kind} port {probe.port} on {role}: connection refused")
+        seen = {"smtp": "220 fake ESMTP", "http": "HTTP/1.1 200 OK", "tcp": "open"}[probe.kind]
+        if probe.expect and probe.kind == "smtp" and not re.search(probe.expect, seen):
+            raise CheckFailed(f"fake: banner {seen!r} does not match /{probe.expect}/")
+        return seen
+
+
+def build(plan: "Plan") -> Ports:
+    path = Path(plan.source.libvirt_uri.removeprefix("fake://"))
+    if not path.is_absolute():
+        path = plan.resolve_path(str(path))
+    if not path.exists():
+        raise InfraError(f"fake world {path} does not exist", hint="tests create it with upgrader.testing.fakes.new_world()")
+    world = WorldFile(path)
+    networks = {"prod": plan.takeover.production_network, "staging": plan.staging.network}
+    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks), FakeProber(world, networks))
