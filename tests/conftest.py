@@ -2,59 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from upgrader.testing.fakes import WorldFile, new_world
-
-FAKE_PLAN = """\
-version: 1
-description: fake mail host for tests
-source:
-  libvirt_uri: fake://{world}
-  domain: mailhost
-ssh:
-  prod: {{host: 192.0.2.10}}
-  staging: {{host: 192.0.2.10}}
-staging:
-  network: stg-net
-upgrade:
-  - name: fetch
-    run: labos-update fetch
-  - name: install-1
-    run: labos-update install
-    expect:
-      - {{prompt: "(y/n)", answer: "y"}}
-  - reboot: true
-  - name: rebuild
-    run: labos-update install
-  - reboot: true
-validate:
-  - name: smtp
-    smtp: {{port: 25}}
-  - name: release
-    command: {{run: cat /etc/labos-release, stdout: "2"}}
-    differential: true
-sync:
-  paths:
-    - path: /var/mail/
-  quiesce: ["/etc/init.d/smtpd stop"]
-  resume: ["/etc/init.d/smtpd start"]
-  presync: {{max_passes: 5, until_files: 5, until_bytes: 1MiB}}
-takeover:
-  strategy: mac_move
-  production_network: prod-net
-keep_old_for: {keep}
-"""
-
-RELEASE_COMMANDS = [
-    {"match": r"labos-update install", "set": {"release": "2"}},
-    {"match": r"cat /etc/labos-release", "stdout": "{release}"},
-    {"match": r"smtpd stop", "set": {"services": False}},
-    {"match": r"smtpd start", "set": {"services": True}},
-]
+from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
 
 
 @pytest.fixture
@@ -71,8 +24,3 @@ def fake_plan(tmp_path: Path, fake_world: WorldFile) -> Path:
     path = tmp_path / "fake.yml"
     path.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s"))
     return path
-
-
-def effects(world: WorldFile, op: str | None = None) -> list[dict]:
-    data = json.loads(world.path.read_text())["effects"]
-    return [e for e in data if op is None or e["op"] == op]

@@ -171,7 +171,7 @@ class Engine:
     def _fail(self, phase: Phase, exc: UpgraderError) -> None:
         record = self.record
         record.error = RunError(phase=phase, message=exc.message, hint=exc.hint, kind=type(exc).__name__)
-        self.journal.write("failed", phase=phase.value, error=exc.message, kind=type(exc).__name__)
+        self.journal.write("failed", phase=phase.value, error=exc.message, error_kind=type(exc).__name__)
         self.emit(PhaseFailed(phase, exc.message, exc.hint))
         if phase in BEFORE_CUTOVER:
             self.emit(Notice("aborting: prod was not touched; staging is being removed", "warning"))

@@ -141,9 +141,12 @@ class Shell(Protocol):
         prompts: Sequence[Prompt] = (),
         env: dict[str, str] | None = None,
         on_output: OutputSink | None = None,
+        mark: str | None = None,
     ) -> Result:
         """Run; never raises on a non-zero exit (check `Result.ok`); raises InfraError when the
-        connection fails or dies, StepFailed on timeout."""
+        connection fails or dies, StepFailed on timeout. `mark`: a file created on the guest in
+        the same remote shell right after a zero exit, so "the command finished" survives the
+        orchestrator dying between the command's end and its journal entry."""
 
     def boot_id(self) -> str: ...
 

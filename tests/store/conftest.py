@@ -1,18 +1,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # the package is not installed in the venv (yet); test this checkout
-    sys.path.insert(0, str(REPO))
-
-from upgrader.record import RunRecord  # noqa: E402
-from upgrader.store import RunStore  # noqa: E402
+from upgrader.record import RunRecord
+from upgrader.store import RunStore
 
 
 @pytest.fixture

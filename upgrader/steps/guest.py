@@ -5,18 +5,12 @@ from __future__ import annotations
 
 from upgrader.ports import Command, cmd
 
-MARK_TEMPLATE = "mkdir -p {} && touch {}"
 IS_MARKED_TEMPLATE = "test -e {}"
 
 
 def marker_path(state_dir: str, run_id: str, key: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     return f"{state_dir.rstrip('/')}/{run_id}/{safe}.done"
-
-
-def mark(state_dir: str, run_id: str, key: str) -> Command:
-    path = marker_path(state_dir, run_id, key)
-    return cmd(MARK_TEMPLATE, path.rsplit("/", 1)[0], path)
 
 
 def is_marked(state_dir: str, run_id: str, key: str) -> Command:

@@ -33,27 +33,31 @@ def given_back(ctx: StepContext) -> bool:
 
 
 def takeover(ctx: StepContext) -> dict[str, Any]:
+    """Each move is skipped when already in place, so a re-run after a crash repeats nothing."""
     hv, plan = ctx.ports.hypervisor, ctx.plan
-    old_nics, _, _ = _placement(ctx)
+    old_nics, old_links, twin_nics = _placement(ctx)
     prod_net = plan.takeover.production_network
     macs = sorted(m for m, net in old_nics.items() if net == prod_net)
     if not macs:
         raise StepFailed(f"{plan.source.domain} has no NIC on {prod_net}", hint="check takeover.production_network")
+    for mac in macs:  # the old VM leaves the segment first: never two NICs with one MAC on it
+        if old_links.get(mac, True):
+            hv.set_link(plan.source.domain, mac, False)
     for mac in macs:
-        hv.set_link(plan.source.domain, mac, False)
-    for mac in macs:
-        hv.move_nic(plan.twin_name, mac, prod_net)
+        if twin_nics.get(mac) != prod_net:
+            hv.move_nic(plan.twin_name, mac, prod_net)
     return {"strategy": "mac_move", "macs": macs}
 
 
 def give_back(ctx: StepContext) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
-    old_nics, _, twin_nics = _placement(ctx)
+    old_nics, old_links, twin_nics = _placement(ctx)
     prod_net = plan.takeover.production_network
     macs = sorted(m for m, net in old_nics.items() if net == prod_net)
-    for mac in macs:
+    for mac in macs:  # the twin leaves the segment first
         if twin_nics.get(mac) == prod_net:
             hv.move_nic(plan.twin_name, mac, plan.staging.network)
     for mac in macs:
-        hv.set_link(plan.source.domain, mac, True)
+        if not old_links.get(mac, False):
+            hv.set_link(plan.source.domain, mac, True)
     return {"strategy": "mac_move", "macs": macs}

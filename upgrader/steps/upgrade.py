@@ -55,13 +55,13 @@ class Upgrade:
                 prompts=[Prompt(p.prompt, p.answer) for p in step.expect],
                 env=dict(step.env),
                 on_output=ctx.output_sink(key),
+                mark=guest.marker_path(state_dir, ctx.run_id, key),
             )
             if not result.ok:
                 raise StepFailed(
                     f"{key} `{step.label}` exited {result.rc}:\n{result.tail()}",
                     hint="the twin is untouched otherwise; the run will abort and prod keeps serving",
                 )
-            shell.run(guest.mark(state_dir, ctx.run_id, key), timeout=60)
             return {"rc": result.rc}
 
         def probe(_: dict[str, Any]) -> dict[str, Any] | None:

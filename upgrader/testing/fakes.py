@@ -9,7 +9,8 @@ World shape (see `new_world`):
   domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
   images:   path -> {size, backing}
   guests:   id -> {boot_id, files[], mail[], release, services}
-  commands: [{match: regex, rc, stdout, set: {guest fields}, role}]   canned results, first match
+  commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
+            first match; add_mail: mail that clients deliver once the command has run
   incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
   faults:   ["probe:prod", "probe:staging", ...]
   effects:  [{op, ...}]
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from upgrader.errors import CheckFailed, InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
 from upgrader.steps.base import Ports
-from upgrader.steps.guest import IS_MARKED_TEMPLATE, MARK_TEMPLATE
+from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.hooks import maybe_pause
 
 if TYPE_CHECKING:
@@ -247,13 +248,16 @@ class FakeHypervisor:
     def flatten(self, domain: str) -> None:
         with self.world.change() as world:
             dom = _domain(world, domain)
+            changed = False
             for path in dom["disks"].values():
                 image = world["images"][path]
                 while image["backing"]:
                     base = world["images"][image["backing"]]
                     image["size"] += base["size"]
                     image["backing"] = base["backing"]
-            _effect(world, "flatten", domain=domain)
+                    changed = True
+            if changed:  # like blockpull on a flat image: nothing to do, nothing happens
+                _effect(world, "flatten", domain=domain)
 
 
 def _delete_unused_chains(world: World, paths: list[str]) -> int:
@@ -286,13 +290,12 @@ class FakeShell:
         prompts: Sequence[Prompt] = (),
         env: dict[str, str] | None = None,
         on_output: OutputSink | None = None,
+        mark: str | None = None,
     ) -> Result:
         line = command.line
+        maybe_pause(f"before:run:{line}")
         with self.world.change() as world:
             domain, guest = _guest_of(world, self.network)
-            if command.template == MARK_TEMPLATE:
-                guest["files"].append(command.args[1])
-                return Result(command.masked(), 0)
             if command.template == IS_MARKED_TEMPLATE:
                 return Result(command.masked(), 0 if command.args[0] in guest["files"] else 1)
             rc, stdout = 0, ""
@@ -300,7 +303,11 @@ class FakeShell:
                 if re.search(canned["match"], line) and canned.get("role", self.name) == self.name:
                     rc, stdout = int(canned.get("rc", 0)), str(canned.get("stdout", "")).format(**guest)
                     guest.update(canned.get("set", {}))
+                    for n in range(int(canned.get("add_mail", 0))):  # clients write while it serves
+                        guest["mail"].append(f"after-{domain}-{len(guest['mail'])}-{n}")
                     break
+            if mark and rc == 0:
+                guest["files"].append(mark)
             _effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
         if on_output and stdout:
             for out in stdout.splitlines():

@@ -1,0 +1,139 @@
+"""Kill `upgrader start` (a real subprocess) with SIGKILL at step boundaries and inside steps,
+then `upgrader resume`: the run completes and every side effect happened exactly once.
+
+The kill points are test hooks (upgrader/testing/hooks.py): the process pauses at the point and
+this test SIGKILLs it from outside, like an OOM killer or a power cut would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from upgrader.testing.scenario import FAKE_PLAN
+from upgrader.testing.fakes import WorldFile
+
+# (pause point, what it exercises)
+KILL_POINTS = [
+    ("begin:preflight", "boundary: nothing done yet"),
+    ("begin:snapshot", "journaled begin, snapshot not taken -> probe says no, take it"),
+    ("after:snapshot", "inside: snapshot taken, journal does not know -> probe finds it"),
+    ("enter:clone", "boundary after checkpoint"),
+    ("after:clone", "inside: twin defined, not journaled"),
+    ("after:start", "inside: twin started, not journaled"),
+    ("before:run:labos-update fetch", "inside: command not run yet"),
+    ("after:run:labos-update install", "inside: command done + marker, journal does not know"),
+    ("after:reboot", "inside a reboot: boot id changed, not journaled"),
+    ("done:upgrade?3?", "boundary between upgrade steps (? : fnmatch would read [3] as a class)"),
+    ("after:sync:pass", "inside a pre-sync pass"),
+    ("enter:cutover", "boundary: window passed"),
+    ("after:run:/etc/init.d/smtpd stop", "inside cutover: prod quiesced"),
+    ("after:sync:final", "inside cutover: final sync done"),
+    ("after:set_link:mailhost", "inside takeover: old VM link down, twin not moved"),
+    ("after:move_nic:prod-net", "inside takeover: twin moved"),
+    ("done:verify", "boundary: verified"),
+    ("after:undefine", "inside decommission: old VM undefined"),
+]
+
+ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "undefine", "flatten")
+
+
+def upgrader(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "upgrader.cli.main", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"process ended (rc {proc.returncode}) before reaching the kill point:\n{out}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("kill point not reached in time")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("point", "why"), KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
+def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path, point: str, why: str) -> None:
+    state = tmp_path / "state"
+    reached = tmp_path / "reached"
+    proc = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan),
+                    env={"UPGRADER_TEST_PAUSE": point, "UPGRADER_TEST_PAUSE_FILE": str(reached)})
+    wait_for(reached, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+    resumed = upgrader("--state-dir", str(state), "-q", "resume", "mailhost")
+    out, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, out
+
+    world = json.loads(fake_world.path.read_text())
+    counts: dict[str, int] = {}
+    for effect in world["effects"]:
+        counts[effect["op"]] = counts.get(effect["op"], 0) + 1
+    assert {op: counts.get(op, 0) for op in ONCE} == {
+        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "undefine": 1, "flatten": 1,
+    }, why
+    commands = [e["cmd"] for e in world["effects"] if e["op"] == "run" and e["role"] == "staging" and "labos-update" in e["cmd"]]
+    assert commands == ["labos-update fetch", "labos-update install", "labos-update install"], why
+    # the end state: one domain (the new prod) on the production network, release 2, all mail
+    assert list(world["domains"]) == ["mailhost-twin"]
+    twin = world["domains"]["mailhost-twin"]
+    assert set(twin["nics"].values()) == {"prod-net"}
+    guest = world["guests"][twin["guest"]]
+    assert guest["release"] == "2" and guest["services"]
+    assert len(set(guest["mail"])) == len(guest["mail"]) == 20 + 40 + 8 + 1
+    assert all(img["backing"] is None for img in world["images"].values())
+    # the run's own record agrees
+    run_dir = next(p for p in (state / "mailhost").iterdir() if p.is_dir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["phase"] == "decommissioned" and record["finished"]
+
+
+def test_abort_path_killed_inside_merge_back(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    with fake_world.change() as world:
+        world["commands"].insert(0, {"match": "labos-update install", "rc": 1})
+    state, reached = tmp_path / "state", tmp_path / "reached"
+    proc = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan),
+                    env={"UPGRADER_TEST_PAUSE": "after:merge_back", "UPGRADER_TEST_PAUSE_FILE": str(reached)})
+    wait_for(reached, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    resumed = upgrader("--state-dir", str(state), "-q", "resume", "mailhost")
+    out, _ = resumed.communicate(timeout=60)
+    assert resumed.returncode == 1, out  # the run ended aborted: a failed run
+    world = json.loads(fake_world.path.read_text())
+    assert [e["op"] for e in world["effects"]].count("merge_back") == 1
+    assert list(world["domains"]) == ["mailhost"]
+    assert list(world["images"]) == ["/fake/mailhost.qcow2"]
+
+
+def test_concurrent_starts_exactly_one_proceeds(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    state, reached = tmp_path / "state", tmp_path / "reached"
+    first = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan),
+                     env={"UPGRADER_TEST_PAUSE": "begin:clone.define", "UPGRADER_TEST_PAUSE_FILE": str(reached)})
+    wait_for(reached, first)
+    second = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan))
+    out, _ = second.communicate(timeout=60)
+    first.kill()
+    first.wait()
+    assert second.returncode == 3, out
+    assert f"locked by pid {first.pid}" in out and "since" in out
+    world = json.loads(fake_world.path.read_text())
+    assert [e["op"] for e in world["effects"]].count("snapshot") == 1

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian 12 machine (as root):
+#   bash tools/bootstrap.sh demo   install everything, then run the main job (the demo)
+#   bash tools/bootstrap.sh test   install everything, then run the whole test suite
+#   bash tools/bootstrap.sh setup  only install (apt packages, .venv, pip install -e .[test])
+# Safe to re-run: installed packages and an existing venv are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # build libvirt-python from source
+  libvirt-dev pkg-config gcc
+  # the lab: libvirtd + QEMU (TCG), guest image parts, networking
+  qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  linux-image-amd64 busybox-static dropbear-bin rsync openssh-client e2fsprogs iproute2 arping
+)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+setup() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  local python=""
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      python=$candidate; break
+    fi
+  done
+  [[ -n $python ]] || { echo "need Python >= 3.11 with venv" >&2; exit 2; }
+  if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv with $python"
+    "$python" -m venv .venv
+  fi
+  log "pip install -e .[test]"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+}
+
+demo() {
+  export PATH="$PWD/.venv/bin:$PATH"
+  log "upgrader plan check playbooks/freebsd7.yml"
+  upgrader plan check playbooks/freebsd7.yml
+  log "upgrader start mailhost --plan freebsd7.yml --dry-run"
+  upgrader start mailhost --plan freebsd7.yml --dry-run
+}
+
+tests() {
+  log "pytest"
+  .venv/bin/python -m pytest -q "$@"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) setup; demo ;;
+  test) shift; setup; tests "$@" ;;
+  *) echo "usage: bash tools/bootstrap.sh setup|demo|test [pytest args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,78 @@
+"""The command line (click; see docs/architecture.md for why click and where invoke is used).
+
+Exit codes: 0 ok/parked, 1 run failed, 2 bad input, 3 locked/busy, 4 corrupt state,
+5 infrastructure unreachable, 70 internal error (debug log under the state dir), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from upgrader import __version__
+from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error, make_console
+from upgrader.cli.inspect import list_runs, show, status
+from upgrader.cli.plan import plan
+from upgrader.cli.run import abort, decommission, resume, rollback, start
+from upgrader.config import load_settings
+from upgrader.errors import UpgraderError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="upgrader")
+@click.option("--state-dir", envvar="UPGRADER_STATE_DIR", metavar="DIR",
+              help="where runs are kept (default: ./state; also /etc/upgrader.yaml `state_dir`)")
+@click.option("-q", "--quiet", is_flag=True, help="do not stream step output")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
+    """Upgrade a stateful pet VM with (almost) zero downtime.
+
+    \b
+    snapshot -> staging twin -> upgrade -> validate -> pre-sync -> window
+      -> cutover (quiesce, final sync, takeover) -> verify -> keep old VM -> decommission
+
+    Every step is checkpointed; a run killed at any moment continues with `upgrader resume HOST`.
+    Shell completion: eval "$(_UPGRADER_COMPLETE=bash_source upgrader)".
+    """
+    ctx.obj = Globals(state_dir=state_dir, quiet=quiet)
+
+
+for command in (start, resume, status, list_runs, show, abort, rollback, decommission, plan):
+    cli.add_command(command)
+
+try:
+    from upgrader.cli.lab import lab
+
+    cli.add_command(lab)
+except ImportError:  # pragma: no cover - the lab is optional on hosts without it
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="upgrader", standalone_mode=False)
+    except UpgraderError as exc:
+        fail(exc)
+    except click.exceptions.Abort:
+        make_console(stderr=True).print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        make_console(stderr=True).print("interrupted — `upgrader resume HOST` continues from the last checkpoint")
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a debug log
+        internal_error(exc, load_settings().state_dir)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

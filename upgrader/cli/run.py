@@ -1,0 +1,85 @@
+"""`upgrader start`, `resume`, `abort`, `rollback`, `decommission`: the commands that move a run."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+
+from upgrader import app
+from upgrader.cli.common import app_context, finish_run
+from upgrader.cli.common import make_console
+
+HOST = click.argument("host", metavar="HOST")
+
+
+@click.command()
+@HOST
+@click.option("--plan", "plan", required=True, metavar="FILE",
+              help="plan file; a bare name is looked up in the current directory, then in playbooks/")
+@click.option("--dry-run", is_flag=True, help="print what every phase would do; touch nothing")
+@click.option("--now", is_flag=True, help="do not wait for the plan's window: cut over right after pre-sync")
+@click.pass_context
+def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool) -> None:
+    """Start the twin upgrade of HOST as described by the plan.
+
+    Snapshot, clone to a staging twin, upgrade it, validate, pre-sync, wait for the window,
+    cut over, verify (rolling back on failure) and keep the old VM for `keep_old_for`. Every
+    step is checkpointed under the state directory: if this process dies, `upgrader resume
+    HOST` continues where it stopped.
+    """
+    if dry_run:
+        console = make_console()
+        path, parsed, phases = app.dry_run(app.StartOptions(host, plan, now))
+        console.print(f"[bold]dry run[/]: {escape(host)} with plan {escape(str(path))} — nothing is touched\n")
+        for n, item in enumerate(phases, 1):
+            console.print(f"[bold]{n:2}. {item.phase.value}[/]")
+            for action in item.actions:
+                console.print(f"      {escape(action)}")
+        return
+    context, console = app_context(ctx)
+    finish_run(console, app.start(context, app.StartOptions(host, plan, now)))
+
+
+@click.command()
+@HOST
+@click.option("--now", is_flag=True, help="cut over without waiting for the window (recorded in the journal)")
+@click.pass_context
+def resume(ctx: click.Context, host: str, now: bool) -> None:
+    """Continue HOST's unfinished run from its last checkpoint.
+
+    A step that had begun but not finished is probed first (is its effect already in place?)
+    and is only redone if it is not: nothing is done twice.
+    """
+    context, console = app_context(ctx)
+    finish_run(console, app.resume(context, host, now=now))
+
+
+@click.command()
+@HOST
+@click.pass_context
+def abort(ctx: click.Context, host: str) -> None:
+    """Abort HOST's run before cutover: the twin and its disks are removed, prod's overlay is
+    merged back, prod is left exactly as it was. If another process runs it, that process is
+    asked to stop at its next step."""
+    context, console = app_context(ctx)
+    finish_run(console, app.abort(context, host))
+
+
+@click.command()
+@HOST
+@click.pass_context
+def rollback(ctx: click.Context, host: str) -> None:
+    """Go back to the old VM after cutover (while it is kept): network back, reverse sync of
+    what was written since cutover, services restarted on the old VM."""
+    context, console = app_context(ctx)
+    finish_run(console, app.rollback(context, host))
+
+
+@click.command()
+@HOST
+@click.pass_context
+def decommission(ctx: click.Context, host: str) -> None:
+    """Retire the old VM now instead of after `keep_old_for`: destroy, undefine, delete its
+    images (flattening the new prod first) and report the bytes freed."""
+    context, console = app_context(ctx)
+    finish_run(console, app.decommission(context, host))

@@ -1,0 +1,208 @@
+"""Rendering engine events with rich: a live phase list with a spinner on a terminal, plain
+lines otherwise (pipes, CI, NO_COLOR honoured by rich itself), and the final report table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from upgrader.events import (
+    Event,
+    Notice,
+    Parked,
+    PhaseDone,
+    PhaseFailed,
+    PhaseStarted,
+    RunEnded,
+    RunStarted,
+    StepBegin,
+    StepDone,
+    StepInDoubt,
+    StepOutput,
+    Transition,
+)
+from upgrader.phases import FORWARD, UNSUCCESSFUL, Phase
+from upgrader.record import RunRecord
+
+STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
+
+
+def make_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class RunView:
+    """Listener: live on a terminal, line by line elsewhere."""
+
+    def __init__(self, console: Console, verbose: bool = True) -> None:
+        self.console = console
+        self.verbose = verbose
+        self.live: Live | None = None
+        self.phase_state: dict[Phase, str] = {}
+        self.current: Phase | None = None
+        self.current_step = ""
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ listener
+
+    def __call__(self, event: Event) -> None:
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        if handler is not None:
+            handler(event)
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _on_RunStarted(self, e: RunStarted) -> None:
+        verb = "resuming" if e.resumed else "starting"
+        self.console.print(f"[bold]{verb} run {e.run_id}[/] for [bold]{e.host}[/] at phase {e.phase.value}")
+        if self.console.is_terminal:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
+            self.live.start()
+
+    def _on_PhaseStarted(self, e: PhaseStarted) -> None:
+        self.current, self.current_step = e.phase, ""
+        self.phase_state[e.phase] = "running"
+        if self.live is None:
+            self.console.print(f"==> {e.phase.value}")
+
+    def _on_PhaseDone(self, e: PhaseDone) -> None:
+        self.phase_state[e.phase] = "done"
+        self._line(f"[green]✓[/] {e.phase.value} ({e.seconds:.1f} s)")
+
+    def _on_PhaseFailed(self, e: PhaseFailed) -> None:
+        self.phase_state[e.phase] = "failed"
+        self._line(f"[red]✗ {e.phase.value} failed:[/] {e.message}")
+        if e.hint:
+            self._line(f"  [dim]hint: {e.hint}[/]")
+
+    def _on_Transition(self, e: Transition) -> None:
+        if e.trigger not in ("advance", ""):
+            self._line(f"[yellow]→ {e.dest.value}[/] ({e.trigger})")
+
+    def _on_StepBegin(self, e: StepBegin) -> None:
+        self.current_step = e.title
+        if self.live is None:
+            self.console.print(f"  - {e.key}: {e.title}")
+
+    def _on_StepInDoubt(self, e: StepInDoubt) -> None:
+        what = "already done (probed), not repeated" if e.already_done else "not done (probed), running it"
+        self._line(f"  [yellow]in doubt[/] {e.key}: {what}")
+
+    def _on_StepDone(self, e: StepDone) -> None:
+        if e.skipped and self.verbose and self.live is None:
+            self.console.print(f"  - {e.key}: done earlier")
+
+    def _on_StepOutput(self, e: StepOutput) -> None:
+        if self.verbose:
+            self._line(f"    [dim]{e.key}[/] {Text(e.line).plain}", markup_line=False, key=e.key, raw=e.line)
+
+    def _on_Notice(self, e: Notice) -> None:
+        color = {"warning": "yellow", "error": "red"}.get(e.level, "blue")
+        self._line(f"[{color}]![/] {e.text}")
+
+    def _on_Parked(self, e: Parked) -> None:
+        self.phase_state[e.phase] = "parked"
+        self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {e.reason}")
+
+    def _on_RunEnded(self, e: RunEnded) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    # ------------------------------------------------------------------ drawing
+
+    def _line(self, markup: str, *, markup_line: bool = True, key: str = "", raw: str = "") -> None:
+        if not markup_line:
+            text = Text("    ")
+            text.append(key, style="dim")
+            text.append(" " + raw)
+            self.console.print(text)
+        else:
+            self.console.print(markup)
+
+    def _render(self) -> Group:
+        rows = []
+        for phase in FORWARD:
+            state = self.phase_state.get(phase)
+            if phase == self.current and state == "running":
+                rows.append(Spinner("dots", text=Text.assemble((phase.value, "bold cyan"), ("  " + self.current_step, "dim"))))
+            else:
+                mark = {"done": "✓", "failed": "✗", "parked": "⏸"}.get(state or "", "·")
+                rows.append(Text(f"{mark} {phase.value}", style=STYLE.get(state or "", "dim")))
+        return Group(*rows)
+
+
+def report(console: Console, record: RunRecord) -> None:
+    """The final table: phases with durations, and the figures the run produced."""
+    table = Table(title=f"run {record.run_id} — {record.host}: {record.phase.value}", title_justify="left")
+    table.add_column("phase")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for timing in record.timings:
+        seconds = f"{timing.seconds:.1f}" if timing.seconds is not None else "…"
+        table.add_row(timing.phase.value, Text(timing.status, style=STYLE.get(timing.status, "")), seconds)
+    console.print(table)
+    for label, value in figures(record).items():
+        console.print(f"  {label}: [bold]{value}[/]")
+    if record.parked:
+        console.print(f"[yellow]parked:[/] {record.parked}")
+    if record.error and (record.phase in UNSUCCESSFUL or not record.finished):
+        console.print(f"[red]error in {record.error.phase.value}:[/] {record.error.message}")
+        if record.error.hint:
+            console.print(f"[dim]hint: {record.error.hint}[/]")
+
+
+def figures(record: RunRecord) -> dict[str, str]:
+    out: dict[str, str] = {}
+    presync = [v for k, v in record.outputs.items() if k.startswith("presync.pass[")]
+    if presync:
+        out["pre-sync passes"] = str(len(presync))
+        out["downtime forecast"] = f"{presync[-1].get('seconds', 0):.2f} s"
+    final = record.output("cutover.final_sync")
+    if final:
+        out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
+    undefine = record.output("decommission.undefine")
+    if undefine:
+        out["bytes freed"] = f"{undefine.get('bytes_freed', 0):,}"
+    return out
+
+
+def status_table(console: Console, records: list[RunRecord]) -> None:
+    table = Table()
+    for column in ("host", "run", "phase", "state", "updated"):
+        table.add_column(column)
+    for r in records:
+        state = "finished" if r.finished else ("parked" if r.parked else ("error" if r.error else "active"))
+        table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+def record_json(record: RunRecord) -> dict[str, Any]:
+    return json.loads(record.model_dump_json())
+
+
+class EventLog:
+    """Listener: every event as a JSON line in the run's dir (events.jsonl), for post-mortems."""
+
+    def __init__(self, state_root: Path) -> None:
+        self.root = state_root
+        self.handle: IO[str] | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            path = self.root / event.host / event.run_id / "events.jsonl"
+            self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed on RunEnded
+        if self.handle is not None:
+            self.handle.write(json.dumps({"t": time.time(), **event.to_dict()}, default=str) + "\n")
+            self.handle.flush()
+        if isinstance(event, RunEnded) and self.handle is not None:
+            self.handle.close()
+            self.handle = None
