@@ -110,6 +110,8 @@ def mermaid() -> str:
         initial=Phase.PREFLIGHT,
         auto_transitions=False,
         graph_engine="mermaid",
-        title="upgrader run",
     )
-    return str(model.get_graph().draw(None))  # type: ignore[attr-defined]
+    drawn = str(model.get_graph().draw(None))  # type: ignore[attr-defined]
+    # keep the diagram, drop the front matter and the highlight styling of the "current" state
+    body = drawn[drawn.index("stateDiagram-v2"):].splitlines()
+    return "\n".join(line for line in body if not line.strip().startswith(("Class ", "classDef"))).strip() + "\n"

@@ -32,6 +32,8 @@ class Preflight:
     def _check(self, ctx: StepContext) -> dict[str, Any]:
         plan, hv = ctx.plan, ctx.ports.hypervisor
         inhibitors: list[str] = []
+        if plan.takeover.strategy != "mac_move":
+            inhibitors.append(f"takeover strategy {plan.takeover.strategy} is not implemented yet (mac_move is)")
         out: dict[str, Any] = {"hypervisor": hv.check()}
         domain = hv.domain(plan.source.domain)
         if domain is None:
