@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from upgrader.errors import InfraError
 from upgrader.steps.base import Ports
 
 if TYPE_CHECKING:
@@ -18,11 +17,6 @@ def build_ports(plan: "Plan", run_id: str) -> Ports:
         from upgrader.testing import fakes
 
         return fakes.build(plan)
-    try:
-        from upgrader.adapters.real import build as build_real
-    except ImportError as exc:  # the real adapters land with issue 4
-        raise InfraError(
-            f"no adapter for {uri} in this version: the libvirt/SSH adapters are not built yet",
-            hint="`--dry-run` shows what the run would do; tests use fake:// worlds",
-        ) from exc
+    from upgrader.adapters.real import build as build_real  # imports libvirt: only when needed
+
     return build_real(plan, run_id)

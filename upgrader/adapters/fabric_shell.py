@@ -1,0 +1,221 @@
+"""The Shell port on fabric. Host keys are pinned: only the plan's known_hosts is loaded and
+unknown keys are rejected (fabric's default is AutoAddPolicy). Connection attempts are retried
+with backoff (tenacity) for a bounded time; a key mismatch is never retried."""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import time
+from typing import TYPE_CHECKING, Sequence
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+from invoke.watchers import Responder
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from upgrader.errors import InfraError, StepFailed
+from upgrader.ports import Command, OutputSink, Prompt, Result
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan, SshTarget
+
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+REBOOT = "nohup sh -c 'sleep 1; reboot' >/dev/null 2>&1 &"
+
+
+class HostKeyError(InfraError):
+    default_hint = "the guest's host key must be in the plan's known_hosts; check it with ssh-keyscan through the same path"
+
+
+def expand(template: str, host: str, port: int, user: str) -> str:
+    """ssh_config-style %h %p %r %% in a ProxyCommand."""
+    out, i = [], 0
+    while i < len(template):
+        if template[i] == "%" and i + 1 < len(template):
+            out.append({"h": host, "p": str(port), "r": user, "%": "%"}.get(template[i + 1], template[i : i + 2]))
+            i += 2
+        else:
+            out.append(template[i])
+            i += 1
+    return "".join(out)
+
+
+class _Lines(io.TextIOBase):
+    """A stream for invoke's runners that hands complete lines to the UI, secrets masked."""
+
+    def __init__(self, sink: OutputSink | None, secrets: Sequence[str]) -> None:
+        self.sink, self.secrets, self.buffer = sink, [s for s in secrets if s], ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        if self.sink is not None:
+            self.sink(line.rstrip("\r"))
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._emit(self.buffer)
+            self.buffer = ""
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, InfraError) and not isinstance(exc, HostKeyError)
+
+
+class FabricShell:
+    def __init__(self, factory: "FabricShells", role: str, target: "SshTarget") -> None:
+        self.factory, self.name, self.target = factory, role, target
+        self.conn: Connection | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    def _open(self, timeout: float) -> None:
+        t, plan = self.target, self.factory.plan
+        config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        kwargs: dict[str, object] = {"look_for_keys": False, "allow_agent": False, "timeout": timeout,
+                                     "banner_timeout": timeout, "auth_timeout": timeout}
+        if t.key:
+            kwargs["key_filename"] = str(plan.resolve_path(t.key))
+        gateway = expand(t.proxy_command, t.host, t.port, t.user) if t.proxy_command else None
+        conn = Connection(t.host, user=t.user, port=t.port, config=config, gateway=gateway, connect_kwargs=kwargs,
+                          connect_timeout=timeout)
+        conn.client = paramiko.SSHClient()  # drop fabric's AutoAddPolicy and the system known_hosts
+        if t.known_hosts:
+            conn.client.load_host_keys(str(plan.resolve_path(t.known_hosts)))
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        where = f"{t.user}@{t.host}:{t.port} ({self.name})"
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(f"host key of {where} does not match the pinned key in {t.known_hosts}") from exc
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(f"host key of {where} is not in the pinned known_hosts {t.known_hosts}") from exc
+            raise InfraError(f"SSH to {where}: {exc}") from exc
+        except (OSError, EOFError, socket.timeout) as exc:
+            raise InfraError(f"SSH to {where}: {exc or type(exc).__name__}") from exc
+        transport = conn.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(5)  # a dead peer is noticed, not hung on
+        self.conn = conn
+
+    def ensure(self, wait: float | None = None) -> Connection:
+        if self.conn is not None and self.conn.is_connected:
+            return self.conn
+        wait = self.factory.wait if wait is None else wait
+        timeout = self.target.connect_timeout.total_seconds()
+        for attempt in Retrying(stop=stop_after_delay(wait), wait=wait_exponential(multiplier=0.5, max=5),
+                                retry=retry_if_exception(_transient), reraise=True):
+            with attempt:
+                self._open(timeout)
+        assert self.conn is not None
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # ------------------------------------------------------------------ commands
+
+    def run(
+        self,
+        command: Command,
+        *,
+        timeout: float = 600,
+        prompts: Sequence[Prompt] = (),
+        env: dict[str, str] | None = None,
+        on_output: OutputSink | None = None,
+        mark: str | None = None,
+    ) -> Result:
+        line = command.line
+        if mark:  # the marker is written by the same remote shell, right after a zero exit
+            folder = mark.rsplit("/", 1)[0]
+            line = f"{{ {line}\n}} && mkdir -p {shlex.quote(folder)} && touch {shlex.quote(mark)}"
+        if env:  # inline: dropbear and many sshd configs refuse SetEnv
+            line = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items()) + line
+        stream = _Lines(on_output, command.secrets)
+        watchers = [Responder(pattern=p.pattern, response=p.answer + "\n") for p in prompts]
+        conn = self.ensure()
+        try:
+            result = conn.run(line, hide=False, warn=True, timeout=timeout, pty=bool(prompts), watchers=watchers,
+                              out_stream=stream, err_stream=stream)
+        except CommandTimedOut as exc:
+            self.close()
+            raise StepFailed(f"`{command.masked()}` on {self.name} timed out after {timeout:.0f} s") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise InfraError(f"connection to {self.name} lost while running `{command.masked()}`: {exc}") from exc
+        finally:
+            stream.flush()
+        if result.exited == -1:
+            self.close()
+            raise InfraError(f"connection to {self.name} died while running `{command.masked()}` (no exit status)",
+                             hint="the command may still be running on the guest; `upgrader resume` probes before redoing it")
+        masked = _mask(result.stdout, command.secrets)
+        return Result(command.masked(), int(result.exited), masked, _mask(result.stderr, command.secrets))
+
+    def boot_id(self) -> str:
+        result = self.run(Command(BOOT_ID), timeout=30)
+        if not result.ok or not result.stdout.strip():
+            raise InfraError(f"cannot read the boot id on {self.name}: {result.tail()}")
+        return result.stdout.strip()
+
+    def reboot(self, *, timeout: float) -> str:
+        old = self.boot_id()
+        self.run(Command(REBOOT), timeout=30)
+        self.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.ensure(wait=max(1.0, min(30.0, deadline - time.monotonic())))
+                current = self.boot_id()
+            except HostKeyError:
+                raise
+            except InfraError:
+                self.close()
+                continue
+            if current != old:
+                return current
+            self.close()
+            time.sleep(1)
+        raise StepFailed(f"{self.name} did not come back with a new boot id within {timeout:.0f} s after reboot",
+                         hint="`upgrader lab console NAME` (lab) or the hypervisor console shows why")
+
+
+def _mask(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class FabricShells:
+    """Connections by role: "prod" and "staging" are the plan's two SSH targets."""
+
+    def __init__(self, plan: "Plan", wait: float = 180.0) -> None:
+        self.plan, self.wait = plan, wait
+        self.targets = {"prod": plan.ssh.prod, "staging": plan.ssh.staging}
+        self._shells: dict[str, FabricShell] = {}
+
+    def connect(self, role: str) -> FabricShell:
+        shell = self._shells.get(role)
+        if shell is None:
+            shell = self._shells[role] = FabricShell(self, role, self.targets[role])
+        shell.ensure()
+        return shell
+
+    def close(self) -> None:
+        for shell in self._shells.values():
+            shell.close()
+

@@ -1,0 +1,505 @@
+"""The Hypervisor port on libvirt-python. Works with any libvirt URI: images are handled through
+libvirt's storage API (a transient `dir` pool is created for a directory no pool covers), never
+by touching paths on the orchestrator, so `qemu+ssh://hv/system` works like `qemu:///system`.
+
+Snapshot model: an external disk-only atomic snapshot freezes each disk as the *base*; prod
+continues on a new overlay. The twin gets its own overlay over the same base. Before anything is
+committed into a base the backing-chain guard checks that no other image depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import libvirt
+
+from upgrader.errors import InfraError, StepFailed, UnsafeOperation
+from upgrader.ports import DomainInfo, SnapshotInfo
+
+JOB_POLL = 0.2
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; we turn them into UpgraderErrors."""
+
+
+libvirt.registerErrorHandler(_silence, None)
+
+_INFRA_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_AUTH_FAILED,
+    libvirt.VIR_ERR_AUTH_CANCELLED,
+    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+}
+
+
+@contextmanager
+def libvirt_errors(what: str) -> Iterator[None]:
+    """libvirt errors become UpgraderErrors by error code, with a hint."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        code = exc.get_error_code()
+        text = f"{what}: {exc.get_error_message() or exc}"
+        if code in _INFRA_CODES:
+            raise InfraError(text, hint="is libvirtd running and the URI right? `virsh -c URI list` tells") from exc
+        if code == libvirt.VIR_ERR_NO_DOMAIN:
+            raise StepFailed(text, hint="`virsh -c URI list --all` shows the defined domains") from exc
+        if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
+            raise StepFailed(text, hint="the domain is not in a state that allows this; check `virsh domstate`") from exc
+        if code == libvirt.VIR_ERR_NO_SUPPORT:
+            raise StepFailed(text, hint="this hypervisor/libvirt version does not support the operation") from exc
+        raise StepFailed(text) from exc
+
+
+def _disk_elements(root: ET.Element) -> list[ET.Element]:
+    return [d for d in root.findall("./devices/disk") if d.get("device", "disk") == "disk" and d.find("source") is not None]
+
+
+def _source_file(disk: ET.Element) -> str | None:
+    source = disk.find("source")
+    return None if source is None else source.get("file")
+
+
+def _chain(disk: ET.Element) -> list[str]:
+    """Active image first, then its backing files as libvirt reports them."""
+    paths: list[str] = []
+    node: ET.Element | None = disk
+    while node is not None:
+        source = node.find("source")
+        if source is not None and source.get("file"):
+            paths.append(source.get("file", ""))
+        node = node.find("backingStore")
+    return paths
+
+
+class LibvirtHypervisor:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+
+    # ------------------------------------------------------------------------ connection
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None or not self._conn.isAlive():
+            with libvirt_errors(f"cannot connect to libvirt at {self.uri}"):
+                self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    def check(self) -> str:
+        with libvirt_errors("libvirt check"):
+            version = self.conn.getLibVersion()
+            return f"{self.conn.getType()} via libvirt {version // 1000000}.{version // 1000 % 1000}.{version % 1000} at {self.uri}"
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            with libvirt_errors(f"looking up {name}"):
+                raise
+
+    def _dom(self, name: str) -> libvirt.virDomain:
+        dom = self._lookup(name)
+        if dom is None:
+            raise StepFailed(f"domain {name} not found at {self.uri}", hint="`virsh -c URI list --all`")
+        return dom
+
+    @staticmethod
+    def _xml(dom: libvirt.virDomain, inactive: bool = False) -> ET.Element:
+        with libvirt_errors(f"reading {dom.name()}'s XML"):
+            return ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0))
+
+    # ------------------------------------------------------------------------ inspection
+
+    def domain(self, name: str) -> DomainInfo | None:
+        dom = self._lookup(name)
+        if dom is None:
+            return None
+        root = self._xml(dom)
+        disks = {d.find("target").get("dev", "?"): _source_file(d) or "" for d in _disk_elements(root)}  # type: ignore[union-attr]
+        nics: dict[str, str] = {}
+        links: dict[str, bool] = {}
+        for iface in root.findall("./devices/interface"):
+            mac = iface.find("mac")
+            source = iface.find("source")
+            if mac is None or source is None:
+                continue
+            address = mac.get("address", "").lower()
+            nics[address] = source.get("bridge") or source.get("network") or ""
+            link = iface.find("link")
+            links[address] = link is None or link.get("state", "up") == "up"
+        with libvirt_errors(f"state of {name}"):
+            running = bool(dom.isActive())
+        return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics, links=links)
+
+    def free_bytes(self, directory: str) -> int:
+        pool = self._pool_for(directory)
+        with libvirt_errors(f"free space in {directory}"):
+            return int(pool.info()[3])
+
+    # ------------------------------------------------------------------------ storage
+
+    def _pool_for(self, directory: str) -> libvirt.virStoragePool:
+        directory = os.path.normpath(directory)
+        with libvirt_errors(f"storage pool for {directory}"):
+            for pool in self.conn.listAllStoragePools():
+                path = ET.fromstring(pool.XMLDesc()).findtext("./target/path")
+                if path and os.path.normpath(path) == directory:
+                    if not pool.isActive():
+                        pool.create()
+                    pool.refresh()
+                    return pool
+            name = "upgrader-" + hashlib.sha256(directory.encode()).hexdigest()[:10]
+            xml = f"<pool type='dir'><name>{name}</name><target><path>{_esc(directory)}</path></target></pool>"
+            pool = self.conn.storagePoolCreateXML(xml, 0)  # transient: gone when libvirtd restarts
+            pool.refresh()
+            return pool
+
+    def _volume(self, path: str) -> libvirt.virStorageVol | None:
+        self._pool_for(os.path.dirname(path))
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            with libvirt_errors(f"looking up {path}"):
+                raise
+        return None
+
+    def _size(self, path: str) -> int:
+        vol = self._volume(path)
+        if vol is None:
+            return 0
+        with libvirt_errors(f"size of {path}"):
+            return int(vol.info()[2])  # allocation: bytes really used on disk
+
+    def _delete(self, path: str) -> int:
+        vol = self._volume(path)
+        if vol is None:
+            return 0
+        size = self._size(path)
+        with libvirt_errors(f"deleting {path}"):
+            vol.delete(0)
+        return size
+
+    def _dependents(self, path: str, *, ignoring: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Every image or domain disk that has `path` as a backing file (the chain guard)."""
+        found: set[str] = set()
+        with libvirt_errors("scanning backing chains"):
+            for dom in self.conn.listAllDomains():
+                for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+                    root = ET.fromstring(dom.XMLDesc(flags))
+                    for disk in _disk_elements(root):
+                        chain = _chain(disk)
+                        if path in chain[1:]:
+                            found.add(f"{chain[0]} (disk of {dom.name()})")
+            for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                pool.refresh()
+                for vol in pool.listAllVolumes():
+                    try:
+                        backing = ET.fromstring(vol.XMLDesc()).findtext("./backingStore/path")
+                    except libvirt.libvirtError:
+                        continue
+                    if backing and os.path.normpath(backing) == os.path.normpath(path):
+                        found.add(vol.path())
+        return sorted(f for f in found if f.split(" ")[0] not in ignoring)
+
+    # ------------------------------------------------------------------------ snapshot
+
+    def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
+        dom = self._dom(domain)
+        root = self._xml(dom)
+        disks_xml, overlays, bases = [], {}, {}
+        for disk in _disk_elements(root):
+            target = disk.find("target").get("dev")  # type: ignore[union-attr]
+            base = _source_file(disk)
+            if not base or not target:
+                raise StepFailed(f"{domain}: disk {target} is not file-backed; only file disks can be snapshotted here")
+            folder = directory or os.path.dirname(base)
+            stem = os.path.splitext(os.path.basename(base))[0]
+            overlay = os.path.join(folder, f"{stem}.{name}.qcow2")
+            disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{_esc(overlay)}'/></disk>")
+            overlays[target], bases[target] = overlay, base
+        xml = f"<domainsnapshot><name>{_esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
+        flags = (
+            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        )
+        if root.find("./devices/channel/target[@name='org.qemu.guest_agent.0']") is not None:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE  # fsfreeze through the guest agent
+        with libvirt_errors(f"snapshot of {domain}"):
+            dom.snapshotCreateXML(xml, flags)
+        return SnapshotInfo(name=name, overlays=overlays, bases=bases)
+
+    def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
+        dom = self._lookup(domain)
+        if dom is None:
+            return None
+        overlays, bases = {}, {}
+        for disk in _disk_elements(self._xml(dom)):
+            target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
+            chain = _chain(disk)
+            if not chain or not os.path.basename(chain[0]).endswith(f".{name}.qcow2"):
+                return None
+            overlays[target] = chain[0]
+            bases[target] = chain[1] if len(chain) > 1 else self._backing_of(chain[0])
+        return SnapshotInfo(name=name, overlays=overlays, bases=bases) if overlays else None
+
+    def _backing_of(self, path: str) -> str:
+        vol = self._volume(path)
+        if vol is None:
+            return ""
+        with libvirt_errors(f"reading {path}"):
+            return ET.fromstring(vol.XMLDesc()).findtext("./backingStore/path") or ""
+
+    # ------------------------------------------------------------------------ clone
+
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+        src = self._dom(source)
+        root = self._xml(src, inactive=True)
+        root.find("name").text = twin  # type: ignore[union-attr]
+        uuid = root.find("uuid")
+        if uuid is not None:
+            uuid.text = str(uuidlib.uuid4())
+        for disk in _disk_elements(root):
+            target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
+            base = snapshot.bases.get(target)
+            if base is None:
+                raise StepFailed(f"{source}: disk {target} was not in snapshot {snapshot.name}")
+            overlay = self._create_overlay(base, twin)
+            disk.find("source").set("file", overlay)  # type: ignore[union-attr]
+            driver = disk.find("driver")
+            if driver is not None:
+                driver.set("type", "qcow2")
+            for backing in disk.findall("backingStore"):
+                disk.remove(backing)
+        kind = "network" if self._is_network(network) else "bridge"
+        for iface in root.findall("./devices/interface"):
+            _retarget(iface, kind, network)  # same MAC, isolated segment
+            for tap in iface.findall("target"):
+                iface.remove(tap)
+        for log in root.iter("log"):  # the twin gets its own console log next to prod's
+            if log.get("file"):
+                log.set("file", _suffixed(log.get("file", ""), twin))
+        for chardev in root.findall("./devices/serial") + root.findall("./devices/console"):
+            source = chardev.find("source")
+            if chardev.get("type") == "file" and source is not None and source.get("path"):
+                source.set("path", _suffixed(source.get("path", ""), twin))
+        with libvirt_errors(f"defining {twin}"):
+            self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+        info = self.domain(twin)
+        assert info is not None
+        return info
+
+    def _create_overlay(self, base: str, owner: str) -> str:
+        stem = os.path.splitext(os.path.basename(base))[0]
+        name = f"{stem}.{owner}.qcow2"
+        pool = self._pool_for(os.path.dirname(base))
+        base_vol = self._volume(base)
+        if base_vol is None:
+            raise StepFailed(f"base image {base} not found", hint="was the snapshot taken? `upgrader show HOST`")
+        with libvirt_errors(f"creating overlay {name}"):
+            capacity = base_vol.info()[1]
+            base_format = ET.fromstring(base_vol.XMLDesc()).find("./target/format")
+            fmt = base_format.get("type", "qcow2") if base_format is not None else "qcow2"
+            xml = (
+                f"<volume><name>{_esc(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
+                "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
+                f"<backingStore><path>{_esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
+            )
+            return str(pool.createXML(xml, 0).path())
+
+    def _is_network(self, name: str) -> bool:
+        try:
+            self.conn.networkLookupByName(name)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def start(self, name: str) -> None:
+        dom = self._dom(name)
+        with libvirt_errors(f"starting {name}"):
+            if not dom.isActive():
+                dom.create()
+
+    def destroy(self, name: str) -> None:
+        dom = self._dom(name)
+        with libvirt_errors(f"stopping {name}"):
+            if dom.isActive():
+                dom.destroy()
+
+    def undefine(self, name: str) -> int:
+        dom = self._dom(name)
+        with libvirt_errors(f"undefining {name}"):
+            if dom.isActive():
+                raise StepFailed(f"{name} is running; it must be stopped before it is undefined")
+            chains = [_chain(d) for d in _disk_elements(self._xml(dom, inactive=True))]
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        freed = 0
+        for chain in chains:
+            path: str | None = chain[0]
+            while path:
+                backing = self._backing_of(path)
+                users = self._dependents(path) + self._disk_users(path)
+                if users:
+                    break  # still needed by another image or domain: keep it and everything below
+                freed += self._delete(path)
+                path = backing or None
+        return freed
+
+    def _disk_users(self, path: str) -> list[str]:
+        with libvirt_errors("scanning domains"):
+            return [d.name() for d in self.conn.listAllDomains()
+                    if any(path == _source_file(x) for x in _disk_elements(self._xml(d, inactive=True)))]
+
+    # ------------------------------------------------------------------------ network
+
+    def _update_interface(self, domain: str, mac: str, change: Callable[[ET.Element], None]) -> None:
+        dom = self._dom(domain)
+        live = bool(dom.isActive())
+        for inactive in ((False, True) if live else (True,)):
+            root = self._xml(dom, inactive=inactive)
+            iface = _interface(root, mac)
+            if iface is None:
+                raise StepFailed(f"{domain} has no NIC {mac}")
+            change(iface)
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG if inactive else libvirt.VIR_DOMAIN_AFFECT_LIVE
+            with libvirt_errors(f"updating {domain}'s NIC {mac}"):
+                dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), flags)
+
+    def set_link(self, domain: str, mac: str, up: bool) -> None:
+        def change(iface: ET.Element) -> None:
+            link = iface.find("link")
+            if link is None:
+                link = ET.SubElement(iface, "link")
+            link.set("state", "up" if up else "down")
+
+        self._update_interface(domain, mac, change)
+
+    def move_nic(self, domain: str, mac: str, network: str) -> None:
+        kind = "network" if self._is_network(network) else "bridge"
+        self._update_interface(domain, mac, lambda iface: _retarget(iface, kind, network))
+        self._announce(domain)
+
+    def _announce(self, domain: str) -> None:
+        """Make the moved NIC announce itself (RARP/GARP) so switches and bridges learn its new
+        port at once instead of when their MAC table ages out. QEMU only; best effort."""
+        try:
+            import libvirt_qemu
+
+            libvirt_qemu.qemuMonitorCommand(self._dom(domain), '{"execute":"announce-self","arguments":'
+                                            '{"initial":50,"max":550,"rounds":5,"step":100}}', 0)
+        except (ImportError, libvirt.libvirtError):
+            pass
+
+    # ------------------------------------------------------------------------ chains
+
+    def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
+        dom = self._dom(domain)
+        freed = 0
+        for target, overlay in snapshot.overlays.items():
+            base = snapshot.bases[target]
+            others = self._dependents(base, ignoring={overlay})
+            if others:
+                raise UnsafeOperation(
+                    f"refusing to commit {overlay} into {base}: {', '.join(others)} still depend(s) on that base; "
+                    "committing would corrupt it"
+                )
+            current = {d.find('target').get('dev'): _source_file(d) for d in _disk_elements(self._xml(dom))}  # type: ignore[union-attr]
+            if current.get(target) == base:
+                continue  # already merged
+            if current.get(target) != overlay:
+                raise UnsafeOperation(f"{domain} {target} runs on {current.get(target)}, not on {overlay}; refusing to merge")
+            if not dom.isActive():
+                raise StepFailed(f"{domain} is not running; merging an offline overlay is not supported",
+                                 hint="start it, then `upgrader resume HOST`")
+            with libvirt_errors(f"committing {overlay} into {base}"):
+                dom.blockCommit(target, None, None, 0,
+                                libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+                self._wait_job(dom, target, pivot=True)
+            self._sync_config_disk(dom, target, base)
+            freed += self._delete(overlay)
+        return freed
+
+    def flatten(self, domain: str) -> None:
+        dom = self._dom(domain)
+        for disk in _disk_elements(self._xml(dom)):
+            target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
+            if len(_chain(disk)) < 2 and not self._backing_of(_source_file(disk) or ""):
+                continue  # already standalone
+            if not dom.isActive():
+                raise StepFailed(f"{domain} is not running; flattening offline is not supported")
+            with libvirt_errors(f"flattening {domain} {target}"):
+                dom.blockPull(target, 0, 0)
+                self._wait_job(dom, target, pivot=False)
+
+    def _wait_job(self, dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = dom.blockJobInfo(disk, 0)
+            if not info:
+                if pivot:
+                    raise StepFailed(f"block job on {dom.name()} {disk} ended before it could pivot")
+                return
+            if pivot and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
+                dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                while dom.blockJobInfo(disk, 0):
+                    time.sleep(JOB_POLL)
+                return
+            time.sleep(JOB_POLL)
+        raise StepFailed(f"block job on {dom.name()} {disk} did not finish in {timeout:.0f} s")
+
+    def _sync_config_disk(self, dom: libvirt.virDomain, target: str, path: str) -> None:
+        """After a pivot the live definition points at `path`; make the persistent one agree."""
+        if not dom.isPersistent():
+            return
+        root = self._xml(dom, inactive=True)
+        for disk in _disk_elements(root):
+            if disk.find("target").get("dev") == target and _source_file(disk) != path:  # type: ignore[union-attr]
+                disk.find("source").set("file", path)  # type: ignore[union-attr]
+                for backing in disk.findall("backingStore"):
+                    disk.remove(backing)
+                with libvirt_errors(f"updating {dom.name()}'s definition"):
+                    self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+                return
+
+
+def _interface(root: ET.Element, mac: str) -> ET.Element | None:
+    for iface in root.findall("./devices/interface"):
+        node = iface.find("mac")
+        if node is not None and node.get("address", "").lower() == mac.lower():
+            return iface
+    return None
+
+
+def _retarget(iface: ET.Element, kind: str, name: str) -> None:
+    iface.set("type", kind)
+    source = iface.find("source")
+    if source is None:
+        source = ET.SubElement(iface, "source")
+    source.attrib.clear()
+    source.set(kind, name)
+
+
+def _suffixed(path: str, twin: str) -> str:
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f"{twin}.{base}")
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
+
