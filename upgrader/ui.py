@@ -166,9 +166,15 @@ def figures(record: RunRecord) -> dict[str, str]:
     if presync:
         out["pre-sync passes"] = str(len(presync))
         out["downtime forecast"] = f"{presync[-1].get('seconds', 0):.2f} s"
+    back = record.output("cutover.service_back")
+    if back.get("downtime") is not None:
+        out["observed downtime"] = f"{back['downtime']:.2f} s (quiesce -> service answers at its address)"
     final = record.output("cutover.final_sync")
     if final:
         out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
+    synced = sum(v.get("files", 0) for k, v in record.outputs.items() if k.startswith("presync.pass[")) + final.get("files", 0)
+    if presync or final:
+        out["files synced"] = str(synced)
     undefine = record.output("decommission.undefine")
     if undefine:
         out["bytes freed"] = f"{undefine.get('bytes_freed', 0):,}"

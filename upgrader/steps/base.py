@@ -57,7 +57,7 @@ class Journal:
         return journal
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
-        entry = {"kind": kind, **fields}
+        entry = {"kind": kind, "ts": utcnow().isoformat(), **fields}
         self.io.append(entry)
         key = fields.get("key")
         if kind == "begin" and isinstance(key, str):

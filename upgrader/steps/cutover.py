@@ -3,10 +3,12 @@ on the new prod. The clock of the downtime runs from quiesce to resume."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
 from upgrader.phases import Phase
+from upgrader.ports import Probe
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.sync import run_commands, sync_once
@@ -39,5 +41,30 @@ class Cutover:
             lambda _: {"strategy": plan.takeover.strategy, "probed": True} if takeover.taken_over(ctx) else None,
         )
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
-        out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3)}
+        back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
+        out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),
+                               "observed_downtime": back.get("downtime")}
         return Outcome(out)
+
+
+def service_port(plan: "Plan") -> tuple[str, int] | None:
+    """The first network check after cutover tells which port clients use."""
+    for check in plan.verify_checks:
+        if check.kind in ("tcp", "smtp", "http"):
+            return check.kind, getattr(check, check.kind).port
+    return None
+
+
+def service_back(ctx: StepContext) -> dict[str, Any]:
+    """Observed downtime: from the moment prod was quiesced (its journal `begin`, so a crash in
+    between counts too) until the service answers again at its address, from the client side."""
+    found = service_port(ctx.plan)
+    if found is None:
+        return {"downtime": None, "note": "no network check in the plan to measure with"}
+    kind, port = found
+    ctx.ports.prober.probe("prod", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
+    quiesced = ctx.journal.begun.get("cutover.quiesce", {}).get("ts")
+    if not quiesced:
+        return {"downtime": None}
+    began = dt.datetime.fromisoformat(str(quiesced))
+    return {"downtime": round((ctx.now() - began).total_seconds(), 3), "port": port}
