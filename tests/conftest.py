@@ -1,11 +1,16 @@
-"""Shared fixtures: a fake world (the in-package fakes) and a plan pointing at it."""
+"""Shared fixtures: a fake world (the in-package fakes) and a plan pointing at it; the real lab
+(one per test session, always torn down — also when a test fails or the run is interrupted).
+The lab needs root, the Debian packages in tools/bootstrap.sh and about 1 GiB of RAM."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from upgrader.lab import Lab
 from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
 
@@ -24,3 +29,19 @@ def fake_plan(tmp_path: Path, fake_world: WorldFile) -> Path:
     path = tmp_path / "fake.yml"
     path.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s"))
     return path
+
+
+def _progress(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, libvirtd)")
+    the_lab = Lab(os.environ.get("UPGRADER_LAB_DIR"), progress=_progress)
+    try:
+        the_lab.up()
+        yield the_lab
+    finally:
+        the_lab.down()

@@ -12,7 +12,8 @@ APT_PACKAGES=(
   libvirt-dev pkg-config gcc
   # the lab: libvirtd + QEMU (TCG), guest image parts, networking
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-  linux-image-amd64 busybox-static dropbear-bin rsync openssh-client e2fsprogs iproute2 arping
+  linux-image-amd64 busybox-static dropbear-bin rsync openssh-client openssh-sftp-server e2fsprogs
+  iproute2 arping util-linux
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }

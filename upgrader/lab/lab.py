@@ -1,0 +1,533 @@
+"""The rehearsal lab: `Lab(lab_dir).up()`, `.down()`, `.status()` and helpers that the product's
+end-to-end tests use (SSH to guests, commands in the client namespace, SMTP probes).
+
+`up()` is idempotent (reuses what is healthy); `down()` is idempotent and removes everything the
+lab created except the image cache (`purge=True` removes that too)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from upgrader.lab import config as C
+from upgrader.lab import daemons, image, netns
+from upgrader.lab.domain import DomainInfo, GuestSpec, domain_xml, parse
+from upgrader.lab.errors import LabError, LabNotUp, LabTimeout
+from upgrader.lab.proc import CommandFailed, ExecResult, run
+from upgrader.lab.ssh import SSHTarget, proxy_command, run_on
+
+Progress = Callable[[str], None]
+
+
+def _quiet_libvirt() -> None:
+    """libvirt-python prints every error to stderr by default; the lab raises instead.
+    (Process-wide: libvirt has no per-connection handler.)"""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class Lab:
+    def __init__(self, lab_dir: str | os.PathLike[str] | None = None, *,
+                 progress: Progress | None = None) -> None:
+        self.paths = C.LabPaths.resolve(lab_dir)
+        self._progress = progress or (lambda msg: None)
+        _quiet_libvirt()
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        return self.paths.uri
+
+    @property
+    def lab_dir(self) -> Path:
+        return self.paths.root
+
+    def __repr__(self) -> str:
+        return f"Lab({str(self.paths.root)!r})"
+
+    def _say(self, msg: str) -> None:
+        self._progress(msg)
+
+    # --- libvirt --------------------------------------------------------------------------
+
+    def _can_connect(self) -> bool:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError:
+            return False
+        conn.close()
+        return True
+
+    @contextlib.contextmanager
+    def libvirt_conn(self) -> Iterator[libvirt.virConnect]:
+        """A connection to the lab's libvirtd."""
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise LabNotUp(f"the lab's libvirtd does not answer on {self.paths.libvirt_socket}: "
+                           f"{exc.get_error_message()}") from exc
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def domains(self) -> list[tuple[DomainInfo, str]]:
+        """(info, state) of every domain on the lab's libvirtd."""
+        states = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+                  libvirt.VIR_DOMAIN_SHUTOFF: "shut off", libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+                  libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+                  libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended"}
+        out = []
+        with self.libvirt_conn() as conn:
+            for dom in conn.listAllDomains():
+                state = states.get(dom.state()[0], "unknown")
+                out.append((parse(dom.XMLDesc()), state))
+        return sorted(out, key=lambda x: x[0].name)
+
+    # --- up -------------------------------------------------------------------------------
+
+    def up(self, faults: Iterable[str | C.Fault] = (), *, timeout: float = 180.0) -> dict[str, Any]:
+        """Bring the lab up (or complete it). With faults, /etc/labos-faults on mailhost is set to
+        exactly those; without, it is left as it is. Returns status()."""
+        wanted = C.parse_faults(faults)
+        started = time.monotonic()
+        daemons.check_tools()
+        for d in (self.paths.run, self.paths.etc, self.paths.logs, self.paths.keys, self.paths.images,
+                  self.paths.cache):
+            d.mkdir(parents=True, exist_ok=True)
+        self._say("network namespaces and bridges")
+        netns.setup()
+        self._ensure_keys()
+        base, built = image.ensure_image(self.paths.cache, self._say)
+        if not built:
+            self._say(f"LabOS image labos-{base.key} (cached)")
+        kernel, initrd, bundle = self._link_boot_files(base)
+        self._say("libvirtd + virtlogd in upg-lab")
+        daemons.start(self.paths, self._can_connect)
+        created_disk = self._ensure_mailhost(base, kernel, initrd, wanted)
+        self._say("waiting for mailhost SSH")
+        target = self.ssh_target(C.Segment.PROD)
+        self.wait_ssh(C.Segment.PROD, timeout=timeout)
+        if wanted and not created_disk:
+            self.set_faults(C.Segment.PROD, wanted)
+        smtp = self.guest_exec(C.Segment.PROD, "/etc/init.d/smtpd status", check=False)
+        if not smtp.ok:
+            self._say(f"warning: smtpd on mailhost: {smtp.stdout.strip() or smtp.stderr.strip()}")
+        self._write_state(bundle)
+        self._say(f"lab up in {time.monotonic() - started:.1f} s ({target.user}@{target.host} via "
+                  f"{C.NS_ACC_PROD})")
+        return self.status()
+
+    def _ensure_keys(self) -> None:
+        keys = self.paths.keys
+        keys.mkdir(mode=0o700, exist_ok=True)
+        if not self.paths.ssh_key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "upgrader-lab",
+                 "-f", str(self.paths.ssh_key)])
+        if not self.paths.host_key.exists():
+            run(["dropbearkey", "-t", "ed25519", "-f", str(self.paths.host_key)])
+        if not self.paths.host_key_pub.exists() or not self.paths.known_hosts.exists():
+            out = run(["dropbearkey", "-y", "-f", str(self.paths.host_key)]).stdout
+            pub = next((line for line in out.splitlines() if line.startswith("ssh-")), None)
+            if pub is None:
+                raise LabError(f"cannot read the public part of {self.paths.host_key}")
+            keytype, b64 = pub.split()[:2]
+            self.paths.host_key_pub.write_text(f"{keytype} {b64} mailhost-lab\n")
+            # one entry for the service IP: prod and its twin on staging share it and the key
+            self.paths.known_hosts.write_text(f"{C.SERVICE_IP},{C.MAILHOST} {keytype} {b64}\n")
+
+    def _link_boot_files(self, base: image.BaseImage) -> tuple[Path, Path, Path]:
+        """Kernel, initrd and update bundle under images/ (hard links into the cache), so that a
+        domain never points into a cache directory that a rebuild may remove."""
+        d = self.paths.images / "boot"
+        d.mkdir(parents=True, exist_ok=True)
+        out = []
+        for src, name in ((base.vmlinuz, f"vmlinuz-{base.key}"), (base.initrd, f"initrd-{base.key}"),
+                          (base.bundle, image.BUNDLE_NAME),
+                          (base.bundle.with_name(base.bundle.name + ".sha256"), image.BUNDLE_NAME + ".sha256")):
+            dest = d / name
+            if name.startswith(image.BUNDLE_NAME) and dest.exists():
+                dest.unlink()
+            if not dest.exists():
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copy2(src, dest)
+            out.append(dest)
+        return out[0], out[1], out[2]
+
+    def _guest_files(self, faults: Sequence[C.Fault]) -> list[image.GuestFile]:
+        return [
+            image.GuestFile("/etc/dropbear/dropbear_ed25519_host_key", self.paths.host_key.read_bytes(), 0o600),
+            image.GuestFile("/root/.ssh/authorized_keys",
+                            self.paths.ssh_key.with_suffix(".pub").read_bytes(), 0o600),
+            image.GuestFile(C.FAULTS_FILE, "".join(f"{f}\n" for f in faults).encode(), 0o644),
+        ]
+
+    def _ensure_mailhost(self, base: image.BaseImage, kernel: Path, initrd: Path,
+                         faults: Sequence[C.Fault]) -> bool:
+        return self._ensure_guest(C.MAILHOST, C.Segment.PROD, base, kernel, initrd, faults)
+
+    def _ensure_guest(self, name: str, segment: C.Segment, base: image.BaseImage, kernel: Path,
+                      initrd: Path, faults: Sequence[C.Fault]) -> bool:
+        """Define and start a LabOS guest if needed. True if its disk was (re)created."""
+        disk = self.paths.disk(name)
+        created = False
+        with self.libvirt_conn() as conn:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError:
+                dom = None
+            if dom is not None:
+                info = parse(dom.XMLDesc())
+                if not all(Path(p).exists() for p in info.disks + [str(kernel)]) and not dom.isActive():
+                    self._say(f"{name}'s disk or kernel is gone: redefining it")
+                    dom.undefine()
+                    dom = None
+            if dom is None:
+                if not disk.exists():
+                    self._say(f"creating {name}'s disk")
+                    image.make_disk(base, disk, self._guest_files(faults))
+                    created = True
+                spec = GuestSpec(name=name, disk=disk, kernel=kernel, initrd=initrd,
+                                 bridge=C.SEGMENTS[segment].bridge, mac=C.MAILHOST_MAC, ip=C.SERVICE_IP,
+                                 console_log=self.paths.console_log(name))
+                dom = conn.defineXML(domain_xml(spec))
+            if not dom.isActive():
+                self._say(f"starting {name} (TCG)")
+                try:
+                    dom.create()
+                except libvirt.libvirtError as exc:
+                    raise LabError(f"cannot start {name}: {exc.get_error_message()}",
+                                   hint=f"see {self.paths.libvirt_log}/qemu/{name}.log") from exc
+        return created
+
+    def remove_guest(self, name: str) -> None:
+        """Destroy and undefine a guest and delete its disk and console log (no error if absent)."""
+        with self.libvirt_conn() as conn:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError:
+                dom = None
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                                  | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        self.paths.disk(name).unlink(missing_ok=True)
+        self.paths.console_log(name).unlink(missing_ok=True)
+
+    def add_guest(self, name: str, segment: C.Segment | str = C.Segment.STAGING,
+                  faults: Iterable[str | C.Fault] = (), *, timeout: float = 120.0) -> SSHTarget:
+        """A fresh LabOS release-1 guest with mailhost's identity (IP, MAC, SSH host key) on a
+        segment, e.g. a stand-in twin on staging. Waits for its SSH. Test helper: the product
+        makes its own twins from mailhost's disk."""
+        seg = C.Segment(str(segment))
+        base = self._base_image()
+        kernel, initrd, _ = self._link_boot_files(base)
+        self._ensure_guest(name, seg, base, kernel, initrd, C.parse_faults(faults))
+        self.wait_ssh(name, timeout=timeout)
+        return self.target(name)
+
+    def recreate_mailhost(self, faults: Iterable[str | C.Fault] = (), *, timeout: float = 120.0) -> str:
+        """Throw mailhost away and boot a fresh release-1 one (same keys); returns its boot id.
+        For tests that need a pristine prod (e.g. one per fault scenario)."""
+        self.remove_guest(C.MAILHOST)
+        base = self._base_image()
+        kernel, initrd, _ = self._link_boot_files(base)
+        self._ensure_mailhost(base, kernel, initrd, C.parse_faults(faults))
+        self.wait_ssh(C.MAILHOST, timeout=timeout)
+        return self.boot_id(C.MAILHOST)
+
+    def _base_image(self) -> image.BaseImage:
+        base = image.cached_image(self.paths.cache)
+        if base is None:
+            base, _ = image.ensure_image(self.paths.cache, self._say)
+        return base
+
+    def _write_state(self, bundle: Path) -> None:
+        data = {"plan": self.plan_values(bundle), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = self.paths.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.paths.state_file)
+
+    # --- plan-relevant values ------------------------------------------------------------
+
+    def plan_values(self, bundle: Path | None = None) -> dict[str, Any]:
+        """What a plan for the lab's mailhost needs (also in <lab dir>/lab.json)."""
+        return {
+            "libvirt_uri": self.uri,
+            "domain": C.MAILHOST,
+            "service_ip": C.SERVICE_IP,
+            "mac": C.MAILHOST_MAC,
+            "prod_bridge": C.BR_PROD,
+            "staging_bridge": C.BR_STG,
+            "ssh_user": C.SSH_USER,
+            "ssh_port": C.SSH_PORT,
+            "ssh_key": str(self.paths.ssh_key),
+            "known_hosts": str(self.paths.known_hosts),
+            "proxy_command": {str(s): proxy_command(s) for s in C.Segment},
+            "client_namespace": C.NS_CLIENT,
+            "client_ip": C.CLIENT_IP,
+            "quiesce": C.QUIESCE_CMD,
+            "resume": C.RESUME_CMD,
+            "service_check": C.SMTP_CHECK_CMD,
+            "upgrade": ["labos-update fetch", "labos-update install", "reboot",
+                        "labos-update install", "labos-update install"],
+            "update_bundle": str(bundle or self.paths.images / "boot" / image.BUNDLE_NAME),
+            "images_dir": str(self.paths.images),
+            "logs_dir": str(self.paths.logs),
+            "faults_file": C.FAULTS_FILE,
+        }
+
+    # --- down -----------------------------------------------------------------------------
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Destroy + undefine every domain on the lab's libvirtd, stop the daemons, remove the
+        namespaces and the lab's files (the image cache stays unless purge). Idempotent; keeps
+        going past errors and raises the first one at the end."""
+        done: list[str] = []
+        errors: list[Exception] = []
+
+        def attempt(fn: Callable[[], Any]) -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - teardown must go on
+                errors.append(exc)
+
+        attempt(lambda: done.extend(self._remove_domains()))
+        attempt(lambda: done.extend(daemons.stop(self.paths)))
+        attempt(lambda: done.extend(netns.teardown()))
+        attempt(lambda: done.extend(daemons.remove_mount_points(self.paths)))
+        attempt(lambda: done.extend(self._remove_files(purge)))
+        for line in done:
+            self._say(f"removed {line}")
+        if errors:
+            first = errors[0]
+            if isinstance(first, LabError):
+                raise first
+            raise LabError(f"lab down: {first}") from first
+        return done
+
+    def _remove_domains(self) -> list[str]:
+        if not daemons.read_pid(self.paths.libvirtd_pid, "libvirtd") or not self._can_connect():
+            return []
+        removed = []
+        flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                 | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        with self.libvirt_conn() as conn:
+            for dom in conn.listAllDomains():
+                name = dom.name()
+                if dom.isActive():
+                    dom.destroy()
+                try:
+                    dom.undefineFlags(flags)
+                except libvirt.libvirtError:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()  # transient domains are gone after destroy
+                removed.append(f"domain {name}")
+        return removed
+
+    def _remove_files(self, purge: bool) -> list[str]:
+        root = self.paths.root
+        if not root.exists():
+            return []
+        if purge:
+            shutil.rmtree(root)
+            return [str(root)]
+        removed = []
+        for child in sorted(root.iterdir()):
+            if child == self.paths.images:
+                for sub in sorted(child.iterdir()):
+                    if sub != self.paths.cache:
+                        _rm(sub)
+                        removed.append(str(sub))
+                continue
+            _rm(child)
+            removed.append(str(child))
+        return removed
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        net = netns.state()
+        daemon_states = daemons.states(self.paths)
+        libvirt_ok = all(d.alive for d in daemon_states) and self._can_connect()
+        guests: list[dict[str, Any]] = []
+        if libvirt_ok:
+            for info, state in self.domains():
+                guests.append({"name": info.name, "state": state,
+                               "segment": str(info.segment) if info.segment else None,
+                               "bridges": info.bridges, "macs": info.macs, "ip": info.ip,
+                               "disks": info.disks, "console_log": info.console_log})
+        mailhost_running = any(g["name"] == C.MAILHOST and g["state"] == "running" for g in guests)
+        cached = sorted(p.name for p in self.paths.cache.glob("labos-*")) if self.paths.cache.is_dir() else []
+        return {
+            "lab_dir": str(self.paths.root),
+            "uri": self.uri,
+            "up": bool(net.links_ok and libvirt_ok and mailhost_running),
+            "daemons": [{"name": d.name, "pid": d.pid, "alive": d.alive, "pidfile": str(d.pidfile)}
+                        for d in daemon_states],
+            "namespaces": net.namespaces,
+            "segments": [{"segment": str(s), "bridge": n.bridge, "present": net.bridges[n.bridge],
+                          "access_namespace": n.access_ns, "access_ip": C.ACCESS_IP,
+                          "proxy_command": proxy_command(s)} for s, n in C.SEGMENTS.items()],
+            "client": {"namespace": C.NS_CLIENT, "ip": C.CLIENT_IP,
+                       "present": C.NS_CLIENT in net.namespaces},
+            "guests": guests,
+            "image_cache": cached,
+            "plan": self.plan_values(),
+        }
+
+    # --- reaching guests ------------------------------------------------------------------
+
+    def ssh_target(self, segment: C.Segment | str) -> SSHTarget:
+        seg = C.Segment(str(segment))
+        return SSHTarget(segment=seg, host=C.SERVICE_IP, port=C.SSH_PORT, user=C.SSH_USER,
+                         key_path=self.paths.ssh_key, known_hosts=self.paths.known_hosts)
+
+    def target(self, name_or_segment: str | C.Segment) -> SSHTarget:
+        """SSH target for "prod"/"staging", or for a domain name (its segment = its bridge)."""
+        key = str(name_or_segment)
+        if key in {s.value for s in C.Segment}:
+            return self.ssh_target(key)
+        with self.libvirt_conn() as conn:
+            try:
+                info = parse(conn.lookupByName(key).XMLDesc())
+            except libvirt.libvirtError as exc:
+                raise LabError(f"no domain {key!r} in the lab",
+                               hint="`upgrader lab status` lists the guests") from exc
+        if info.segment is None:
+            raise LabError(f"domain {key!r} is on no lab bridge ({', '.join(info.bridges) or 'no NIC'})")
+        t = self.ssh_target(info.segment)
+        if info.ip and info.ip != t.host:
+            t = SSHTarget(t.segment, info.ip, t.port, t.user, t.key_path, t.known_hosts)
+        return t
+
+    def guest_exec(self, name_or_segment: str | C.Segment, cmd: str, *, timeout: float = 60.0,
+                   check: bool = True, input: str | None = None) -> ExecResult:
+        """Run a shell command on a guest over SSH (a fresh connection)."""
+        return run_on(self.target(name_or_segment), cmd, timeout=timeout, check=check, input=input)
+
+    def wait_ssh(self, name_or_segment: str | C.Segment, timeout: float = 120.0) -> str:
+        """Poll (inside the access namespace) until the guest's SSH banner shows. Returns it."""
+        t = self.target(name_or_segment)
+        ns = C.SEGMENTS[t.segment].access_ns
+        result = run(["ip", "netns", "exec", ns, sys.executable, "-m", "upgrader.lab.proxy", t.host,
+                      str(t.port), "--wait-banner", str(timeout)], check=False, timeout=timeout + 15)
+        if not result.ok:
+            raise LabTimeout(result.stderr.strip() or f"no SSH banner from {t.host}",
+                             hint=f"`upgrader lab console {name_or_segment}` shows the guest's console")
+        return result.stdout.strip()
+
+    def boot_id(self, name_or_segment: str | C.Segment, timeout: float = 30.0) -> str:
+        return self.guest_exec(name_or_segment, "cat /proc/sys/kernel/random/boot_id",
+                               timeout=timeout).stdout.strip()
+
+    def wait_boot(self, name_or_segment: str | C.Segment, old_boot_id: str | None,
+                  timeout: float = 120.0) -> str:
+        """Poll until the guest answers over SSH with a boot id different from old_boot_id.
+        While the old boot still answers, poll once a second; while SSH is down, wait for the
+        banner inside the access namespace (one process polling every 0.2 s)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            left = deadline - time.monotonic()
+            try:
+                bid = self.boot_id(name_or_segment, timeout=max(5.0, min(20.0, left)))
+            except LabError as exc:
+                last = exc
+                with contextlib.suppress(LabError):
+                    self.wait_ssh(name_or_segment, timeout=max(1.0, deadline - time.monotonic()))
+                continue
+            if bid and bid != old_boot_id:
+                return bid
+            time.sleep(1.0)  # the old boot still answers: it has not gone down yet
+        raise LabTimeout(f"{name_or_segment} did not come back with a new boot id within {timeout:.0f} s"
+                         + (f" (last: {last})" if last else ""))
+
+    def reboot(self, name: str = C.MAILHOST, *, via: str = "libvirt", timeout: float = 120.0) -> str:
+        """Reboot a guest (via libvirt's ACPI reboot, or `reboot` over SSH); returns the new boot id."""
+        old = self.boot_id(name)
+        if via == "libvirt":
+            with self.libvirt_conn() as conn:
+                conn.lookupByName(name).reboot(0)
+        elif via == "ssh":
+            with contextlib.suppress(LabError):
+                self.guest_exec(name, "reboot", timeout=15, check=False)
+        else:
+            raise ValueError(via)
+        return self.wait_boot(name, old, timeout=timeout)
+
+    def set_faults(self, name_or_segment: str | C.Segment, faults: Iterable[str | C.Fault]) -> None:
+        """Set /etc/labos-faults on a guest to exactly these faults."""
+        wanted = C.parse_faults(faults)
+        content = "".join(f"{f}\n" for f in wanted)
+        self.guest_exec(name_or_segment, f"cat > {C.FAULTS_FILE}.new && mv {C.FAULTS_FILE}.new {C.FAULTS_FILE} && sync",
+                        input=content)
+
+    # --- the client namespace ------------------------------------------------------------
+
+    def client_exec(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0,
+                    check: bool = True) -> ExecResult:
+        """Run argv inside the client namespace (upg-client, 192.0.2.100 on the prod segment)."""
+        if not netns.ns_exists(C.NS_CLIENT):
+            raise LabNotUp(f"namespace {C.NS_CLIENT} does not exist")
+        return run(["ip", "netns", "exec", C.NS_CLIENT, *argv], input=input, timeout=timeout, check=check)
+
+    def client_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start argv in the client namespace without waiting (e.g. traffic during a cutover)."""
+        return subprocess.Popen(["ip", "netns", "exec", C.NS_CLIENT, *argv], **kwargs)
+
+    def mailclient_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "upgrader.lab.mailclient", *args]
+
+    def send_mails(self, count: int, *, to: str = "alice@mailhost", tag: str = "probe",
+                   each: bool = False, host: str = C.SERVICE_IP, timeout: float = 300.0) -> dict[str, Any]:
+        """Send count mails from the client namespace with smtplib; returns the JSON summary
+        (sent, failed, errors, seconds)."""
+        args = ["--host", host, "--count", str(count), "--to", to, "--tag", tag]
+        if each:
+            args.append("--each")
+        result = self.client_exec(self.mailclient_argv(*args), timeout=timeout, check=False)
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise CommandFailed(result) from exc
+
+    def smtp_probe(self, host: str = C.SERVICE_IP, timeout: float = 15.0) -> dict[str, Any]:
+        """Banner + EHLO + QUIT from the client namespace: {"ok": bool, "banner"|"error": ...}."""
+        result = self.client_exec(self.mailclient_argv("--probe", "--host", host, "--timeout", str(timeout)),
+                                  timeout=timeout + 30, check=False)
+        try:
+            return json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise CommandFailed(result) from exc
+
+    def count_mails(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> int:
+        """Messages in /var/mail/<mailbox>/{new,cur} on a guest."""
+        out = self.guest_exec(
+            name_or_segment,
+            f"ls /var/mail/{mailbox}/new /var/mail/{mailbox}/cur 2>/dev/null | grep -c '^[0-9]' || true",
+        ).stdout.strip()
+        return int(out or 0)
+
+
+def _rm(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["Lab"]

@@ -1,0 +1,118 @@
+"""Client traffic during a run, meant for the lab's client namespace:
+
+    ip netns exec upg-client python -m upgrader.lab.traffic --log /tmp/traffic.jsonl
+
+Until SIGTERM/SIGINT it (a) delivers one mail per SMTP connection every --interval seconds (a
+unique Message-ID each, logged when the server accepted it) and (b) opens a TCP connection to the
+port every --tcp-interval seconds (20 Hz by default), logging up/down transitions. On exit it
+prints a JSON summary: accepted Message-IDs, failed attempts, and the longest TCP outage —
+the client-observed downtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import smtplib
+import socket
+import threading
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from upgrader.lab import config as C
+
+
+class Traffic:
+    def __init__(self, host: str, port: int, interval: float, tcp_interval: float, to: str, log: str | None) -> None:
+        self.host, self.port, self.interval, self.tcp_interval, self.to = host, port, interval, tcp_interval, to
+        self.stop = threading.Event()
+        self.accepted: list[str] = []
+        self.failed = 0
+        self.errors: list[str] = []
+        self.outages: list[tuple[float, float]] = []
+        self.log = open(log, "a", encoding="utf-8") if log else None  # noqa: SIM115
+        self.lock = threading.Lock()
+
+    def _write(self, **entry: Any) -> None:
+        if self.log is not None:
+            with self.lock:
+                self.log.write(json.dumps({"t": round(time.time(), 3), **entry}) + "\n")
+                self.log.flush()
+
+    def mail_loop(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            msg_id = f"<traffic-{int(time.time())}-{n}@client.lab>"
+            msg = EmailMessage()
+            msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = "traffic@client.lab", self.to, f"traffic #{n}", msg_id
+            msg.set_content(f"message {n}\n")
+            started = time.monotonic()
+            try:
+                with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
+                    refused = smtp.send_message(msg)
+                if refused:
+                    raise smtplib.SMTPException(f"refused {refused}")
+                self.accepted.append(msg_id)
+                self._write(mail="accepted", id=msg_id)
+            except (OSError, smtplib.SMTPException) as exc:
+                self.failed += 1
+                if len(self.errors) < 20:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                self._write(mail="failed", id=msg_id, error=str(exc))
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def tcp_loop(self) -> None:
+        down_since: float | None = None
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                with socket.create_connection((self.host, self.port), timeout=min(0.5, self.tcp_interval * 4)):
+                    pass
+                if down_since is not None:
+                    self.outages.append((down_since, time.monotonic()))
+                    self._write(tcp="up", outage=round(time.monotonic() - down_since, 3))
+                    down_since = None
+            except OSError:
+                if down_since is None:
+                    down_since = started
+                    self._write(tcp="down")
+            self.stop.wait(max(0.0, self.tcp_interval - (time.monotonic() - started)))
+        if down_since is not None:
+            self.outages.append((down_since, time.monotonic()))
+
+    def summary(self) -> dict[str, Any]:
+        longest = max((b - a for a, b in self.outages), default=0.0)
+        return {"accepted": self.accepted, "failed": self.failed, "errors": self.errors,
+                "outages": len(self.outages), "longest_outage": round(longest, 3),
+                "total_outage": round(sum(b - a for a, b in self.outages), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m upgrader.lab.traffic")
+    p.add_argument("--host", default=C.SERVICE_IP)
+    p.add_argument("--port", type=int, default=C.SMTP_PORT)
+    p.add_argument("--interval", type=float, default=0.05, help="seconds between mails (default 0.05)")
+    p.add_argument("--tcp-interval", type=float, default=0.05, help="seconds between TCP probes (default 0.05 = 20 Hz)")
+    p.add_argument("--to", default="alice@mailhost")
+    p.add_argument("--log", help="JSON lines of every event")
+    p.add_argument("--max-seconds", type=float, default=3600.0, help="stop by itself after this long")
+    args = p.parse_args(argv)
+    traffic = Traffic(args.host, args.port, args.interval, args.tcp_interval, args.to, args.log)
+    signal.signal(signal.SIGTERM, lambda *_: traffic.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: traffic.stop.set())
+    threads = [threading.Thread(target=traffic.mail_loop), threading.Thread(target=traffic.tcp_loop)]
+    for t in threads:
+        t.start()
+    traffic.stop.wait(args.max_seconds)
+    traffic.stop.set()
+    for t in threads:
+        t.join()
+    print(json.dumps(traffic.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
