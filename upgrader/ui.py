@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -62,7 +63,7 @@ class RunView:
 
     def _on_RunStarted(self, e: RunStarted) -> None:
         verb = "resuming" if e.resumed else "starting"
-        self.console.print(f"[bold]{verb} run {e.run_id}[/] for [bold]{e.host}[/] at phase {e.phase.value}")
+        self.console.print(f"[bold]{verb} run {e.run_id}[/] for [bold]{escape(e.host)}[/] at phase {e.phase.value}")
         if self.console.is_terminal:
             self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
             self.live.start()
@@ -79,9 +80,9 @@ class RunView:
 
     def _on_PhaseFailed(self, e: PhaseFailed) -> None:
         self.phase_state[e.phase] = "failed"
-        self._line(f"[red]✗ {e.phase.value} failed:[/] {e.message}")
+        self._line(f"[red]✗ {e.phase.value} failed:[/] {escape(e.message)}")
         if e.hint:
-            self._line(f"  [dim]hint: {e.hint}[/]")
+            self._line(f"  [dim]hint: {escape(e.hint)}[/]")
 
     def _on_Transition(self, e: Transition) -> None:
         if e.trigger not in ("advance", ""):
@@ -90,27 +91,27 @@ class RunView:
     def _on_StepBegin(self, e: StepBegin) -> None:
         self.current_step = e.title
         if self.live is None:
-            self.console.print(f"  - {e.key}: {e.title}")
+            self.console.print(f"  - {escape(e.key)}: {escape(e.title)}")
 
     def _on_StepInDoubt(self, e: StepInDoubt) -> None:
         what = "already done (probed), not repeated" if e.already_done else "not done (probed), running it"
-        self._line(f"  [yellow]in doubt[/] {e.key}: {what}")
+        self._line(f"  [yellow]in doubt[/] {escape(e.key)}: {what}")
 
     def _on_StepDone(self, e: StepDone) -> None:
         if e.skipped and self.verbose and self.live is None:
-            self.console.print(f"  - {e.key}: done earlier")
+            self.console.print(f"  - {escape(e.key)}: done earlier")
 
     def _on_StepOutput(self, e: StepOutput) -> None:
-        if self.verbose:
-            self._line(f"    [dim]{e.key}[/] {Text(e.line).plain}", markup_line=False, key=e.key, raw=e.line)
+        if self.verbose:  # remote output is text, never markup
+            self.console.print(Text.assemble("    ", (e.key, "dim"), " ", e.line))
 
     def _on_Notice(self, e: Notice) -> None:
         color = {"warning": "yellow", "error": "red"}.get(e.level, "blue")
-        self._line(f"[{color}]![/] {e.text}")
+        self._line(f"[{color}]![/] {escape(e.text)}")
 
     def _on_Parked(self, e: Parked) -> None:
         self.phase_state[e.phase] = "parked"
-        self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {e.reason}")
+        self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {escape(e.reason)}")
 
     def _on_RunEnded(self, e: RunEnded) -> None:
         if self.live is not None:
@@ -119,14 +120,8 @@ class RunView:
 
     # ------------------------------------------------------------------ drawing
 
-    def _line(self, markup: str, *, markup_line: bool = True, key: str = "", raw: str = "") -> None:
-        if not markup_line:
-            text = Text("    ")
-            text.append(key, style="dim")
-            text.append(" " + raw)
-            self.console.print(text)
-        else:
-            self.console.print(markup)
+    def _line(self, markup: str) -> None:
+        self.console.print(markup)
 
     def _render(self) -> Group:
         rows = []
@@ -151,13 +146,13 @@ def report(console: Console, record: RunRecord) -> None:
         table.add_row(timing.phase.value, Text(timing.status, style=STYLE.get(timing.status, "")), seconds)
     console.print(table)
     for label, value in figures(record).items():
-        console.print(f"  {label}: [bold]{value}[/]")
+        console.print(f"  {label}: [bold]{escape(value)}[/]")
     if record.parked:
-        console.print(f"[yellow]parked:[/] {record.parked}")
+        console.print(f"[yellow]parked:[/] {escape(record.parked)}")
     if record.error and (record.phase in UNSUCCESSFUL or not record.finished):
-        console.print(f"[red]error in {record.error.phase.value}:[/] {record.error.message}")
+        console.print(f"[red]error in {record.error.phase.value}:[/] {escape(record.error.message)}")
         if record.error.hint:
-            console.print(f"[dim]hint: {record.error.hint}[/]")
+            console.print(f"[dim]hint: {escape(record.error.hint)}[/]")
 
 
 def figures(record: RunRecord) -> dict[str, str]:

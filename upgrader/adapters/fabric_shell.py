@@ -5,6 +5,8 @@ with backoff (tenacity) for a bounded time; a key mismatch is never retried."""
 from __future__ import annotations
 
 import io
+import os
+import select
 import shlex
 import socket
 import time
@@ -68,6 +70,21 @@ class _Lines(io.TextIOBase):
             self.buffer = ""
 
 
+class EofProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand whose recv() reports EOF as soon as the proxy process exits
+    (paramiko's own loops until its timeout when the guest is unreachable, e.g. mid-reboot)."""
+
+    def recv(self, size: int) -> bytes:
+        start = time.monotonic()
+        while True:
+            wait = None if self.timeout is None else self.timeout - (time.monotonic() - start)
+            if wait is not None and wait <= 0:
+                raise socket.timeout()
+            ready, _, _ = select.select([self.process.stdout], [], [], wait)
+            if ready:
+                return os.read(self.process.stdout.fileno(), size)  # b"" is EOF
+
+
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, InfraError) and not isinstance(exc, HostKeyError)
 
@@ -86,9 +103,9 @@ class FabricShell:
                                      "banner_timeout": timeout, "auth_timeout": timeout}
         if t.key:
             kwargs["key_filename"] = str(plan.resolve_path(t.key))
-        gateway = expand(t.proxy_command, t.host, t.port, t.user) if t.proxy_command else None
-        conn = Connection(t.host, user=t.user, port=t.port, config=config, gateway=gateway, connect_kwargs=kwargs,
-                          connect_timeout=timeout)
+        if t.proxy_command:
+            kwargs["sock"] = EofProxyCommand(expand(t.proxy_command, t.host, t.port, t.user))
+        conn = Connection(t.host, user=t.user, port=t.port, config=config, connect_kwargs=kwargs, connect_timeout=timeout)
         conn.client = paramiko.SSHClient()  # drop fabric's AutoAddPolicy and the system known_hosts
         if t.known_hosts:
             conn.client.load_host_keys(str(plan.resolve_path(t.known_hosts)))
