@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from upgrader.store import RunStore
 
 MAX_CLEANUP_ATTEMPTS = 3
+CLEANUP = frozenset({Phase.ABORTED, Phase.ROLLING_BACK, Phase.COMPLETED})
 ABORT_REQUEST_FILE = "abort-requested"
 
 
@@ -104,7 +105,9 @@ class Engine:
         now = self.now()
         for timing in self.record.timings:
             if timing.phase == source and timing.ended is None:
-                timing.ended, timing.status = now, "done" if self._trigger == "advance" else timing.status
+                timing.ended = now
+            if timing.phase == source and timing.status == "running":
+                timing.status = "done"
         self.record.phase = dest
         self.record.parked = None
         if dest in TERMINAL and STEPS.get(dest) is None:
@@ -157,6 +160,7 @@ class Engine:
                 self.store.save(record)
                 self.emit(Parked(phase, outcome.park))
                 break
+            record.cleanup_error = None
             self.emit(PhaseDone(phase, time.monotonic() - started))
             if outcome.trigger:
                 self.fire(outcome.trigger)
@@ -170,7 +174,11 @@ class Engine:
 
     def _fail(self, phase: Phase, exc: UpgraderError) -> None:
         record = self.record
-        record.error = RunError(phase=phase, message=exc.message, hint=exc.hint, kind=type(exc).__name__)
+        error = RunError(phase=phase, message=exc.message, hint=exc.hint, kind=type(exc).__name__)
+        if phase in CLEANUP:
+            record.cleanup_error = error
+        else:
+            record.error = error
         self.journal.write("failed", phase=phase.value, error=exc.message, error_kind=type(exc).__name__)
         self.emit(PhaseFailed(phase, exc.message, exc.hint))
         if phase in BEFORE_CUTOVER:

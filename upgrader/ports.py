@@ -27,6 +27,11 @@ class Command:
     def line(self) -> str:
         return self.template.format(*(shlex.quote(a) for a in self.args))
 
+    def short(self, limit: int = 100) -> str:
+        """The masked command cut to one line, for messages."""
+        text = " ".join(self.masked().split())
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
     def masked(self) -> str:
         text = self.line
         for secret in self.secrets:
@@ -160,6 +165,9 @@ class ShellFactory(Protocol):
     def connect(self, role: str) -> Shell:
         """role: "prod" or "staging" (the plan's ssh targets). After takeover the twin answers
         on the prod path and the old VM on the staging path."""
+
+    def reset(self) -> None:
+        """Drop every open connection: the machines behind the roles changed (takeover)."""
 
 
 # ---------------------------------------------------------------------------------------- sync

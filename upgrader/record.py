@@ -71,7 +71,8 @@ class RunRecord(BaseModel):
     # outputs of every step that finished, by step key ("snapshot", "upgrade[2]", ...)
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     timings: list[PhaseTiming] = Field(default_factory=list)
-    error: RunError | None = None
+    error: RunError | None = None  # the failure that sent the run to abort/rollback (the cause)
+    cleanup_error: RunError | None = None  # a cleanup/decommission step that failed; resume retries
     # why the run is waiting, when it is (e.g. "window opens 2026-11-29T01:30+01:00")
     parked: str | None = None
 

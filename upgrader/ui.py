@@ -30,7 +30,7 @@ from upgrader.events import (
     StepOutput,
     Transition,
 )
-from upgrader.phases import FORWARD, UNSUCCESSFUL, Phase
+from upgrader.phases import FORWARD, Phase
 from upgrader.record import RunRecord
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
@@ -149,10 +149,11 @@ def report(console: Console, record: RunRecord) -> None:
         console.print(f"  {label}: [bold]{escape(value)}[/]")
     if record.parked:
         console.print(f"[yellow]parked:[/] {escape(record.parked)}")
-    if record.error and (record.phase in UNSUCCESSFUL or not record.finished):
-        console.print(f"[red]error in {record.error.phase.value}:[/] {escape(record.error.message)}")
-        if record.error.hint:
-            console.print(f"[dim]hint: {escape(record.error.hint)}[/]")
+    for label, error in (("error", record.error), ("cleanup error", record.cleanup_error)):
+        if error is not None:
+            console.print(f"[red]{label} in {error.phase.value}:[/] {escape(error.message)}")
+            if error.hint:
+                console.print(f"[dim]hint: {escape(error.hint)}[/]")
 
 
 def figures(record: RunRecord) -> dict[str, str]:
@@ -181,7 +182,7 @@ def status_table(console: Console, records: list[RunRecord]) -> None:
     for column in ("host", "run", "phase", "state", "updated"):
         table.add_column(column)
     for r in records:
-        state = "finished" if r.finished else ("parked" if r.parked else ("error" if r.error else "active"))
+        state = "finished" if r.finished else ("parked" if r.parked else ("error" if r.cleanup_error else "active"))
         table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
     console.print(table)
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from upgrader.plan import Plan, SshTarget
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
-REBOOT = "nohup sh -c 'sleep 1; reboot' >/dev/null 2>&1 &"
+# detached, so the command returns before the guest goes down (no nohup: busybox may lack it)
+REBOOT = "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &"
 
 
 class HostKeyError(InfraError):
@@ -99,7 +100,7 @@ class FabricShell:
     def _open(self, timeout: float) -> None:
         t, plan = self.target, self.factory.plan
         config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
-        kwargs: dict[str, object] = {"look_for_keys": False, "allow_agent": False, "timeout": timeout,
+        kwargs: dict[str, object] = {"look_for_keys": False, "allow_agent": False,
                                      "banner_timeout": timeout, "auth_timeout": timeout}
         if t.key:
             kwargs["key_filename"] = str(plan.resolve_path(t.key))
@@ -169,15 +170,15 @@ class FabricShell:
                               out_stream=stream, err_stream=stream)
         except CommandTimedOut as exc:
             self.close()
-            raise StepFailed(f"`{command.masked()}` on {self.name} timed out after {timeout:.0f} s") from exc
+            raise StepFailed(f"`{command.short()}` on {self.name} timed out after {timeout:.0f} s") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.close()
-            raise InfraError(f"connection to {self.name} lost while running `{command.masked()}`: {exc}") from exc
+            raise InfraError(f"connection to {self.name} lost while running `{command.short()}`: {exc}") from exc
         finally:
             stream.flush()
         if result.exited == -1:
             self.close()
-            raise InfraError(f"connection to {self.name} died while running `{command.masked()}` (no exit status)",
+            raise InfraError(f"connection to {self.name} died while running `{command.short()}` (no exit status)",
                              hint="the command may still be running on the guest; `upgrader resume` probes before redoing it")
         masked = _mask(result.stdout, command.secrets)
         return Result(command.masked(), int(result.exited), masked, _mask(result.stderr, command.secrets))
@@ -232,7 +233,8 @@ class FabricShells:
         shell.ensure()
         return shell
 
-    def close(self) -> None:
+    def reset(self) -> None:
         for shell in self._shells.values():
             shell.close()
+        self._shells.clear()
 

@@ -105,11 +105,16 @@ class RsyncSyncer:
             raise InfraError("SSH connection closed before the sync could start")
         remote_port = _forward(dst_transport, src_transport)
         try:
-            shell = (f"if command -v ssh >/dev/null; then ssh -p {remote_port} -i {workdir}/key -o BatchMode=yes "
-                     f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null; else dbclient -y -p {remote_port} -i {workdir}/key; fi")
+            # The tunnel ends at the source's own sshd through the orchestrator's pinned connection,
+            # so the guest-side client need not pin again (dbclient cannot take an alias anyway).
+            if dst.run(Command("command -v ssh >/dev/null"), timeout=30).ok:
+                client = (f"ssh -p {remote_port} -i {workdir}/key -o BatchMode=yes -o StrictHostKeyChecking=no "
+                          "-o UserKnownHostsFile=/dev/null")
+            else:
+                client = f"dbclient -y -p {remote_port} -i {workdir}/key"
             wrapper = f"{workdir}/rsh"
-            _must(dst, cmd("printf '%s\\n' '#!/bin/sh' {} > {} && chmod 700 {}", f'HOME={workdir}; export HOME; {shell} "$@"',
-                           wrapper, wrapper), "writing the rsync remote shell")
+            script = f'#!/bin/sh\nHOME={workdir}; export HOME\nexec {client} "$@"\n'
+            _must(dst, cmd("printf %s {} > {} && chmod 700 {}", script, wrapper, wrapper), "writing the rsync remote shell")
             files = size = worst = 0
             for path, excludes in paths:
                 folder = path.rstrip("/") + "/"
@@ -171,5 +176,5 @@ def _copy(read: paramiko.Channel, write: paramiko.Channel) -> None:
 def _must(shell: "FabricShell", command: Command, what: str) -> Result:
     result = shell.run(command, timeout=120)
     if not result.ok:
-        raise StepFailed(f"{what} on {shell.name}: `{command.masked()}` exited {result.rc}:\n{result.tail()}")
+        raise StepFailed(f"{what} on {shell.name}: `{command.short()}` exited {result.rc}:\n{result.tail()}")
     return result

@@ -59,7 +59,7 @@ def finish_run(console: Console, record: RunRecord | None) -> None:
     if record is None:
         return
     report(console, record)
-    failed = record.phase in UNSUCCESSFUL or (not record.finished and record.parked is None and record.error is not None)
+    failed = record.phase in UNSUCCESSFUL or record.cleanup_error is not None
     sys.exit(1 if failed else 0)
 
 

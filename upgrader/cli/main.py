@@ -51,6 +51,16 @@ except ImportError:  # pragma: no cover - the lab is optional on hosts without i
     pass
 
 
+def _state_dir_option(argv: list[str]) -> str | None:
+    """--state-dir as given, for the debug log of an error that happened before click's context."""
+    for i, arg in enumerate(argv):
+        if arg == "--state-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--state-dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="upgrader", standalone_mode=False)
@@ -70,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a debug log
-        internal_error(exc, load_settings().state_dir)
+        internal_error(exc, load_settings(_state_dir_option(argv if argv is not None else sys.argv[1:])).state_dir)
     sys.exit(0)
 
 

@@ -30,6 +30,7 @@ SUBNET_PREFIXLEN = 24
 SERVICE_IP = "192.0.2.10"  # mailhost, on prod; its twin has the same IP on staging
 CLIENT_IP = "192.0.2.100"
 ACCESS_IP = "192.0.2.250"  # the access namespace's address, on both segments
+ACCESS_MAC = "52:54:00:c0:02:fa"  # ... and its MAC, also the same on both
 MAILHOST = "mailhost"
 MAILHOST_MAC = "52:54:00:c0:02:0a"
 GUEST_MEMORY_MIB = 512

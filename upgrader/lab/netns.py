@@ -63,8 +63,9 @@ def ensure_bridge(name: str) -> None:
     _ip(C.NS_LAB, "link", "set", name, "up")
 
 
-def ensure_veth(bridge_side: str, bridge: str, ns_side: str, ns: str, address: str) -> None:
-    """A veth pair: bridge_side enslaved to `bridge` in upg-lab, ns_side in `ns` with `address`."""
+def ensure_veth(bridge_side: str, bridge: str, ns_side: str, ns: str, address: str, mac: str | None = None) -> None:
+    """A veth pair: bridge_side enslaved to `bridge` in upg-lab, ns_side in `ns` with `address`
+    (and `mac`, if given)."""
     if link_exists(bridge_side, C.NS_LAB) and not link_exists(ns_side, ns):
         _ip(C.NS_LAB, "link", "del", bridge_side)  # half a pair: start over
     if not link_exists(bridge_side, C.NS_LAB):
@@ -76,6 +77,8 @@ def ensure_veth(bridge_side: str, bridge: str, ns_side: str, ns: str, address: s
     addrs = run(["ip", "-n", ns, "-j", "addr", "show", "dev", ns_side]).stdout
     if f'"{address}"' not in addrs:
         _ip(ns, "addr", "add", cidr, "dev", ns_side)
+    if mac:
+        _ip(ns, "link", "set", ns_side, "address", mac)
     _ip(ns, "link", "set", ns_side, "up")
 
 
@@ -86,7 +89,9 @@ def setup() -> None:
     for seg in C.SEGMENTS.values():
         ensure_bridge(seg.bridge)
     for seg in C.SEGMENTS.values():
-        ensure_veth(seg.veth_bridge_side, seg.bridge, seg.veth_ns_side, seg.access_ns, C.ACCESS_IP)
+        # one address and one MAC on both segments, like a router: the twin's neighbour entry for
+        # its SSH peer learnt on staging stays right after it moves to prod (else ~30 s of silence)
+        ensure_veth(seg.veth_bridge_side, seg.bridge, seg.veth_ns_side, seg.access_ns, C.ACCESS_IP, C.ACCESS_MAC)
     ensure_veth(C.CLIENT_VETH_BRIDGE_SIDE, C.BR_PROD, C.CLIENT_VETH_NS_SIDE, C.NS_CLIENT, C.CLIENT_IP)
 
 

@@ -46,6 +46,7 @@ def takeover(ctx: StepContext) -> dict[str, Any]:
     for mac in macs:
         if twin_nics.get(mac) != prod_net:
             hv.move_nic(plan.twin_name, mac, prod_net)
+    ctx.ports.shells.reset()  # "prod" is the twin from now on
     return {"strategy": "mac_move", "macs": macs}
 
 
@@ -60,4 +61,5 @@ def give_back(ctx: StepContext) -> dict[str, Any]:
     for mac in macs:
         if not old_links.get(mac, False):
             hv.set_link(plan.source.domain, mac, True)
+    ctx.ports.shells.reset()  # "prod" is the old VM again, "staging" the twin
     return {"strategy": "mac_move", "macs": macs}

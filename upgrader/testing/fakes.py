@@ -340,6 +340,10 @@ class FakeShells:
         shell.boot_id()  # fails like SSH would when nothing answers
         return shell
 
+    def reset(self) -> None:
+        with self.world.change() as world:  # recorded: tests check takeover forgets connections
+            _effect(world, "reset_connections")
+
 
 # ---------------------------------------------------------------------------------------- sync
 

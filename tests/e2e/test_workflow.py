@@ -1,0 +1,167 @@
+"""The whole twin workflow on the lab's real components: libvirt/QEMU guests, SSH, rsync,
+bridges in network namespaces, with a mail client delivering throughout.
+
+Each scenario starts from a pristine release-1 mailhost (Lab.recreate_mailhost) and runs the
+real CLI as a subprocess, like an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from upgrader.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = REPO / "playbooks" / "lab-mailhost.yml"
+
+
+def upgrader(state: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
+    print(done.stdout[-6000:], done.stderr[-3000:])
+    return done
+
+
+def status(state: Path) -> dict[str, Any]:
+    return json.loads(upgrader(state, "status", "mailhost", "--json").stdout)[0]
+
+
+def plan_variant(tmp_path: Path, old: str = "", new: str = "") -> Path:
+    text = PLAN.read_text()
+    if old:
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "plan.yml"
+    path.write_text(text)
+    return path
+
+
+class Traffic:
+    """upgrader.lab.traffic in the client namespace: mail every 50 ms + TCP probe at 20 Hz."""
+
+    def __init__(self, lab: Lab, log: Path) -> None:
+        self.proc = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(log)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def message_ids(lab: Lab, target: str) -> set[str]:
+    out = lab.guest_exec(target, "cat /var/mail/alice/new/* /var/mail/alice/cur/* 2>/dev/null | grep -i '^message-id:' || true",
+                         timeout=120).stdout
+    return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
+
+
+def images(lab: Lab) -> set[str]:
+    return {p.name for p in (lab.lab_dir / "images").glob("*.qcow2")}
+
+
+def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
+    lab.recreate_mailhost()
+    state = tmp_path / "state"
+    traffic = Traffic(lab, tmp_path / "traffic.jsonl")
+    started = time.monotonic()
+    try:
+        done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
+    finally:
+        seen = traffic.stop()
+    whole = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = status(state)
+    assert record["phase"] == "completed" and record["parked"]
+    assert "observed downtime" in done.stdout and "downtime forecast" in done.stdout
+    # the new prod: release 2, serving, every accepted mail there
+    assert "release 2" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
+    assert lab.smtp_probe()["ok"]
+    accepted = set(seen["accepted"])
+    assert len(accepted) > 20, seen
+    missing = accepted - message_ids(lab, "prod")
+    assert not missing, f"{len(missing)} accepted mails lost, e.g. {sorted(missing)[:3]}"
+    # the old VM is kept, link down
+    names = {info.name for info, _ in lab.domains()}
+    assert {"mailhost", "mailhost-twin"} <= names
+    print(f"whole run {whole:.1f} s; client: {len(accepted)} accepted, {seen['failed']} failed, "
+          f"longest TCP outage {seen['longest_outage']} s; outputs: "
+          f"{json.dumps({k: record['outputs'].get(k) for k in ('snapshot', 'clone.define', 'cutover.service_back')})}")
+
+    done = upgrader(state, "decommission", "mailhost")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = status(state)
+    assert record["phase"] == "decommissioned"
+    assert record["outputs"]["decommission.undefine"]["bytes_freed"] > 0
+    assert {info.name for info, _ in lab.domains()} == {"mailhost-twin"}
+    assert images(lab) == {"mailhost.mailhost-twin.qcow2"}, images(lab)
+    assert lab.smtp_probe()["ok"]
+
+
+def test_upgrade_fails_midway_aborts_prod_untouched(lab: Lab, tmp_path: Path) -> None:
+    lab.recreate_mailhost(faults=["upgrade-fails"])
+    state = tmp_path / "state"
+    done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
+    assert done.returncode == 1
+    record = status(state)
+    assert record["phase"] == "aborted" and record["error"]["phase"] == "upgrade"
+    assert "release 1" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
+    assert lab.send_mails(3)["sent"] == 3
+    assert {info.name for info, _ in lab.domains()} == {"mailhost"}
+    assert images(lab) == {"mailhost.qcow2"}
+
+
+def test_mail_broken_after_upgrade_fails_validation(lab: Lab, tmp_path: Path) -> None:
+    lab.recreate_mailhost(faults=["mail-broken-after-upgrade"])
+    state = tmp_path / "state"
+    done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
+    assert done.returncode == 1
+    record = status(state)
+    assert record["phase"] == "aborted" and record["error"]["phase"] == "validate_staging"
+    assert "release 1" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
+    assert lab.smtp_probe()["ok"]
+    assert images(lab) == {"mailhost.qcow2"}
+
+
+def test_verify_fails_rolls_back_with_reverse_sync(lab: Lab, tmp_path: Path) -> None:
+    lab.recreate_mailhost()
+    state = tmp_path / "state"
+    # post-cutover fault: the new prod must announce a release that does not exist
+    plan = plan_variant(tmp_path, 'smtp: {port: 25, banner: "^220 .*LabOS 2"}', 'smtp: {port: 25, banner: "^220 .*LabOS 3", timeout: 5s}')
+    traffic = Traffic(lab, tmp_path / "traffic.jsonl")
+    try:
+        done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+    finally:
+        seen = traffic.stop()
+    assert done.returncode == 1, done.stdout
+    record = status(state)
+    assert record["phase"] == "rolled_back" and record["error"]["phase"] == "verify"
+    assert "release 1" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
+    assert lab.smtp_probe()["ok"]
+    missing = set(seen["accepted"]) - message_ids(lab, "prod")
+    assert not missing, f"{len(missing)} accepted mails lost in the rollback"
+    assert {info.name for info, _ in lab.domains()} == {"mailhost"}
+    assert images(lab) == {"mailhost.qcow2"}
+
+
+def test_known_host_mismatch_refused(lab: Lab, tmp_path: Path) -> None:
+    lab.recreate_mailhost()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    wrong = tmp_path / "known_hosts"  # a real key, just not mailhost's
+    wrong.write_text("192.0.2.10 " + " ".join((tmp_path / "other.pub").read_text().split()[:2]) + "\n")
+    plan = plan_variant(tmp_path, "known_hosts: /var/lib/upgrader-lab/keys/known_hosts", f"known_hosts: {wrong}")
+    state = tmp_path / "state"
+    done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+    assert done.returncode == 1
+    assert "host key" in done.stdout and "does not match" in done.stdout
+    assert status(state)["phase"] == "aborted"
+    assert images(lab) == {"mailhost.qcow2"}
