@@ -65,12 +65,22 @@ def message_ids(lab: Lab, target: str) -> set[str]:
     return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
 
 
+def fresh(lab: Lab, faults: tuple[str, ...] = ()) -> None:
+    """A pristine release-1 mailhost and nothing else: twins and overlays of earlier runs gone."""
+    for info, _ in lab.domains():
+        if info.name != "mailhost":
+            lab.remove_guest(info.name)
+    lab.recreate_mailhost(faults=faults)
+    for leftover in (lab.lab_dir / "images").glob("mailhost.*.qcow2"):
+        leftover.unlink()
+
+
 def images(lab: Lab) -> set[str]:
     return {p.name for p in (lab.lab_dir / "images").glob("*.qcow2")}
 
 
 def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
-    lab.recreate_mailhost()
+    fresh(lab)
     state = tmp_path / "state"
     traffic = Traffic(lab, tmp_path / "traffic.jsonl")
     started = time.monotonic()
@@ -108,7 +118,7 @@ def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_upgrade_fails_midway_aborts_prod_untouched(lab: Lab, tmp_path: Path) -> None:
-    lab.recreate_mailhost(faults=["upgrade-fails"])
+    fresh(lab, ("upgrade-fails",))
     state = tmp_path / "state"
     done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
     assert done.returncode == 1
@@ -121,7 +131,7 @@ def test_upgrade_fails_midway_aborts_prod_untouched(lab: Lab, tmp_path: Path) ->
 
 
 def test_mail_broken_after_upgrade_fails_validation(lab: Lab, tmp_path: Path) -> None:
-    lab.recreate_mailhost(faults=["mail-broken-after-upgrade"])
+    fresh(lab, ("mail-broken-after-upgrade",))
     state = tmp_path / "state"
     done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
     assert done.returncode == 1
@@ -133,10 +143,10 @@ def test_mail_broken_after_upgrade_fails_validation(lab: Lab, tmp_path: Path) ->
 
 
 def test_verify_fails_rolls_back_with_reverse_sync(lab: Lab, tmp_path: Path) -> None:
-    lab.recreate_mailhost()
+    fresh(lab)
     state = tmp_path / "state"
     # post-cutover fault: the new prod must announce a release that does not exist
-    plan = plan_variant(tmp_path, 'smtp: {port: 25, banner: "^220 .*LabOS 2"}', 'smtp: {port: 25, banner: "^220 .*LabOS 3", timeout: 5s}')
+    plan = plan_variant(tmp_path, 'smtp: {port: 25, banner: "^220 .*LabOS 2"}', 'smtp: {port: 25, banner: "^220 .*LabOS 3"}\n    timeout: 5s')
     traffic = Traffic(lab, tmp_path / "traffic.jsonl")
     try:
         done = upgrader(state, "start", "mailhost", "--plan", str(plan))
@@ -154,7 +164,7 @@ def test_verify_fails_rolls_back_with_reverse_sync(lab: Lab, tmp_path: Path) -> 
 
 
 def test_known_host_mismatch_refused(lab: Lab, tmp_path: Path) -> None:
-    lab.recreate_mailhost()
+    fresh(lab)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
     wrong = tmp_path / "known_hosts"  # a real key, just not mailhost's
     wrong.write_text("192.0.2.10 " + " ".join((tmp_path / "other.pub").read_text().split()[:2]) + "\n")
