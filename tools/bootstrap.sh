@@ -46,10 +46,25 @@ setup() {
 
 demo() {
   export PATH="$PWD/.venv/bin:$PATH"
-  log "upgrader plan check playbooks/freebsd7.yml"
-  upgrader plan check playbooks/freebsd7.yml
-  log "upgrader start mailhost --plan freebsd7.yml --dry-run"
-  upgrader start mailhost --plan freebsd7.yml --dry-run
+  local state=state/demo py="$PWD/.venv/bin/python"
+  log "a fresh lab (a previous demo left the upgraded twin serving as prod)"
+  upgrader lab down >/dev/null
+  rm -rf "$state"
+  upgrader lab up
+  log "100 mails into mailhost's spool from the client namespace"
+  ip netns exec upg-client "$py" -m upgrader.lab.mailclient --count 100
+  log "client traffic during the run: a mail every 50 ms, a TCP probe at 20 Hz"
+  ip netns exec upg-client "$py" -m upgrader.lab.traffic --log "$PWD/$state.traffic.jsonl" --max-seconds 1800 \
+    > "$state.traffic.json" &
+  local traffic=$!
+  log "upgrader start mailhost --plan lab-mailhost.yml"
+  local rc=0
+  upgrader --state-dir "$state" start mailhost --plan lab-mailhost.yml || rc=$?
+  kill -TERM "$traffic" && wait "$traffic" || true
+  "$py" -m upgrader.lab.traffic --report "$state.traffic.json"
+  ((rc == 0)) || return "$rc"
+  log "upgrader decommission mailhost   (normally after keep_old_for; now for the demo)"
+  upgrader --state-dir "$state" decommission mailhost
 }
 
 tests() {

@@ -99,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", default="alice@mailhost")
     p.add_argument("--log", help="JSON lines of every event")
     p.add_argument("--max-seconds", type=float, default=3600.0, help="stop by itself after this long")
+    p.add_argument("--report", metavar="SUMMARY_JSON", help="print a one-line report of a saved summary and exit")
     args = p.parse_args(argv)
+    if args.report:
+        with open(args.report, encoding="utf-8") as handle:
+            s = json.load(handle)
+        print(f"client: {len(s['accepted'])} mails accepted, {s['failed']} refused; "
+              f"TCP at 20 Hz: {s['outages']} outage(s), longest {s['longest_outage']} s")
+        return 0
     traffic = Traffic(args.host, args.port, args.interval, args.tcp_interval, args.to, args.log)
     signal.signal(signal.SIGTERM, lambda *_: traffic.stop.set())
     signal.signal(signal.SIGINT, lambda *_: traffic.stop.set())
