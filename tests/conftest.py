@@ -41,6 +41,7 @@ def lab() -> Iterator[Lab]:
         pytest.skip("the lab needs root (network namespaces, libvirtd)")
     the_lab = Lab(os.environ.get("UPGRADER_LAB_DIR"), progress=_progress)
     try:
+        the_lab.down()  # whatever an earlier run or the demo left (e.g. a twin serving as prod)
         the_lab.up()
         yield the_lab
     finally:

@@ -608,7 +608,7 @@ class Window(_Model):
         default=None, description='RFC 5545 recurrence rule, e.g. "FREQ=MONTHLY;BYDAY=1SU;BYHOUR=3;BYMINUTE=0"'
     )
     not_before: LaxDatetime | None = Field(default=None, description="no window before this date")
-    lead_time: Duration = Field(default=timedelta(0), json_schema_extra={"default": "0s"}, description="the run starts this long before the window opens")
+    lead_time: Duration = Field(default=timedelta(0), json_schema_extra={"default": "0s"}, description="customers must be told at least this long before the window opens; windows sooner than that are skipped")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> Window:

@@ -175,3 +175,30 @@ def test_known_host_mismatch_refused(lab: Lab, tmp_path: Path) -> None:
     assert "host key" in done.stdout and "does not match" in done.stdout
     assert status(state)["phase"] == "aborted"
     assert images(lab) == {"mailhost.qcow2"}
+
+
+def test_chain_guard_refuses_unsafe_merge_then_abort_cleans_up(lab: Lab, tmp_path: Path) -> None:
+    """A run parked before cutover (the plan has a window) has a twin on the frozen base: merging
+    prod's overlay into that base now would corrupt the twin, so the adapter must refuse. Then the
+    operator's `upgrader abort` removes staging and merges prod back."""
+    from upgrader.adapters.libvirt_hypervisor import LibvirtHypervisor
+    from upgrader.errors import UnsafeOperation
+    from upgrader.steps.snapshot import snapshot_name
+
+    fresh(lab)
+    state = tmp_path / "state"
+    plan = plan_variant(tmp_path, "keep_old_for: 1h", "keep_old_for: 1h\nwindow: {start: 2030-01-06T01:30:00, duration: 1h}")
+    done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+    assert done.returncode == 0 and status(state)["phase"] == "await_window"
+    hv = LibvirtHypervisor(lab.uri)
+    snap = hv.find_snapshot("mailhost", snapshot_name(status(state)["run_id"]))
+    assert snap is not None
+    with pytest.raises(UnsafeOperation, match="depend"):
+        hv.merge_back("mailhost", snap)
+    assert hv.domain("mailhost-twin") is not None  # nothing was changed
+    done = upgrader(state, "abort", "mailhost")
+    assert done.returncode == 1  # the run ended aborted
+    assert status(state)["phase"] == "aborted"
+    assert {info.name for info, _ in lab.domains()} == {"mailhost"}
+    assert images(lab) == {"mailhost.qcow2"}
+    assert lab.smtp_probe()["ok"]

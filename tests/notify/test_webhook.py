@@ -1,0 +1,127 @@
+"""WebhookNotifier against a local http.server on 127.0.0.1 that checks the HMAC signature."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from notify_helpers import END, LOOPBACK, NOW, START, free_port
+
+from upgrader.errors import InfraError, InputError
+from upgrader.notify import DeliveryRefused, Kind, Notice, WebhookNotifier, render, send_with_retry
+from upgrader.plan import Announce
+
+SECRET = b"webhook-secret"
+
+
+@dataclass
+class Receiver:
+    url: str
+    status: int = 204
+    bodies: list[dict[str, object]] = field(default_factory=list)
+    bad_signatures: int = 0
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # the request must go straight to 127.0.0.1
+    state = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, self.headers.get("X-Upgrader-Signature", "")):
+                state.bad_signatures += 1
+                self.send_response(401)
+            else:
+                assert self.headers["Content-Type"] == "application/json"
+                state.bodies.append(json.loads(body))
+                self.send_response(state.status)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    state.url = f"http://{LOOPBACK}:{server.server_address[1]}/hooks/upgrader?token=t0ken"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def postponed(announce: Announce, make_notice: Callable[..., Notice]) -> EmailMessage:
+    return render(make_notice(Kind.POSTPONED, sequence=3, reason="staging check failed:\nsmtp banner"), announce, None, now=NOW)
+
+
+def test_signed_payload_is_accepted(receiver: Receiver, postponed: EmailMessage) -> None:
+    delivery_id = WebhookNotifier(receiver.url, SECRET).send(postponed)
+    assert delivery_id == postponed["Message-ID"]
+    assert receiver.bad_signatures == 0
+    assert receiver.bodies == [
+        {
+            "kind": "postponed",
+            "host": "mailhost",
+            "run_id": "20240520-ab12",
+            "window_start": START.isoformat(),
+            "window_end": END.isoformat(),
+            "sequence": 3,
+            "reason": "staging check failed: smtp banner",
+            "message_id": postponed["Message-ID"],
+        }
+    ]
+
+
+def test_wrong_secret_is_refused(receiver: Receiver, postponed: EmailMessage) -> None:
+    with pytest.raises(DeliveryRefused, match="401"):
+        WebhookNotifier(receiver.url, "not-the-secret").send(postponed)
+    assert receiver.bad_signatures == 1 and receiver.bodies == []
+
+
+def test_server_error_is_retried(receiver: Receiver, postponed: EmailMessage) -> None:
+    receiver.status = 503
+    with pytest.raises(InfraError, match="after 2 attempts.*503") as err:
+        send_with_retry(WebhookNotifier(receiver.url, SECRET), postponed, attempts=2, max_wait=0.001)
+    assert not isinstance(err.value, DeliveryRefused)
+    assert len(receiver.bodies) == 2
+    assert "t0ken" not in str(err.value)  # the query (often a token) is not shown
+
+
+def test_unreachable_is_infra_error(postponed: EmailMessage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with pytest.raises(InfraError, match="cannot reach webhook"):
+        WebhookNotifier(f"http://{LOOPBACK}:{free_port()}/x", SECRET, timeout=2).send(postponed)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "127.0.0.1:8080/x", "http:///nohost"])
+def test_only_http_urls(url: str) -> None:
+    with pytest.raises(InputError, match="http"):
+        WebhookNotifier(url, SECRET)
+
+
+def test_repr_hides_secret_and_credentials() -> None:
+    text = repr(WebhookNotifier("https://user:pw@hooks.example.org/in?token=abc", "s3cret"))
+    assert "s3cret" not in text and "pw" not in text and "abc" not in text
+    assert "https://hooks.example.org/in" in text
+
+
+def test_needs_a_rendered_message() -> None:
+    msg = EmailMessage()
+    msg["Message-ID"] = "<x@example.org>"
+    with pytest.raises(InputError, match="X-Upgrader"):
+        WebhookNotifier("http://127.0.0.1:9/x", SECRET).send(msg)
