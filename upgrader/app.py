@@ -43,6 +43,15 @@ class StartOptions:
     host: str
     plan: str
     now: bool = False
+    yes: bool = False  # confirms --now for a plan whose customers were promised a window
+
+
+def _confirm_now(plan: Plan, now: bool, yes: bool) -> None:
+    if now and plan.window is not None and not yes:
+        raise InputError(
+            "--now would cut over outside the window the customers are told about; confirm with --yes",
+            hint="add --yes to confirm (it is recorded in the run's journal)",
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:
 
 def start(ctx: Context, options: StartOptions) -> RunRecord:
     path, plan = load(options.plan)
+    _confirm_now(plan, options.now, options.yes)
     with ctx.store.lock(options.host):
         active = ctx.store.active_run(options.host)
         if active is not None:
@@ -81,6 +91,8 @@ def start(ctx: Context, options: StartOptions) -> RunRecord:
             options=RunOptions(now=options.now),
         )
         ctx.store.create(record)
+        if options.now:
+            ctx.store.append(record.host, record.run_id, {"kind": "operator", "action": "now", "confirmed": options.yes})
         ports = ctx.ports_factory(plan, record.run_id)
         return Engine(ctx.store, record, plan, ports, ctx.listeners, now=ctx.now).run(resumed=False)
 
@@ -114,13 +126,50 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
                   force_decommission=force_decommission)
 
 
-def resume(ctx: Context, host: str, *, now: bool = False) -> RunRecord:
+def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False) -> RunRecord:
     with ctx.store.lock(host):
         record = _active(ctx, host)
+        engine = _engine(ctx, record)
         if now and not record.options.now:
+            _confirm_now(engine.plan, now, yes)
             record.options.now = True
-            ctx.store.append(host, record.run_id, {"kind": "operator", "action": "now"})
-        return _engine(ctx, record).run(resumed=True)
+            engine.journal.write("operator", action="now", confirmed=yes)
+        return engine.run(resumed=True)
+
+
+def approve(ctx: Context, host: str, who: str) -> RunRecord:
+    """Record the manual approval a plan with `approval: required` waits for."""
+    with ctx.store.lock(host):
+        record = _active(ctx, host)
+        if record.phase not in BEFORE_CUTOVER:
+            raise IllegalAction(f"nothing to approve: the run is in phase {record.phase.value}")
+        engine = _engine(ctx, record)
+        if "approval" in engine.journal.done:
+            raise IllegalAction(f"already approved by {engine.journal.done['approval'].get('by')}")
+        engine.journal.write("done", key="approval", outputs={"by": who, "at": ctx.now().isoformat()})
+        return record
+
+
+@dataclass(frozen=True)
+class DueResult:
+    host: str
+    record: RunRecord | None
+    skipped: str | None = None
+
+
+def run_due(ctx: Context) -> list[DueResult]:
+    """Resume every parked run (a window, a reminder, a decommission may be due; a run whose
+    time has not come parks again at once). A host another process holds is skipped."""
+    results = []
+    for host in ctx.store.hosts():
+        record = ctx.store.active_run(host)
+        if record is None or record.parked is None:
+            continue
+        try:
+            results.append(DueResult(host, resume(ctx, host)))
+        except LockedError as exc:
+            results.append(DueResult(host, None, skipped=exc.message))
+    return results
 
 
 def abort(ctx: Context, host: str) -> RunRecord | None:

@@ -202,3 +202,42 @@ def test_chain_guard_refuses_unsafe_merge_then_abort_cleans_up(lab: Lab, tmp_pat
     assert {info.name for info, _ in lab.domains()} == {"mailhost"}
     assert images(lab) == {"mailhost.qcow2"}
     assert lab.smtp_probe()["ok"]
+
+
+def test_window_park_run_due_and_notices_in_the_lab_mail_sink(lab: Lab, tmp_path: Path) -> None:
+    """The run parks before a window two minutes ahead and exits; `upgrader run-due` (as cron
+    would call it) cuts over once the window opens; `upgrader lab mail` shows what customers got."""
+    import datetime as dt
+
+    fresh(lab)
+    for old in lab.paths.mail.glob("new/*.eml"):
+        old.unlink()
+    opens = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=2)).replace(second=0, microsecond=0, tzinfo=None)
+    extra = (f"window: {{start: {opens.isoformat()}, duration: 15m, timezone: UTC}}\n"
+             "announce:\n  sender: ops@example.org\n  to: [customers@example.com]\n  reminder_before: 2m\n")
+    plan = plan_variant(tmp_path, "keep_old_for: 1h", "keep_old_for: 1h\n" + extra)
+    state = tmp_path / "state"
+    os.environ.update(UPGRADER_SMTP_HOST="127.0.0.1", UPGRADER_SMTP_PORT="2525", UPGRADER_SMTP_HELO="orchestrator.lab")
+    try:
+        done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+        assert done.returncode == 0 and status(state)["phase"] == "await_window", done.stdout
+        assert "window opens" in done.stdout
+        deadline = time.monotonic() + 600
+        while status(state)["phase"] == "await_window" and time.monotonic() < deadline:
+            time.sleep(5)  # cron's role: call run-due until the window is open
+            done = upgrader(state, "run-due")
+            assert done.returncode == 0, done.stdout
+    finally:
+        for key in ("UPGRADER_SMTP_HOST", "UPGRADER_SMTP_PORT", "UPGRADER_SMTP_HELO"):
+            os.environ.pop(key, None)
+    record = status(state)
+    assert record["phase"] == "completed"
+    assert dt.datetime.fromisoformat(record["outputs"]["verify"]["at"]).replace(tzinfo=None) >= opens
+    shown = subprocess.run([sys.executable, "-m", "upgrader.cli.main", "lab", "mail"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "COLUMNS": "200"})
+    print(shown.stdout)
+    from upgrader.lab.mailsink import received
+
+    got = [r.kind for r in received(lab.paths.mail)]
+    assert got == ["announce", "reminder", "done"], got
+    assert "announce" in shown.stdout and "reminder" in shown.stdout and "done" in shown.stdout

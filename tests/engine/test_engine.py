@@ -142,7 +142,9 @@ def test_window_parks_and_now_goes_on(tmp_path: Path, fake_world: WorldFile) -> 
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW and record.parked
     assert effects(fake_world, "set_link") == []
-    record = app.resume(ctx, "mailhost", now=True)
+    with pytest.raises(InputError, match="--yes"):
+        app.resume(ctx, "mailhost", now=True)
+    record = app.resume(ctx, "mailhost", now=True, yes=True)
     assert record.phase == Phase.DECOMMISSIONED
     entries = ctx.store.journal("mailhost", record.run_id)
     assert {"kind": "operator", "action": "now"}.items() <= next(e for e in entries if e.get("kind") == "operator").items()

@@ -16,7 +16,13 @@ def build_ports(plan: "Plan", run_id: str) -> Ports:
     if uri.startswith("fake:"):
         from upgrader.testing import fakes
 
-        return fakes.build(plan)
-    from upgrader.adapters.real import build as build_real  # imports libvirt: only when needed
+        ports = fakes.build(plan)
+    else:
+        from upgrader.adapters.real import build as build_real  # imports libvirt: only when needed
 
-    return build_real(plan, run_id)
+        ports = build_real(plan, run_id)
+    if plan.announce is not None:  # customers are told by mail, also in tests (a real SMTP server)
+        from upgrader.notify import SmtpNotifier, SmtpSettings
+
+        ports.notifier = SmtpNotifier(SmtpSettings.from_env())
+    return ports

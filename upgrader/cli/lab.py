@@ -186,3 +186,42 @@ def _print_status(st: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     lab()
+
+
+@lab.command()
+@click.option("--show", "show_n", type=int, default=None, metavar="N", help="print message N (1 = oldest) in full")
+@click.pass_obj
+@handle_errors
+def mail(opts: LabOptions, show_n: int | None) -> None:
+    """What customers were sent: the notices the lab's SMTP sink (127.0.0.1:2525) received.
+
+    Runs send there with UPGRADER_SMTP_HOST=127.0.0.1 UPGRADER_SMTP_PORT=2525."""
+    from rich.table import Table
+
+    from upgrader.errors import InputError
+    from upgrader.lab.mailsink import received
+
+    lab_ = _lab(opts, quiet=True)
+    messages = received(lab_.paths.mail) if lab_.paths.mail.exists() else []
+    console = Console()
+    if show_n is not None:
+        if not 1 <= show_n <= len(messages):
+            raise InputError(f"no message {show_n}: the sink holds {len(messages)}")
+        sys.stdout.write(messages[show_n - 1].path.read_text(errors="replace"))
+        return
+    if not messages:
+        console.print("no notices received yet (the sink listens on 127.0.0.1:2525)")
+        return
+    table = Table()
+    for column in ("#", "date", "kind", "to", "subject", "invite"):
+        table.add_column(column)
+    for n, r in enumerate(messages, 1):
+        invite = "-"
+        if r.invite:
+            import icalendar
+
+            event = icalendar.Calendar.from_ical(r.invite).walk("VEVENT")[0]
+            invite = f"{event['DTSTART'].dt:%Y-%m-%d %H:%M} UTC, seq {event.get('SEQUENCE', 0)}"
+        table.add_row(str(n), str(r.message.get("Date", "")), r.kind, str(r.message.get("To", "")),
+                      str(r.message.get("Subject", "")), invite)
+    console.print(table)

@@ -18,8 +18,9 @@ HOST = click.argument("host", metavar="HOST")
               help="plan file; a bare name is looked up in the current directory, then in playbooks/")
 @click.option("--dry-run", is_flag=True, help="print what every phase would do; touch nothing")
 @click.option("--now", is_flag=True, help="do not wait for the plan's window: cut over right after pre-sync")
+@click.option("--yes", is_flag=True, help="confirm --now when the plan has a window (recorded in the journal)")
 @click.pass_context
-def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool) -> None:
+def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, yes: bool) -> None:
     """Start the twin upgrade of HOST as described by the plan.
 
     Snapshot, clone to a staging twin, upgrade it, validate, pre-sync, wait for the window,
@@ -29,7 +30,7 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool) ->
     """
     if dry_run:
         console = make_console()
-        path, parsed, phases = app.dry_run(app.StartOptions(host, plan, now))
+        path, parsed, phases = app.dry_run(app.StartOptions(host, plan, now, yes))
         console.print(f"[bold]dry run[/]: {escape(host)} with plan {escape(str(path))} — nothing is touched\n")
         for n, item in enumerate(phases, 1):
             console.print(f"[bold]{n:2}. {item.phase.value}[/]")
@@ -37,21 +38,22 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool) ->
                 console.print(f"      {escape(action)}")
         return
     context, console = app_context(ctx)
-    finish_run(console, app.start(context, app.StartOptions(host, plan, now)))
+    finish_run(console, app.start(context, app.StartOptions(host, plan, now, yes)))
 
 
 @click.command()
 @HOST
-@click.option("--now", is_flag=True, help="cut over without waiting for the window (recorded in the journal)")
+@click.option("--now", is_flag=True, help="cut over without waiting for the window (needs --yes; recorded in the journal)")
+@click.option("--yes", is_flag=True, help="confirm --now")
 @click.pass_context
-def resume(ctx: click.Context, host: str, now: bool) -> None:
+def resume(ctx: click.Context, host: str, now: bool, yes: bool) -> None:
     """Continue HOST's unfinished run from its last checkpoint.
 
     A step that had begun but not finished is probed first (is its effect already in place?)
     and is only redone if it is not: nothing is done twice.
     """
     context, console = app_context(ctx)
-    finish_run(console, app.resume(context, host, now=now))
+    finish_run(console, app.resume(context, host, now=now, yes=yes))
 
 
 @click.command()
@@ -83,3 +85,38 @@ def decommission(ctx: click.Context, host: str) -> None:
     images (flattening the new prod first) and report the bytes freed."""
     context, console = app_context(ctx)
     finish_run(console, app.decommission(context, host))
+
+
+@click.command(name="run-due")
+@click.pass_context
+def run_due(ctx: click.Context) -> None:
+    """Resume every parked run whose time may have come: a cutover window that opened, a
+    reminder to send, an old VM to decommission. For cron or a systemd timer (docs/scheduling.md).
+    Runs whose time has not come park again at once; a host another process holds is skipped."""
+    context, console = app_context(ctx)
+    results = app.run_due(context)
+    failed = False
+    for result in results:
+        if result.record is None:
+            console.print(f"{result.host}: skipped ({result.skipped})")
+            continue
+        r = result.record
+        failed |= r.phase.value in ("aborted", "rolled_back", "failed") or r.cleanup_error is not None
+        console.print(f"{result.host}: {r.phase.value}" + (f" — parked: {r.parked}" if r.parked else ""))
+    if not results:
+        console.print("no parked runs")
+    raise SystemExit(1 if failed else 0)
+
+
+@click.command()
+@HOST
+@click.option("--by", "who", default=None, help="who approves (default: the login name)")
+@click.pass_context
+def approve(ctx: click.Context, host: str, who: str | None) -> None:
+    """Approve HOST's cutover (plans with `approval: required`): recorded with who and when."""
+    import getpass
+
+    context, console = app_context(ctx, with_view=False)
+    name = who or getpass.getuser()
+    record = app.approve(context, host, name)
+    console.print(f"approved by {name}; run {record.run_id} cuts over in its window (`upgrader run-due`)")

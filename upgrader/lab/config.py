@@ -37,6 +37,7 @@ GUEST_MEMORY_MIB = 512
 SSH_USER = "root"
 SSH_PORT = 22
 SMTP_PORT = 25
+MAILSINK_PORT = 2525  # the lab's SMTP sink for customer notices, on the host's 127.0.0.1
 
 # guest-side commands the plan uses
 QUIESCE_CMD = "/etc/init.d/smtpd stop"
@@ -165,6 +166,15 @@ class LabPaths:
     @property
     def libvirtd_pid(self) -> Path:
         return self.run / "libvirtd.pid"
+
+    @property
+    def mailsink_pid(self) -> Path:
+        return self.run / "mailsink.pid"
+
+    @property
+    def mail(self) -> Path:
+        """What the lab's SMTP sink received (customer notices), one .eml per message."""
+        return self.root / "mail"
 
     @property
     def virtlogd_pid(self) -> Path:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import sys
+import subprocess
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +166,31 @@ def states(paths: C.LabPaths) -> list[DaemonState]:
     return [
         DaemonState("virtlogd", paths.virtlogd_pid, read_pid(paths.virtlogd_pid, "virtlogd")),
         DaemonState("libvirtd", paths.libvirtd_pid, read_pid(paths.libvirtd_pid, "libvirtd")),
+        DaemonState("mailsink", paths.mailsink_pid, read_pid(paths.mailsink_pid, "upgrader.lab.mailsink")),
     ]
+
+
+def start_mailsink(paths: C.LabPaths, timeout: float = 15.0) -> None:
+    """The SMTP sink customers' notices go to in the lab (127.0.0.1:MAILSINK_PORT, host namespace)."""
+    if read_pid(paths.mailsink_pid, "upgrader.lab.mailsink") is not None:
+        return
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with open(paths.logs / "mailsink.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "upgrader.lab.mailsink", "--dir", str(paths.mail),
+                                 "--port", str(C.MAILSINK_PORT)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    paths.mailsink_pid.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", C.MAILSINK_PORT), timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise LabError(f"the lab's SMTP sink did not start on 127.0.0.1:{C.MAILSINK_PORT}",
+                   hint=f"see {paths.logs / 'mailsink.log'}; is the port taken?")
 
 
 def qemu_pids(paths: C.LabPaths) -> dict[str, int]:

@@ -114,6 +114,7 @@ class Lab:
         kernel, initrd, bundle = self._link_boot_files(base)
         self._say("libvirtd + virtlogd in upg-lab")
         daemons.start(self.paths, self._can_connect)
+        daemons.start_mailsink(self.paths)
         created_disk = self._ensure_mailhost(base, kernel, initrd, wanted)
         self._say("waiting for mailhost SSH")
         target = self.ssh_target(C.Segment.PROD)

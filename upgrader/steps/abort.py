@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.notify import Kind
+from upgrader.steps.notices import tell_about_window
 from upgrader.steps.staging import teardown
 
 if TYPE_CHECKING:
@@ -20,4 +22,7 @@ class AbortCleanup:
         return [f"destroy {plan.twin_name} and its overlay; merge {plan.source.domain}'s overlay back; prod untouched"]
 
     def run(self, ctx: StepContext) -> Outcome:
-        return Outcome(teardown(ctx, "abort"), trigger="")
+        out = teardown(ctx, "abort")
+        reason = "the maintenance was called off" + (f": {ctx.record.error.message.splitlines()[0]}" if ctx.record.error else "")
+        tell_about_window(ctx, Kind.POSTPONED, "notice.called_off", reason)
+        return Outcome(out, trigger="")

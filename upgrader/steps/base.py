@@ -20,6 +20,7 @@ from upgrader.ports import Hypervisor, Prober, ShellFactory, Syncer
 from upgrader.record import RunRecord, utcnow
 
 if TYPE_CHECKING:
+    from upgrader.notify import Notifier
     from upgrader.plan import Plan
 
 Outputs = dict[str, Any]
@@ -31,6 +32,7 @@ class Ports:
     shells: ShellFactory
     syncer: Syncer
     prober: Prober
+    notifier: "Notifier | None" = None  # only when the plan announces
 
 
 class JournalIO(Protocol):

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from upgrader.phases import Phase
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.notify import Kind
+from upgrader.steps.notices import tell_about_window
 from upgrader.steps.staging import teardown
 from upgrader.steps.sync import run_commands, sync_once
 
@@ -43,4 +45,5 @@ class RollingBack:
         stats = sync_once(ctx, "rollback.reverse_sync", "staging", "prod", final=True) if took_over else None
         run_commands(ctx, "rollback.resume_old", "prod", list(plan.sync.resume), "resume services")
         cleaned = teardown(ctx, "rollback")
+        tell_about_window(ctx, Kind.ROLLED_BACK, "notice.rolled_back", ctx.record.error.message if ctx.record.error else None)
         return Outcome({"reverse_sync": stats, "cleanup": cleaned}, trigger="rolled_back")

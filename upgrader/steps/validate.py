@@ -9,7 +9,9 @@ from upgrader.errors import CheckFailed
 from upgrader.events import Notice
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.notify import Kind
 from upgrader.steps.checks import describe, run_check
+from upgrader.steps.notices import tell_about_window
 
 if TYPE_CHECKING:
     from upgrader.plan import Check, Plan
@@ -68,4 +70,5 @@ class Verify:
             f"{len(ctx.plan.verify_checks)} check(s) on the new prod",
             lambda _: {"checks": run_checks(ctx, list(ctx.plan.verify_checks), "prod", None), "at": ctx.now().isoformat()},
         )
+        tell_about_window(ctx, Kind.DONE, "notice.done")
         return Outcome(out)

@@ -1,0 +1,199 @@
+"""Windows and customer notices through the engine: fakes behind the VM ports, a real SMTP
+server (aiosmtpd, 127.0.0.1 only) behind the notifier, a controllable clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import icalendar
+import pytest
+
+from upgrader import app
+from upgrader.lab import mailsink
+from upgrader.phases import Phase
+from upgrader.store import RunStore
+from upgrader.testing.fakes import WorldFile
+from upgrader.testing.scenario import FAKE_PLAN, effects
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=UTC)  # a Friday
+ANNOUNCE = """\
+announce:
+  sender: ops@example.org
+  to: [customers@example.com]
+  reminder_before: 30m
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    port = free_port()
+    controller = mailsink.start(tmp_path / "inbox", port)
+    monkeypatch.setenv("UPGRADER_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("UPGRADER_SMTP_PORT", str(port))
+    monkeypatch.setenv("UPGRADER_SMTP_HELO", "upgrader.test")
+    try:
+        yield tmp_path / "inbox"
+    finally:
+        controller.stop()
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def plan_with(tmp_path: Path, world: WorldFile, window: str, keep: str = "0s") -> Path:
+    path = tmp_path / "window.yml"
+    path.write_text(FAKE_PLAN.format(world=world.path, keep=keep) + window + ANNOUNCE)
+    return path
+
+
+def kinds(inbox: Path) -> list[str]:
+    return [r.kind for r in mailsink.received(inbox)]
+
+
+def test_park_announce_remind_cut_over_done(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T12:00:00, duration: 1h, timezone: UTC}\n")
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.AWAIT_WINDOW and record.parked and "window opens" in record.parked
+    assert kinds(inbox) == ["announce"]
+    announce = mailsink.received(inbox)[0]
+    cal = icalendar.Calendar.from_ical(announce.invite)
+    event = next(c for c in cal.walk("VEVENT"))
+    assert str(cal["METHOD"]) == "PUBLISH" and int(event["SEQUENCE"]) == 0
+    assert event["DTSTART"].dt == dt.datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert event["DTEND"].dt == dt.datetime(2026, 11, 27, 13, 0, tzinfo=UTC)
+    assert str(event["UID"]) == f"{record.run_id}.mailhost@upgrader"
+    parts = {p.get_content_type() for p in announce.message.walk()}
+    assert {"text/plain", "text/html", "text/calendar"} <= parts
+
+    clock.now = T0 + dt.timedelta(minutes=30)  # before the window, before the reminder: nothing
+    [due] = app.run_due(ctx)
+    assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW
+    assert kinds(inbox) == ["announce"] and effects(fake_world, "set_link") == []
+
+    clock.now = T0 + dt.timedelta(minutes=95)  # reminder due (30 min before 12:00)
+    app.run_due(ctx)
+    app.run_due(ctx)  # twice: still one reminder
+    assert kinds(inbox) == ["announce", "reminder"]
+
+    clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window
+    [due] = app.run_due(ctx)
+    assert due.record is not None and due.record.phase == Phase.DECOMMISSIONED
+    assert kinds(inbox) == ["announce", "reminder", "done"]
+    assert len(effects(fake_world, "move_nic")) == 1
+
+
+def test_window_missed_is_postponed_with_higher_sequence(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+    plan = plan_with(tmp_path, fake_world, "window:\n  weekly: {weekday: fri, time: \"12:00\"}\n  duration: 1h\n  timezone: Europe/Berlin\n")
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.AWAIT_WINDOW
+    clock.now = T0 + dt.timedelta(hours=4)  # the window (11:00-12:00 UTC) closed before anyone resumed
+    [due] = app.run_due(ctx)
+    assert due.record is not None and due.record.parked and due.record.parked.startswith("postponed")
+    received = mailsink.received(inbox)
+    assert [r.kind for r in received] == ["announce", "postponed"]
+    first = icalendar.Calendar.from_ical(received[0].invite).walk("VEVENT")[0]
+    moved = icalendar.Calendar.from_ical(received[1].invite).walk("VEVENT")[0]
+    assert moved["UID"] == first["UID"] and int(moved["SEQUENCE"]) == 1
+    assert moved["DTSTART"].dt - first["DTSTART"].dt == dt.timedelta(days=7)
+    assert effects(fake_world, "set_link") == []  # no late cutover
+
+
+def test_too_little_left_of_the_window_postpones(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+    plan = plan_with(tmp_path, fake_world, "window:\n  weekly: {weekday: fri, time: \"12:00\"}\n  duration: 1h\n  timezone: Europe/Berlin\n")
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    clock.now = dt.datetime(2026, 11, 27, 11, 59, 50, tzinfo=UTC)  # 10 s left, the cutover needs 30+ s
+    [due] = app.run_due(ctx)
+    assert due.record is not None and "only 0:00:10 left" in (due.record.parked or "")
+    assert kinds(inbox) == ["announce", "postponed"]
+
+
+def test_now_needs_yes_and_is_journaled(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T12:00:00, duration: 1h, timezone: UTC}\n")
+    ctx = app.Context(RunStore(tmp_path / "state"), now=Clock(T0))
+    with pytest.raises(app.InputError, match="--yes"):
+        app.start(ctx, app.StartOptions("mailhost", str(plan), now=True))
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan), now=True, yes=True))
+    assert record.phase == Phase.DECOMMISSIONED
+    entries = ctx.store.journal("mailhost", record.run_id)
+    assert any(e.get("kind") == "operator" and e.get("action") == "now" and e.get("confirmed") for e in entries)
+    assert kinds(inbox) == ["announce", "done"]
+
+
+def test_approval_gate(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+    plan = plan_with(tmp_path, fake_world, "approval: required\nwindow: {start: 2026-11-27T12:00:00, duration: 1h, timezone: UTC}\n")
+    clock = Clock(dt.datetime(2026, 11, 27, 12, 5, tzinfo=UTC))
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.parked and "approve" in record.parked
+    app.approve(ctx, "mailhost", "alice")
+    [due] = app.run_due(ctx)
+    assert due.record is not None and due.record.phase == Phase.DECOMMISSIONED
+    approval = next(e for e in ctx.store.journal("mailhost", record.run_id) if e.get("key") == "approval")
+    assert approval["outputs"]["by"] == "alice"
+
+
+def test_failed_send_never_blocks_the_cutover(tmp_path: Path, fake_world: WorldFile, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPGRADER_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("UPGRADER_SMTP_PORT", str(free_port()))  # nobody listens
+    monkeypatch.setattr("upgrader.steps.notices.SEND_ATTEMPTS", 2)
+    monkeypatch.setattr("upgrader.steps.notices.SEND_MAX_WAIT", 0.01)
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T09:00:00, duration: 2h, timezone: UTC}\n")
+    ctx = app.Context(RunStore(tmp_path / "state"), now=Clock(T0))
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.DECOMMISSIONED
+    assert record.output("notice.announce")["sent"] is False
+
+
+def test_killed_right_after_a_send_does_not_send_it_twice(tmp_path: Path, fake_world: WorldFile) -> None:
+    """The SMTP server SIGKILLs the orchestrator as the message arrives — before the client saw
+    250 and before the journal said done. The resumed run must not send it again."""
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2030-01-04T12:00:00, duration: 1h, timezone: UTC}\n")
+    victim: list[subprocess.Popen[str]] = []
+    port = free_port()
+
+    def kill(_: EmailMessage) -> None:
+        if victim and victim[0].poll() is None:
+            victim[0].send_signal(signal.SIGKILL)
+
+    controller = mailsink.start(tmp_path / "inbox", port, on_message=kill)
+    env = {**os.environ, "UPGRADER_SMTP_HOST": "127.0.0.1", "UPGRADER_SMTP_PORT": str(port), "UPGRADER_SMTP_HELO": "t"}
+    cmd = [sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(tmp_path / "state"), "-q"]
+    try:
+        victim.append(subprocess.Popen([*cmd, "start", "mailhost", "--plan", str(plan)], env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        victim[0].communicate(timeout=120)
+        assert victim[0].returncode == -signal.SIGKILL
+        done = subprocess.run([*cmd, "resume", "mailhost"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        time.sleep(0.2)
+        assert kinds(tmp_path / "inbox") == ["announce"]
+        assert "not sent again" in done.stdout
+    finally:
+        controller.stop()
