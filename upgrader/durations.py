@@ -26,16 +26,23 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(value)
-        return timedelta(seconds=value)
+        return _seconds(value)
     if not isinstance(value, str):
         raise ValueError(value)
     text = value.strip().lower()
     if text.isdigit():
-        return timedelta(seconds=int(text))
+        return _seconds(int(text))
     if not _DURATION_FULL_RE.match(text):
         raise ValueError(value)
     total = sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_RE.findall(text))
-    return timedelta(seconds=total)
+    return _seconds(total)
+
+
+def _seconds(total: int) -> timedelta:
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:  # more than ~2.7 million years
+        raise ValueError(total) from None
 
 
 def format_duration(delta: timedelta) -> str:

@@ -113,6 +113,8 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         text = value if len(value) <= 60 else value[:57] + "..."
         return json.dumps(text, ensure_ascii=False)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"  # repr() refuses ints over 4300 digits
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list | tuple):
@@ -913,6 +915,9 @@ def _compose(text: str, problems: _Problems) -> _Doc | None:
                     except yaml.YAMLError as exc:
                         _yaml_problem(problems, exc, text)
                         continue
+                    except (ValueError, OverflowError) as exc:  # e.g. an impossible date as a key
+                        problems.add(kpos, path, f"cannot read this key: {exc}")
+                        continue
                     if not isinstance(key, str):
                         problems.add(kpos, path, f"keys must be strings, got {_describe(key)} (quote it)")
                         continue
@@ -935,6 +940,10 @@ def _compose(text: str, problems: _Problems) -> _Doc | None:
             doc.data = loader.construct_document(root)
         except yaml.YAMLError as exc:
             _yaml_problem(problems, exc, text)
+            return None
+        except (ValueError, OverflowError) as exc:  # PyYAML's own readers: 2024-13-45, 4300+ digit ints
+            where, path = _unreadable_scalar(loader, root, doc)
+            problems.add(where, path, f"cannot read this value: {exc}")
             return None
         return doc
     except RecursionError:
@@ -1093,6 +1102,25 @@ def _translate(exc: ValidationError, doc: _Doc, problems: _Problems) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _unreadable_scalar(loader: yaml.SafeLoader, root: yaml.Node, doc: _Doc) -> tuple[_Pos, _KeyPath]:
+    """The first scalar PyYAML's constructors choke on, with its position and key path."""
+    by_mark = {pos: path for path, pos in doc.values.items()}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                loader.construct_object(node)
+            except (ValueError, OverflowError, yaml.YAMLError):
+                pos = _pos(node.start_mark)
+                return pos, by_mark.get(pos, ())
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in reversed(node.value) for v in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+    return _pos(root.start_mark), ()
+
+
 def parse_plan(text: str | bytes, filename: str) -> Plan:
     """Validate plan text. `filename` is used in messages and for Plan.base_dir."""
     problems = _Problems(str(filename))
@@ -1115,7 +1143,10 @@ def parse_plan(text: str | bytes, filename: str) -> Plan:
     try:
         plan = Plan.model_validate(doc.data)
     except ValidationError as exc:
-        _translate(exc, doc, problems)
+        try:
+            _translate(exc, doc, problems)
+        except UnicodeError:  # pydantic cannot render a lone surrogate (e.g. "\uD800") in its errors
+            problems.add((1, 1), (), "a value contains an invalid Unicode escape (a lone surrogate)")
         raise problems.error() from None
     except RecursionError:
         problems.add((1, 1), (), "the YAML is nested too deeply")

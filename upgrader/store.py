@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import sys
+import time
 import tempfile
 from pathlib import Path
 from types import TracebackType
@@ -300,8 +301,13 @@ class HostLock:
         self._fd = fd
 
     def _locked_error(self, fd: int) -> LockedError:
-        size = os.fstat(fd).st_size
-        info = _parse_line(os.pread(fd, min(size, 65536), 0).strip()) if size else None
+        info = None
+        for _ in range(50):  # the holder writes its name right after it got the lock: give it a moment
+            size = os.fstat(fd).st_size
+            info = _parse_line(os.pread(fd, min(size, 65536), 0).strip()) if size else None
+            if info is not None and "pid" in info:
+                break
+            time.sleep(0.01)
         if info is None or "pid" not in info:
             return LockedError(f'host "{self.host}" is locked by another process (holder not recorded yet)')
         holder = f'pid {info["pid"]} on {info.get("hostname", "?")} since {info.get("since", "?")}'
