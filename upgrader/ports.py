@@ -118,6 +118,10 @@ class Hypervisor(Protocol):
     def undefine(self, name: str) -> int:
         """Remove the domain and the disk images only it uses. Returns bytes freed."""
 
+    def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
+        """Delete `owner`'s overlays over `bases` that no domain uses (a clone killed before it
+        defined the domain). Returns bytes freed."""
+
     def set_link(self, domain: str, mac: str, up: bool) -> None: ...
 
     def move_nic(self, domain: str, mac: str, network: str) -> None: ...

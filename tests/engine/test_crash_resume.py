@@ -26,6 +26,7 @@ KILL_POINTS = [
     ("begin:snapshot", "journaled begin, snapshot not taken -> probe says no, take it"),
     ("after:snapshot", "inside: snapshot taken, journal does not know -> probe finds it"),
     ("enter:clone", "boundary after checkpoint"),
+    ("after:clone_overlays", "inside: twin's overlay created, domain not defined (found on the lab)"),
     ("after:clone", "inside: twin defined, not journaled"),
     ("after:start", "inside: twin started, not journaled"),
     ("before:run:labos-update fetch", "inside: command not run yet"),

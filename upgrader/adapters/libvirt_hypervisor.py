@@ -303,9 +303,23 @@ class LibvirtHypervisor:
         assert info is not None
         return info
 
-    def _create_overlay(self, base: str, owner: str) -> str:
+    def _overlay_path(self, base: str, owner: str) -> str:
         stem = os.path.splitext(os.path.basename(base))[0]
-        name = f"{stem}.{owner}.qcow2"
+        return os.path.join(os.path.dirname(base), f"{stem}.{owner}.qcow2")
+
+    def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
+        """Delete `owner`'s overlays over `bases` that no domain uses — left by a clone that was
+        killed between creating its overlay and defining the domain. Returns bytes freed."""
+        freed = 0
+        for base in bases.values():
+            path = self._overlay_path(base, owner)
+            if self._volume(path) is not None and not self._disk_users(path) and not self._dependents(path):
+                freed += self._delete(path)
+        return freed
+
+    def _create_overlay(self, base: str, owner: str) -> str:
+        self.remove_orphans(owner, {"disk": base})  # an interrupted earlier attempt's leftover
+        name = os.path.basename(self._overlay_path(base, owner))
         pool = self._pool_for(os.path.dirname(base))
         base_vol = self._volume(base)
         if base_vol is None:

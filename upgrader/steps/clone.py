@@ -28,8 +28,10 @@ class Clone:
         hv, plan = ctx.ports.hypervisor, ctx.plan
         twin = plan.twin_name
 
-        def define(_: dict[str, Any]) -> dict[str, Any]:
-            info = hv.clone(plan.source.domain, twin, snapshot_of(ctx), plan.staging.network)
+        def define(begin: dict[str, Any]) -> dict[str, Any]:
+            snapshot = snapshot_of(ctx)
+            hv.remove_orphans(twin, snapshot.bases)  # a define killed before the domain existed
+            info = hv.clone(plan.source.domain, twin, snapshot, plan.staging.network)
             return {"name": info.name, "uuid": info.uuid, "disks": info.disks, "nics": info.nics}
 
         def defined(_: dict[str, Any]) -> dict[str, Any] | None:

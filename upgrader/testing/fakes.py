@@ -159,16 +159,23 @@ class FakeHypervisor:
         return SnapshotInfo(name, dict(snap["overlays"]), dict(snap["bases"]))
 
     def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+        """Like libvirt: the overlays are created first, the domain defined after — a crash in
+        between leaves orphan overlays (remove_orphans deals with them)."""
+        disks = {}
         with self.world.change() as world:
             if twin in world["domains"]:
                 raise StepFailed(f"fake: domain {twin} exists already")
-            src = _domain(world, source)
-            snap = world["snapshots"][snapshot.name]
-            disks = {}
+            _domain(world, source)
             for target, base in snapshot.bases.items():
                 overlay = f"{base.rsplit('.', 1)[0]}.{twin}.qcow2"
+                if overlay in world["images"]:
+                    raise StepFailed(f"fake: overlay {overlay} exists already")
                 world["images"][overlay] = {"size": 196608, "backing": base}
                 disks[target] = overlay
+        maybe_pause("after:clone_overlays")
+        with self.world.change() as world:
+            src = _domain(world, source)
+            snap = world["snapshots"][snapshot.name]
             guest_id = f"g{len(world['guests'])}"
             world["guests"][guest_id] = copy.deepcopy(snap["guest"])
             world["domains"][twin] = {
@@ -212,6 +219,17 @@ class FakeHypervisor:
             _effect(world, "undefine", domain=name, bytes_freed=freed)
         maybe_pause("after:undefine")
         return freed
+
+    def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
+        with self.world.change() as world:
+            freed = 0
+            for base in bases.values():
+                path = f"{base.rsplit('.', 1)[0]}.{owner}.qcow2"
+                used = any(path in d["disks"].values() for d in world["domains"].values())
+                if path in world["images"] and not used:
+                    freed += world["images"].pop(path)["size"]
+                    _effect(world, "remove_orphan", path=path)
+            return freed
 
     def set_link(self, domain: str, mac: str, up: bool) -> None:
         with self.world.change() as world:
