@@ -90,6 +90,12 @@ class InfraError(UpgraderError):
     exit_code = 5
 
 
+class ConnectionLost(InfraError):
+    """An SSH connection died while a command ran: it may have finished, still run, or died."""
+
+    default_hint = "the step is probed (done-marker, running pid) before anything is redone"
+
+
 class StepFailed(UpgraderError):
     """A phase's step failed; the engine decides between abort and rollback."""
 

@@ -48,6 +48,9 @@ def cmd(template: str, *args: str, secrets: Sequence[str] = ()) -> Command:
     return Command(template, tuple(str(a) for a in args), tuple(secrets))
 
 
+SIGNALLED = -1  # Result.rc of a command killed by a signal (the guest's sshd sent no exit status)
+
+
 @dataclass(frozen=True)
 class Result:
     """One remote call's outcome (invoke's Result shape)."""
@@ -137,6 +140,11 @@ class Hypervisor(Protocol):
 # --------------------------------------------------------------------------------------- shell
 
 
+def running_path(mark: str) -> str:
+    """Where a marked command's remote shell keeps its pid while it runs (see Shell.run)."""
+    return mark.removesuffix(".done") + ".running"
+
+
 class Shell(Protocol):
     """One guest reached over SSH (or a fake)."""
 
@@ -153,9 +161,11 @@ class Shell(Protocol):
         mark: str | None = None,
     ) -> Result:
         """Run; never raises on a non-zero exit (check `Result.ok`); raises InfraError when the
-        connection fails or dies, StepFailed on timeout. `mark`: a file created on the guest in
-        the same remote shell right after a zero exit, so "the command finished" survives the
-        orchestrator dying between the command's end and its journal entry."""
+        connection cannot be made, ConnectionLost when it dies mid-command, StepFailed on
+        timeout. `mark`: a file created on the guest in the same remote shell right after a zero
+        exit, so "the command finished" survives the orchestrator dying between the command's end
+        and its journal entry; while the command runs, that shell's pid is in `running_path(mark)`
+        so a probe can wait for a command that outlived its connection instead of starting it twice."""
 
     def boot_id(self) -> str: ...
 

@@ -18,8 +18,8 @@ from invoke.exceptions import CommandTimedOut
 from invoke.watchers import Responder
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from upgrader.errors import InfraError, StepFailed
-from upgrader.ports import Command, OutputSink, Prompt, Result
+from upgrader.errors import ConnectionLost, InfraError, StepFailed
+from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, Result, running_path
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan, SshTarget
@@ -157,9 +157,8 @@ class FabricShell:
         mark: str | None = None,
     ) -> Result:
         line = command.line
-        if mark:  # the marker is written by the same remote shell, right after a zero exit
-            folder = mark.rsplit("/", 1)[0]
-            line = f"{{ {line}\n}} && mkdir -p {shlex.quote(folder)} && touch {shlex.quote(mark)}"
+        if mark:
+            line = with_marker(line, mark)
         if env:  # inline: dropbear and many sshd configs refuse SetEnv
             line = "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items()) + line
         stream = _Lines(on_output, command.secrets)
@@ -173,12 +172,16 @@ class FabricShell:
             raise StepFailed(f"`{command.short()}` on {self.name} timed out after {timeout:.0f} s") from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.close()
-            raise InfraError(f"connection to {self.name} lost while running `{command.short()}`: {exc}") from exc
+            raise ConnectionLost(f"connection to {self.name} lost while running `{command.short()}`: {exc}") from exc
         finally:
             stream.flush()
         if result.exited == -1:
+            transport = conn.client.get_transport()
+            if transport is not None and transport.is_active():  # sshd sent exit-signal, not exit-status
+                return Result(command.masked(), SIGNALLED, _mask(result.stdout, command.secrets),
+                              _mask(result.stderr, command.secrets) + "\n(killed by a signal on the guest)")
             self.close()
-            raise InfraError(f"connection to {self.name} died while running `{command.short()}` (no exit status)",
+            raise ConnectionLost(f"connection to {self.name} died while running `{command.short()}` (no exit status)",
                              hint="the command may still be running on the guest; `upgrader resume` probes before redoing it")
         masked = _mask(result.stdout, command.secrets)
         return Result(command.masked(), int(result.exited), masked, _mask(result.stderr, command.secrets))
@@ -209,6 +212,14 @@ class FabricShell:
             time.sleep(1)
         raise StepFailed(f"{self.name} did not come back with a new boot id within {timeout:.0f} s after reboot",
                          hint="`upgrader lab console NAME` (lab) or the hypervisor console shows why")
+
+
+def with_marker(line: str, mark: str) -> str:
+    """The command in a subshell; the same remote shell writes its pid to the running-file first
+    and the done-marker right after a zero exit (see Shell.run)."""
+    folder, running, done = (shlex.quote(p) for p in (mark.rsplit("/", 1)[0], running_path(mark), mark))
+    return (f"mkdir -p {folder} && echo $$ > {running} || {{ echo upgrader: cannot write {running} >&2; exit 125; }}\n"
+            f"( {line}\n)\nrc=$?; if [ $rc -eq 0 ]; then touch {done} || rc=$?; fi; rm -f {running}; exit $rc")
 
 
 def _mask(text: str, secrets: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import libvirt
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import DomainInfo, SnapshotInfo
@@ -30,6 +31,8 @@ def _silence(_ctx: object, _err: object) -> None:
 
 
 libvirt.registerErrorHandler(_silence, None)
+
+RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
 
 _INFRA_CODES = {
     libvirt.VIR_ERR_NO_CONNECT,
@@ -90,9 +93,22 @@ class LibvirtHypervisor:
 
     @property
     def conn(self) -> libvirt.virConnect:
-        if self._conn is None or not self._conn.isAlive():
-            with libvirt_errors(f"cannot connect to libvirt at {self.uri}"):
+        """The connection, re-opened if libvirtd went away (restarted, upgraded): guests keep
+        running without it, so a run waits up to RECONNECT_WAIT for it to come back."""
+        if self._conn is not None:
+            try:
+                self._conn.getLibVersion()  # a restarted daemon shows here; isAlive() may not know yet
+                return self._conn
+            except libvirt.libvirtError:
+                self._conn = None
+                wait = RECONNECT_WAIT
+        else:
+            wait = 0  # the first connection: a wrong URI fails at once
+        for attempt in Retrying(stop=stop_after_delay(wait), wait=wait_exponential(multiplier=0.2, max=3),
+                                retry=retry_if_exception_type(InfraError), reraise=True):
+            with attempt, libvirt_errors(f"cannot connect to libvirt at {self.uri}"):
                 self._conn = libvirt.open(self.uri)
+        assert self._conn is not None
         return self._conn
 
     def check(self) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import paramiko
 
 from upgrader.errors import InfraError, StepFailed
-from upgrader.ports import Command, OutputSink, Result, SyncStats, cmd
+from upgrader.ports import SIGNALLED, Command, OutputSink, Result, SyncStats, cmd
 
 if TYPE_CHECKING:
     from upgrader.adapters.fabric_shell import FabricShell, FabricShells
@@ -44,6 +44,15 @@ DEAUTHORIZE = (
     "touch ~/.ssh/authorized_keys && grep -v {marker} ~/.ssh/authorized_keys > ~/.ssh/authorized_keys.upgrader; "
     "mv ~/.ssh/authorized_keys.upgrader ~/.ssh/authorized_keys"
 )
+
+RSYNC_ATTEMPTS = 3
+# rsync's exit codes for a transfer cut short: socket I/O, protocol stream, signal, timeouts, ssh
+_CUT_SHORT = {10, 12, 20, 30, 35, 255}
+
+
+def transient(rc: int) -> bool:
+    return rc in _CUT_SHORT or rc == SIGNALLED or rc > 128  # > 128: the shell saw rsync die of a signal
+
 
 _STATS = {
     "files": re.compile(r"Number of regular files transferred:\s*([\d,.]+)"),
@@ -96,6 +105,17 @@ class RsyncSyncer:
                              hint="the target needs ssh-keygen (OpenSSH) or dropbearkey")
         return " ".join(public[0].split()[:2])
 
+    @staticmethod
+    def _rsync(dst: "FabricShell", command: Command, on_output: OutputSink | None) -> Result:
+        """rsync is idempotent: a pass cut short (killed, connection reset, timeout) is run again."""
+        for attempt in range(1, RSYNC_ATTEMPTS + 1):
+            result = dst.run(command, timeout=24 * 3600, on_output=on_output)
+            if not transient(result.rc) or attempt == RSYNC_ATTEMPTS:
+                return result
+            if on_output:
+                on_output(f"upgrader: rsync exited {result.rc} (cut short); running it again ({attempt + 1} of {RSYNC_ATTEMPTS})")
+        raise AssertionError("unreachable")
+
     def _transfer(self, src: "FabricShell", dst: "FabricShell", workdir: str, paths: Sequence[tuple[str, Sequence[str]]],
                   final: bool, on_output: OutputSink | None) -> tuple[int, int, int]:
         user = src.target.user
@@ -121,7 +141,7 @@ class RsyncSyncer:
                 args = ["rsync", "-aH", "--delete", "--numeric-ids", "--stats", "-e", wrapper]
                 args += [f"--exclude={e}" for e in excludes]
                 args += [f"{user}@127.0.0.1:{folder}", folder]
-                result = dst.run(Command(" ".join(shlex.quote(a) for a in args)), timeout=24 * 3600, on_output=on_output)
+                result = self._rsync(dst, Command(" ".join(shlex.quote(a) for a in args)), on_output)
                 if result.rc != 0 and not (result.rc == VANISHED and not final):
                     raise StepFailed(f"rsync of {folder} {src.name} -> {dst.name} exited {result.rc}:\n{result.tail()}",
                                      hint="a final pass must exit 0; nothing was switched over")

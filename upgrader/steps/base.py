@@ -14,7 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from upgrader.events import Event, StepBegin, StepDone, StepInDoubt, StepOutput
+from upgrader.errors import ConnectionLost
+from upgrader.events import Event, Notice, StepBegin, StepDone, StepInDoubt, StepOutput
 from upgrader.phases import Phase
 from upgrader.ports import Hypervisor, Prober, ShellFactory, Syncer
 from upgrader.record import RunRecord, utcnow
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from upgrader.plan import Plan
 
 Outputs = dict[str, Any]
+RECONNECT_ATTEMPTS = 3  # per step: a connection lost twice is survived, a third time is the failure
 
 
 @dataclass
@@ -125,6 +127,30 @@ class StepContext:
         begin = self.journal.write("begin", key=key, title=title, **extra)
         self.emit(StepBegin(key, title))
         return self._done(key, run(begin))
+
+    def once_reconnecting(
+        self,
+        key: str,
+        title: str,
+        run: Callable[[dict[str, Any]], Outputs],
+        probe: Callable[[dict[str, Any]], Outputs | None] | None = None,
+        before: Callable[[], dict[str, Any]] | None = None,
+        *,
+        attempts: int = RECONNECT_ATTEMPTS,
+    ) -> Outputs:
+        """`once` for a step on a guest whose SSH connection may drop (a long upgrade, a sync):
+        a lost connection is handled like a crash at that moment - reconnect, probe, redo only if
+        the probe says it did not happen - up to `attempts` times, then the loss is the failure."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.once(key, title, run, probe, before)
+            except ConnectionLost as exc:
+                self.journal.write("connection_lost", key=key, attempt=attempt, error=exc.message)
+                if attempt == attempts:
+                    raise
+                self.emit(Notice(f"{key}: {exc.message}; reconnecting and probing before redoing it "
+                                 f"(attempt {attempt + 1} of {attempts})", "warning"))
+        raise AssertionError("unreachable")
 
     def _done(self, key: str, outputs: Outputs, skipped: bool = False) -> Outputs:
         self.journal.write("done", key=key, outputs=outputs)

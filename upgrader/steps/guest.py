@@ -3,9 +3,11 @@ key their canned behaviour on these exact templates."""
 
 from __future__ import annotations
 
-from upgrader.ports import Command, cmd
+from upgrader.ports import Command, cmd, running_path
 
-IS_MARKED_TEMPLATE = "test -e {}"
+# Wait while the marked command's shell (pid in the .running file) is still alive - it may have
+# outlived a lost connection or a killed orchestrator - then report whether it finished.
+IS_MARKED_TEMPLATE = 'while [ -f {0} ] && kill -0 "$(cat {0})" 2>/dev/null; do sleep 1; done; test -e {1}'
 
 
 def marker_path(state_dir: str, run_id: str, key: str) -> str:
@@ -14,4 +16,5 @@ def marker_path(state_dir: str, run_id: str, key: str) -> str:
 
 
 def is_marked(state_dir: str, run_id: str, key: str) -> Command:
-    return cmd(IS_MARKED_TEMPLATE, marker_path(state_dir, run_id, key))
+    mark = marker_path(state_dir, run_id, key)
+    return cmd(IS_MARKED_TEMPLATE, running_path(mark), mark)

@@ -10,6 +10,7 @@ from upgrader.steps.base import Outcome, StepContext
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
+    from upgrader.ports import DomainInfo
 
 # Overlays start empty but grow with every write during the upgrade; ask for a sane minimum.
 MIN_FREE_BYTES = 256 * 1024 * 1024
@@ -41,11 +42,9 @@ class Preflight:
         else:
             if not domain.running:
                 inhibitors.append(f"domain {plan.source.domain} is not running")
-            directory = plan.source.disk_dir or _dirname(next(iter(domain.disks.values()), "/"))
-            free = hv.free_bytes(directory)
-            out["free_bytes"] = free
-            if free < MIN_FREE_BYTES:
-                inhibitors.append(f"only {free >> 20} MiB free in {directory}; need {MIN_FREE_BYTES >> 20} MiB for overlays")
+            out["free_bytes"], short = space_for_overlays(ctx, domain)
+            if short:
+                inhibitors.append(short)
             out["disks"] = domain.disks
         if hv.domain(plan.twin_name) is not None:
             inhibitors.append(f"a domain named {plan.twin_name} already exists")
@@ -60,6 +59,16 @@ class Preflight:
                 hint="fix them and `upgrader resume HOST`, or `upgrader abort HOST`",
             )
         return out
+
+
+def space_for_overlays(ctx: StepContext, domain: "DomainInfo") -> tuple[int, str | None]:
+    """Free bytes where the overlays go, and what is wrong if that is below the minimum."""
+    directory = ctx.plan.source.disk_dir or _dirname(next(iter(domain.disks.values()), "/"))
+    free = ctx.ports.hypervisor.free_bytes(directory)
+    if free >= MIN_FREE_BYTES:
+        return free, None
+    return free, (f"only {free >> 20} MiB free in {directory}; need {MIN_FREE_BYTES >> 20} MiB for overlays "
+                  "(prod's writes go to its new overlay: a full disk would pause it)")
 
 
 def _dirname(path: str) -> str:

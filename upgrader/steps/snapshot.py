@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from upgrader.errors import StepFailed
 from upgrader.phases import Phase
 from upgrader.ports import SnapshotInfo
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.preflight import space_for_overlays
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -34,6 +36,12 @@ class Snapshot:
         name = snapshot_name(ctx.run_id)
 
         def take(_: dict[str, Any]) -> dict[str, Any]:
+            info = hv.domain(domain)
+            if info is None:
+                raise StepFailed(f"domain {domain} is gone", hint="`virsh -c URI list --all` shows what is defined")
+            _, short = space_for_overlays(ctx, info)  # again: space may have gone since preflight
+            if short:
+                raise StepFailed(f"not taking the snapshot: {short}", hint="free space there, then `upgrader start` again")
             return asdict(hv.snapshot(domain, name, ctx.plan.source.disk_dir))
 
         def probe(_: dict[str, Any]) -> dict[str, Any] | None:

@@ -19,13 +19,14 @@ def sync_paths(plan: "Plan") -> list[tuple[str, list[str]]]:
 
 
 def sync_once(ctx: StepContext, key: str, source: str, target: str, *, final: bool) -> dict[str, Any]:
-    """One rsync pass as a `once`. rsync is idempotent, so an interrupted pass is simply redone."""
+    """One rsync pass as a `once`. rsync is idempotent, so an interrupted pass (crash, lost
+    connection) is simply redone."""
 
     def run(_: dict[str, Any]) -> dict[str, Any]:
         stats = ctx.ports.syncer.sync(source, target, sync_paths(ctx.plan), final=final, on_output=ctx.output_sink(key))
         return asdict(stats)
 
-    return ctx.once(key, f"rsync {source} -> {target}" + (" (final)" if final else ""), run)
+    return ctx.once_reconnecting(key, f"rsync {source} -> {target}" + (" (final)" if final else ""), run)
 
 
 def run_commands(ctx: StepContext, key: str, role: str, commands: list[str], what: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """upgrade: the plan's steps on the twin, in order. Each is a `once`: a `run` step writes a
 done-marker on the guest right after it succeeds (or the plan gives its own `probe`), a reboot
-records the boot id before and is done when the boot id changed."""
+records the boot id before and is done when the boot id changed. A connection lost mid-step is
+handled like a crash there (`once_reconnecting`): reconnect, wait for a command still running,
+probe, and redo only what did not finish."""
 
 from __future__ import annotations
 
@@ -65,11 +67,19 @@ class Upgrade:
             return {"rc": result.rc}
 
         def probe(_: dict[str, Any]) -> dict[str, Any] | None:
+            # waits (up to the step's timeout) for a run that outlived its connection
             shell = ctx.ports.shells.connect("staging")
-            check = Command.raw(step.probe) if step.probe else guest.is_marked(state_dir, ctx.run_id, key)
-            return {"rc": 0, "probed": True} if shell.run(check, timeout=60).ok else None
+            marked = guest.is_marked(state_dir, ctx.run_id, key)
+            if step.probe:
+                finished = shell.run(marked, timeout=step.timeout.total_seconds() + 60)
+                if finished.rc == 0:
+                    return {"rc": 0, "probed": True}
+                check = Command.raw(step.probe)
+            else:
+                check = marked
+            return {"rc": 0, "probed": True} if shell.run(check, timeout=step.timeout.total_seconds() + 60).ok else None
 
-        ctx.once(key, step.label, run, probe)
+        ctx.once_reconnecting(key, step.label, run, probe)
 
     def _reboot(self, ctx: StepContext, i: int, step: "RebootStep") -> None:
         key, timeout = step_key(i), step.timeout.total_seconds()
@@ -87,4 +97,4 @@ class Upgrade:
                 return {"boot_id_before": begin.get("boot_id"), "boot_id": current, "probed": True}
             return None
 
-        ctx.once(key, "reboot", run, probe, before)
+        ctx.once_reconnecting(key, "reboot", run, probe, before)

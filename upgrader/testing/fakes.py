@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from upgrader.errors import CheckFailed, InfraError, StepFailed, UnsafeOperation
+from upgrader.errors import CheckFailed, ConnectionLost, InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
@@ -315,18 +315,32 @@ class FakeShell:
         with self.world.change() as world:
             domain, guest = _guest_of(world, self.network)
             if command.template == IS_MARKED_TEMPLATE:
-                return Result(command.masked(), 0 if command.args[0] in guest["files"] else 1)
-            rc, stdout = 0, ""
-            for canned in world["commands"]:
-                if re.search(canned["match"], line) and canned.get("role", self.name) == self.name:
+                return Result(command.masked(), 0 if command.args[-1] in guest["files"] else 1)
+            rc, stdout, cut = 0, "", False
+            canned: dict[str, Any] | None = None
+            for entry in world["commands"]:
+                if re.search(entry["match"], line) and entry.get("role", self.name) == self.name:
+                    if int(entry.get("cut", 0)) > int(entry.get("was_cut", 0)):  # lost before it ran
+                        entry["was_cut"] = int(entry.get("was_cut", 0)) + 1
+                        cut = True
+                        break
+                    canned = entry
                     rc, stdout = int(canned.get("rc", 0)), str(canned.get("stdout", "")).format(**guest)
                     guest.update(canned.get("set", {}))
                     for n in range(int(canned.get("add_mail", 0))):  # clients write while it serves
                         guest["mail"].append(f"after-{domain}-{len(guest['mail'])}-{n}")
                     break
-            if mark and rc == 0:
-                guest["files"].append(mark)
-            _effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
+            lost = cut
+            if not cut:
+                if mark and rc == 0:
+                    guest["files"].append(mark)
+                _effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
+                # `drop: N`: the first N matching runs lose the connection after the command ran
+                if canned is not None and int(canned.get("drop", 0)) > int(canned.get("dropped", 0)):
+                    canned["dropped"] = int(canned.get("dropped", 0)) + 1
+                    lost = True
+        if lost:
+            raise ConnectionLost(f"fake: connection to {self.name} lost while running `{command.short()}`")
         if on_output and stdout:
             for out in stdout.splitlines():
                 on_output(out)
@@ -392,6 +406,12 @@ class FakeSyncer:
             dst["mail"] = list(src["mail"])
             files = len(new) + len(gone)
             _effect(world, "sync", source=source, target=target, final=final, files=files)
+            drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
+            lost = ("final" if final else "pass") in drops
+            if lost:
+                drops.remove("final" if final else "pass")
+        if lost:
+            raise ConnectionLost(f"fake: connection to {target} lost during rsync")
         if on_output:
             on_output(f"sent {files} files")
         maybe_pause(f"after:sync:{'final' if final else 'pass'}")

@@ -1,0 +1,37 @@
+"""Too little space for the overlays is refused before the snapshot: at preflight, and again right
+before the snapshot (the disk may fill in between). prod is never touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from upgrader import app
+from upgrader.events import Event, StepDone
+from upgrader.phases import Phase
+from upgrader.store import RunStore
+from upgrader.testing.fakes import WorldFile
+from upgrader.testing.scenario import effects
+
+
+def test_nearly_full_at_preflight(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    with fake_world.change() as world:
+        world["free_bytes"] = 100 * 2**20
+    record = app.start(app.Context(RunStore(tmp_path / "state"), []), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.ABORTED and record.error is not None
+    assert record.error.phase == Phase.PREFLIGHT and "only 100 MiB free" in record.error.message
+    assert effects(fake_world, "snapshot") == []
+
+
+def test_disk_fills_between_preflight_and_snapshot(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    def fill(event: Event) -> None:
+        if isinstance(event, StepDone) and event.key == "preflight":
+            with fake_world.change() as world:
+                world["free_bytes"] = 10 * 2**20
+
+    record = app.start(app.Context(RunStore(tmp_path / "state"), [fill]), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.ABORTED and record.error is not None
+    assert record.error.phase == Phase.SNAPSHOT and "not taking the snapshot" in record.error.message
+    assert effects(fake_world, "snapshot") == []
+    data = json.loads(fake_world.path.read_text())
+    assert list(data["domains"]) == ["mailhost"] and list(data["images"]) == ["/fake/mailhost.qcow2"]
