@@ -27,24 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from labrun import machine  # noqa: E402
 from upgrader import app  # noqa: E402
 from upgrader.phases import Phase  # noqa: E402
 from upgrader.record import PhaseTiming, RunRecord, new_run_id  # noqa: E402
 from upgrader.store import RunStore  # noqa: E402
 from upgrader.testing.fakes import WorldFile, new_world  # noqa: E402
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS  # noqa: E402
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU(s) ({len(os.sched_getaffinity(0))} usable), {model}; Python {platform.python_version()}; {platform.system()} {platform.release()}"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -109,9 +109,11 @@ class Hypervisor(Protocol):
     def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
         """Probe: is the snapshot's overlay already active for the domain?"""
 
-    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str,
+              macs: dict[str, str] | None = None) -> DomainInfo:
         """Define `twin` from source's inactive XML: new name/UUID, disks on new overlays over
-        the snapshot's bases, NICs on `network` (same MACs). Not started."""
+        the snapshot's bases, NICs on `network` with the same MACs unless `macs` maps a source
+        MAC to another. Not started."""
 
     def start(self, name: str) -> None: ...
 

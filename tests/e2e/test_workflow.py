@@ -60,23 +60,16 @@ class Traffic:
 
 
 def message_ids(lab: Lab, target: str) -> set[str]:
-    out = lab.guest_exec(target, "cat /var/mail/alice/new/* /var/mail/alice/cur/* 2>/dev/null | grep -i '^message-id:' || true",
-                         timeout=120).stdout
-    return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
+    return lab.message_ids(target)
 
 
 def fresh(lab: Lab, faults: tuple[str, ...] = ()) -> None:
     """A pristine release-1 mailhost and nothing else: twins and overlays of earlier runs gone."""
-    for info, _ in lab.domains():
-        if info.name != "mailhost":
-            lab.remove_guest(info.name)
-    lab.recreate_mailhost(faults=faults)
-    for leftover in (lab.lab_dir / "images").glob("mailhost.*.qcow2"):
-        leftover.unlink()
+    lab.pristine(faults)
 
 
 def images(lab: Lab) -> set[str]:
-    return {p.name for p in (lab.lab_dir / "images").glob("*.qcow2")}
+    return lab.image_names()
 
 
 def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
@@ -241,3 +234,34 @@ def test_window_park_run_due_and_notices_in_the_lab_mail_sink(lab: Lab, tmp_path
     got = [r.kind for r in received(lab.paths.mail)]
     assert got == ["announce", "reminder", "done"], got
     assert "announce" in shown.stdout and "reminder" in shown.stdout and "done" in shown.stdout
+
+
+def test_ip_move_takeover_with_client_traffic(lab: Lab, tmp_path: Path) -> None:
+    """ip_move: the twin boots with a MAC of its own; at cutover the old VM's link goes down, the
+    twin's NIC moves to prod and it claims the service address with gratuitous ARPs, so the
+    client (which knew the old MAC) re-learns it. Then decommission."""
+    fresh(lab)
+    state = tmp_path / "state"
+    plan = plan_variant(tmp_path, "takeover:\n  strategy: mac_move\n  production_network: upgprod0\n",
+                        "takeover:\n  strategy: ip_move\n  production_network: upgprod0\n"
+                        "  address: 192.0.2.10/24\n  garp_count: 3\n")
+    traffic = Traffic(lab, tmp_path / "traffic.jsonl")
+    try:
+        done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+    finally:
+        seen = traffic.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = status(state)
+    assert record["phase"] == "completed"
+    assert record["outputs"]["cutover.claim_address"]["claimed"].startswith("192.0.2.10/24 on ")
+    macs = {info.name: info for info, _ in lab.domains()}
+    old, twin = macs["mailhost"], macs["mailhost-twin"]
+    assert twin.macs and old.macs and set(twin.macs).isdisjoint(old.macs), (old, twin)
+    assert "release 2" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
+    missing = set(seen["accepted"]) - message_ids(lab, "prod")
+    assert not missing, f"{len(missing)} accepted mails lost"
+    print(f"ip_move: twin MAC {twin.macs} (prod's was {old.macs}); client longest TCP outage "
+          f"{seen['longest_outage']} s, {seen['failed']} refused; observed downtime "
+          f"{record['outputs']['cutover.service_back']['downtime']} s")
+    assert upgrader(state, "decommission", "mailhost").returncode == 0
+    assert lab.smtp_probe()["ok"]

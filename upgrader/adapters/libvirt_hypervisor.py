@@ -282,7 +282,8 @@ class LibvirtHypervisor:
 
     # ------------------------------------------------------------------------ clone
 
-    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str,
+              macs: dict[str, str] | None = None) -> DomainInfo:
         src = self._dom(source)
         root = self._xml(src, inactive=True)
         root.find("name").text = twin  # type: ignore[union-attr]
@@ -303,7 +304,10 @@ class LibvirtHypervisor:
                 disk.remove(backing)
         kind = "network" if self._is_network(network) else "bridge"
         for iface in root.findall("./devices/interface"):
-            _retarget(iface, kind, network)  # same MAC, isolated segment
+            _retarget(iface, kind, network)  # isolated segment; same MAC unless mapped (ip_move)
+            mac = iface.find("mac")
+            if mac is not None and macs and mac.get("address", "").lower() in macs:
+                mac.set("address", macs[mac.get("address", "").lower()])
             for tap in iface.findall("target"):
                 iface.remove(tap)
         for log in root.iter("log"):  # the twin gets its own console log next to prod's
@@ -419,6 +423,8 @@ class LibvirtHypervisor:
             link.set("state", "up" if up else "down")
 
         self._update_interface(domain, mac, change)
+        if up:
+            self._announce(domain)
 
     def move_nic(self, domain: str, mac: str, network: str) -> None:
         kind = "network" if self._is_network(network) else "bridge"

@@ -213,6 +213,24 @@ def start(paths: C.LabPaths, can_connect: Callable[[], bool], timeout: float = 6
     write_config(paths)
     ensure_mount_points(paths)
     paths.logs.mkdir(parents=True, exist_ok=True)
+    _spawn(paths, can_connect, timeout, with_virtlogd=True)
+
+
+def restart_libvirtd(paths: C.LabPaths, can_connect: Callable[[], bool], timeout: float = 60.0) -> int:
+    """Stop libvirtd (by its pid) and start it again, as an upgrade of the host's libvirt would:
+    the guests and virtlogd keep running; libvirtd re-attaches to them. Returns the new pid."""
+    old = read_pid(paths.libvirtd_pid, "libvirtd")
+    if old is None:
+        raise LabError("the lab's libvirtd is not running", hint="`upgrader lab up` first")
+    kill_pid(old)
+    paths.libvirtd_pid.unlink(missing_ok=True)
+    _spawn(paths, can_connect, timeout, with_virtlogd=False)
+    new = read_pid(paths.libvirtd_pid, "libvirtd")
+    assert new is not None
+    return new
+
+
+def _spawn(paths: C.LabPaths, can_connect: Callable[[], bool], timeout: float, *, with_virtlogd: bool) -> None:
     nokvm = shlex.quote(str(paths.run / "nokvm"))
     binds = [f"mount --bind {shlex.quote(str(src))} {mp}" for mp, src in _sources(paths).items()]
     binds += [f"mount --bind {shlex.quote(str(paths.etc / 'passwd'))} /etc/passwd",
@@ -222,9 +240,8 @@ def start(paths: C.LabPaths, can_connect: Callable[[], bool], timeout: float = 6
               f"if [ -e /dev/kvm ]; then : > {nokvm}; mount --bind {nokvm} /dev/kvm;"
               " mount -o remount,bind,ro /dev/kvm; fi"]
     script = "set -e\n" + "\n".join(binds) + "\n" + (
-        f"virtlogd -d -p {shlex.quote(str(paths.virtlogd_pid))}\n"
-        f"exec libvirtd -d -p {shlex.quote(str(paths.libvirtd_pid))}\n"
-    )
+        f"virtlogd -d -p {shlex.quote(str(paths.virtlogd_pid))}\n" if with_virtlogd else ""
+    ) + f"exec libvirtd -d -p {shlex.quote(str(paths.libvirtd_pid))}\n"
     run(["ip", "netns", "exec", C.NS_LAB, "unshare", "--mount", "--propagation", "private",
          "/bin/sh", "-c", script], timeout=timeout,
         hint=f"see {paths.logs}/libvirtd.log and {paths.logs}/virtlogd.log")

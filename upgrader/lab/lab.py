@@ -250,6 +250,31 @@ class Lab:
         self.wait_ssh(C.MAILHOST, timeout=timeout)
         return self.boot_id(C.MAILHOST)
 
+    def restart_libvirtd(self, timeout: float = 60.0) -> int:
+        """Fault injection: restart the lab's libvirtd (guests keep running). Returns its new pid."""
+        return daemons.restart_libvirtd(self.paths, self._can_connect, timeout)
+
+    @property
+    def filler(self) -> Path:
+        return self.paths.images / "fill.bin"
+
+    def fill_disk(self, leave: int) -> int:
+        """Fault injection: allocate a file in the images directory so only about `leave` bytes
+        stay free on that filesystem. Returns its size. `unfill_disk` (and `lab down`) remove it."""
+        self.unfill_disk()
+        st = os.statvfs(self.paths.images)
+        size = max(0, st.f_bavail * st.f_frsize - leave)
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if size:
+                os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        return size
+
+    def unfill_disk(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
     def _base_image(self) -> image.BaseImage:
         base = image.cached_image(self.paths.cache)
         if base is None:
@@ -514,6 +539,40 @@ class Lab:
             return json.loads(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError) as exc:
             raise CommandFailed(result) from exc
+
+    def message_ids(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> set[str]:
+        """The Message-IDs of every message in /var/mail/<mailbox>/{new,cur} on a guest."""
+        out = self.guest_exec(
+            name_or_segment,
+            f"cat /var/mail/{mailbox}/new/* /var/mail/{mailbox}/cur/* 2>/dev/null | grep -i '^message-id:' || true",
+            timeout=120,
+        ).stdout
+        return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
+
+    def seed_mails(self, count: int, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice",
+                   tag: str = "seed") -> None:
+        """Write `count` messages straight into a guest's Maildir (a spool that was there before)."""
+        self.guest_exec(
+            name_or_segment,
+            f"d=/var/mail/{mailbox}/new; mkdir -p $d; i=1; while [ $i -le {int(count)} ]; do "
+            f"printf 'Message-ID: <{tag}-%d@lab>\\nSubject: {tag} %d\\n\\n%0512d\\n' $i $i $i > $d/{tag}.$i; "
+            "i=$((i + 1)); done",
+            timeout=300,
+        )
+
+    def pristine(self, faults: Iterable[str | C.Fault] = ()) -> str:
+        """A fresh release-1 mailhost (with these lab faults) and nothing else: twins and
+        overlays of earlier runs gone. Returns mailhost's boot id."""
+        for info, _ in self.domains():
+            if info.name != C.MAILHOST:
+                self.remove_guest(info.name)
+        boot_id = self.recreate_mailhost(faults=faults)
+        for leftover in self.paths.images.glob(f"{C.MAILHOST}.*.qcow2"):
+            leftover.unlink()
+        return boot_id
+
+    def image_names(self) -> set[str]:
+        return {p.name for p in self.paths.images.glob("*.qcow2")}
 
     def count_mails(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> int:
         """Messages in /var/mail/<mailbox>/{new,cur} on a guest."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
 from upgrader.phases import Phase
+from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.snapshot import snapshot_of
 
@@ -20,7 +21,8 @@ class Clone:
     def describe(self, plan: "Plan") -> list[str]:
         return [
             f"define {plan.twin_name} from {plan.source.domain}'s inactive XML: new name and UUID, "
-            f"disks on new overlays over the snapshot, NICs on {plan.staging.network} (same MACs)",
+            f"disks on new overlays over the snapshot, NICs on {plan.staging.network} "
+            + ("(same MACs)" if plan.takeover.strategy == "mac_move" else "(MACs of its own: ip_move)"),
             f"start {plan.twin_name} and wait for SSH at {plan.ssh.staging.host} through the staging path",
         ]
 
@@ -31,7 +33,10 @@ class Clone:
         def define(begin: dict[str, Any]) -> dict[str, Any]:
             snapshot = snapshot_of(ctx)
             hv.remove_orphans(twin, snapshot.bases)  # a define killed before the domain existed
-            info = hv.clone(plan.source.domain, twin, snapshot, plan.staging.network)
+            source = hv.domain(plan.source.domain)
+            macs = {m: takeover.twin_mac(plan, m) for m in (source.nics if source else {})}
+            info = hv.clone(plan.source.domain, twin, snapshot, plan.staging.network,
+                            {m: t for m, t in macs.items() if m != t})
             return {"name": info.name, "uuid": info.uuid, "disks": info.disks, "nics": info.nics}
 
         def defined(_: dict[str, Any]) -> dict[str, Any] | None:

@@ -25,7 +25,8 @@ class Cutover:
             f"quiesce prod: {'; '.join(plan.sync.quiesce) or '(no commands)'}",
             "final rsync prod -> twin (must exit 0)",
             f"takeover ({plan.takeover.strategy}): {plan.source.domain}'s NICs link-down, "
-            f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}",
+            f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}"
+            + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
             f"resume services on the new prod: {'; '.join(plan.sync.resume) or '(no commands)'}",
         ]
 
@@ -40,6 +41,9 @@ class Cutover:
             lambda _: takeover.takeover(ctx),
             lambda _: {"strategy": plan.takeover.strategy, "probed": True} if takeover.taken_over(ctx) else None,
         )
+        claimed = takeover.claim_address(ctx, "cutover.claim_address")
+        if claimed:
+            moved = {**moved, **claimed}
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
         back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
         out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),

@@ -33,8 +33,6 @@ class Preflight:
     def _check(self, ctx: StepContext) -> dict[str, Any]:
         plan, hv = ctx.plan, ctx.ports.hypervisor
         inhibitors: list[str] = []
-        if plan.takeover.strategy != "mac_move":
-            inhibitors.append(f"takeover strategy {plan.takeover.strategy} is not implemented yet (mac_move is)")
         out: dict[str, Any] = {"hypervisor": hv.check()}
         domain = hv.domain(plan.source.domain)
         if domain is None:
@@ -56,7 +54,7 @@ class Preflight:
         if inhibitors:
             raise StepFailed(
                 "preflight found inhibitors:\n  - " + "\n  - ".join(inhibitors),
-                hint="fix them and `upgrader resume HOST`, or `upgrader abort HOST`",
+                hint="nothing was changed: fix them, then `upgrader start HOST --plan FILE` again",
             )
         return out
 

@@ -42,6 +42,7 @@ class RollingBack:
             lambda _: takeover.give_back(ctx),
             lambda _: {"probed": True} if takeover.given_back(ctx) else None,
         )
+        takeover.claim_address(ctx, "rollback.claim_address")
         stats = sync_once(ctx, "rollback.reverse_sync", "staging", "prod", final=True) if took_over else None
         run_commands(ctx, "rollback.resume_old", "prod", list(plan.sync.resume), "resume services")
         cleaned = teardown(ctx, "rollback")

@@ -1,65 +1,110 @@
-"""Network takeover and give-back (MAC move): the old VM's NICs go link-down on the production
-segment and the twin's NICs (same MACs, same IPs inside) move onto it; give-back is the mirror.
-Both are probed by reading the domains' NIC placement from the hypervisor."""
+"""Network takeover and give-back. The old VM's NICs on the production segment go link-down and
+the twin's matching NICs move onto it (the hypervisor makes the moved NIC announce itself);
+give-back is the mirror. Both are probed by reading the NIC placement from the hypervisor.
+
+  mac_move  the twin has prod's MACs (and IPs inside): switches and clients see the same MAC on
+            a new port.
+  ip_move   the twin has MACs of its own (`twin_mac`, fixed at clone time): after the move the
+            machine now on the segment (the twin; the old VM on give-back) configures the service
+            address if it lacks it and sends gratuitous ARPs so clients re-learn the MAC."""
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
+from upgrader.steps import guest
 from upgrader.steps.base import StepContext
 
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
 
-def _placement(ctx: StepContext) -> tuple[dict[str, str], dict[str, bool], dict[str, str]]:
+
+def twin_mac(plan: "Plan", mac: str) -> str:
+    """The twin's MAC for prod's NIC `mac`: the same under mac_move; under ip_move a stable,
+    locally administered one derived from the twin's name (so a re-run derives the same)."""
+    if plan.takeover.strategy == "mac_move":
+        return mac
+    digest = hashlib.sha256(f"{plan.twin_name}/{mac}".encode()).digest()
+    derived = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+    return derived if derived != mac.lower() else "52:54:01:" + derived[9:]
+
+
+def _placement(ctx: StepContext) -> tuple[dict[str, str], dict[str, bool], dict[str, str], list[tuple[str, str]]]:
+    """(old VM's NICs, its links, the twin's NICs, [(old MAC, twin MAC)] on the production net)."""
     hv, plan = ctx.ports.hypervisor, ctx.plan
     old, twin = hv.domain(plan.source.domain), hv.domain(plan.twin_name)
     if old is None or twin is None:
         raise StepFailed(f"takeover needs both {plan.source.domain} and {plan.twin_name} defined")
-    return old.nics, old.links, twin.nics
+    prod_net = plan.takeover.production_network
+    pairs = sorted((m, twin_mac(plan, m)) for m, net in old.nics.items() if net == prod_net)
+    return old.nics, old.links, twin.nics, pairs
 
 
 def taken_over(ctx: StepContext) -> bool:
-    old_nics, old_links, twin_nics = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx)
     prod_net = ctx.plan.takeover.production_network
-    macs = [m for m, net in old_nics.items() if net == prod_net]
-    return bool(macs) and all(twin_nics.get(m) == prod_net and not old_links.get(m, True) for m in macs)
+    return bool(pairs) and all(twin_nics.get(t) == prod_net and not old_links.get(m, True) for m, t in pairs)
 
 
 def given_back(ctx: StepContext) -> bool:
-    old_nics, old_links, twin_nics = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx)
     prod_net = ctx.plan.takeover.production_network
-    macs = [m for m, net in old_nics.items() if net == prod_net]
-    return all(twin_nics.get(m) != prod_net and old_links.get(m, False) for m in macs)
+    return all(twin_nics.get(t) != prod_net and old_links.get(m, False) for m, t in pairs)
 
 
 def takeover(ctx: StepContext) -> dict[str, Any]:
     """Each move is skipped when already in place, so a re-run after a crash repeats nothing."""
     hv, plan = ctx.ports.hypervisor, ctx.plan
-    old_nics, old_links, twin_nics = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx)
     prod_net = plan.takeover.production_network
-    macs = sorted(m for m, net in old_nics.items() if net == prod_net)
-    if not macs:
+    if not pairs:
         raise StepFailed(f"{plan.source.domain} has no NIC on {prod_net}", hint="check takeover.production_network")
-    for mac in macs:  # the old VM leaves the segment first: never two NICs with one MAC on it
+    missing = [t for _, t in pairs if t not in twin_nics]
+    if missing:
+        raise StepFailed(f"{plan.twin_name} has no NIC {', '.join(missing)}",
+                         hint="the twin was cloned under another takeover strategy; abort and start again")
+    for mac, _ in pairs:  # the old VM leaves the segment first: never two NICs with one MAC/IP on it
         if old_links.get(mac, True):
             hv.set_link(plan.source.domain, mac, False)
-    for mac in macs:
+    for _, mac in pairs:
         if twin_nics.get(mac) != prod_net:
             hv.move_nic(plan.twin_name, mac, prod_net)
     ctx.ports.shells.reset()  # "prod" is the twin from now on
-    return {"strategy": "mac_move", "macs": macs}
+    return {"strategy": plan.takeover.strategy, "macs": [t for _, t in pairs]}
 
 
 def give_back(ctx: StepContext) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
-    old_nics, old_links, twin_nics = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx)
     prod_net = plan.takeover.production_network
-    macs = sorted(m for m, net in old_nics.items() if net == prod_net)
-    for mac in macs:  # the twin leaves the segment first
+    for _, mac in pairs:  # the twin leaves the segment first
         if twin_nics.get(mac) == prod_net:
             hv.move_nic(plan.twin_name, mac, plan.staging.network)
-    for mac in macs:
+    for mac, _ in pairs:
         if not old_links.get(mac, False):
             hv.set_link(plan.source.domain, mac, True)
     ctx.ports.shells.reset()  # "prod" is the old VM again, "staging" the twin
-    return {"strategy": "mac_move", "macs": macs}
+    return {"strategy": plan.takeover.strategy, "macs": [m for m, _ in pairs]}
+
+
+def claim_address(ctx: StepContext, key: str) -> dict[str, Any] | None:
+    """ip_move, after the NICs moved: on whatever now answers on the prod path, make sure the
+    service address is configured and send gratuitous ARPs for it. Its own `once` without a
+    probe: it is idempotent, so a crash around it simply does it again. None under mac_move."""
+    t = ctx.plan.takeover
+    if t.strategy != "ip_move":
+        return None
+    assert t.address is not None  # the plan requires it for ip_move
+
+    def claim(_: dict[str, Any]) -> dict[str, Any]:
+        command = guest.claim_address(t.address or "", t.interface, t.garp_count)
+        result = ctx.ports.shells.connect("prod").run(command, timeout=60)
+        if not result.ok:
+            raise StepFailed(f"claiming {t.address} on prod exited {result.rc}:\n{result.tail()}",
+                             hint="ip_move needs `ip` and `arping` on the guest (Linux); FreeBSD guests: use mac_move")
+        lines = result.stdout.strip().splitlines()
+        return {"claimed": lines[-1] if lines else t.address, "garps": t.garp_count}
+
+    return ctx.once(key, f"claim {t.address} with gratuitous ARPs", claim)

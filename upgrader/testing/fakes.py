@@ -158,7 +158,8 @@ class FakeHypervisor:
             return None
         return SnapshotInfo(name, dict(snap["overlays"]), dict(snap["bases"]))
 
-    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str) -> DomainInfo:
+    def clone(self, source: str, twin: str, snapshot: SnapshotInfo, network: str,
+              macs: dict[str, str] | None = None) -> DomainInfo:
         """Like libvirt: the overlays are created first, the domain defined after — a crash in
         between leaves orphan overlays (remove_orphans deals with them)."""
         disks = {}
@@ -182,8 +183,8 @@ class FakeHypervisor:
                 "uuid": str(uuidlib.uuid4()),
                 "running": False,
                 "disks": disks,
-                "nics": {mac: network for mac in src["nics"]},
-                "links": {mac: True for mac in src["nics"]},
+                "nics": {(macs or {}).get(mac, mac): network for mac in src["nics"]},
+                "links": {(macs or {}).get(mac, mac): True for mac in src["nics"]},
                 "guest": guest_id,
             }
             _effect(world, "clone", source=source, twin=twin)

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Cutover downtime on the lab, as clients see it, for each takeover strategy.
+
+    .venv/bin/python bench/cutover_downtime.py [--strategies mac_move ip_move] [--spool 1000] [--new 100] [--repeat 1]
+
+Per run: a pristine mailhost; `--spool` messages written into its Maildir; `upgrader start` with a
+window far ahead, so the run parks after pre-sync (the spool is on the twin); `--new` messages
+delivered over SMTP (what arrived since the last pre-sync pass); then the client namespace starts
+probing the service address (TCP connect at 20 Hz and an SMTP delivery every 50 ms) and
+`upgrader resume --now --yes` cuts over. Reported: the orchestrator's forecast (last pre-sync
+pass) and its observed downtime (quiesce -> the service answers), the final sync, the client's
+longest TCP outage and refused SMTP deliveries, and messages lost (accepted but not on the new
+prod: seeded + new + those accepted during the cutover). Needs root; brings the lab up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from labrun import lab_session, machine, plan_file, status, upgrader  # noqa: I001
+
+from upgrader.lab import Lab
+
+
+def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, Any]:
+    lab.pristine()
+    lab.seed_mails(spool, tag="seed")
+    state = work / f"state-{strategy}"
+    plan = plan_file(work / f"{strategy}.yml", strategy=strategy, window=True)
+    done = upgrader(state, "start", "mailhost", "--plan", str(plan))
+    if done.returncode != 0 or status(state)["phase"] != "await_window":
+        raise SystemExit(f"{strategy}: the run did not park before the window")
+    sent = lab.send_mails(new, tag="new")
+    traffic = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(work / f"traffic-{strategy}.jsonl")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2)  # the probes are running before the cutover begins
+    started = time.monotonic()
+    done = upgrader(state, "resume", "mailhost", "--now", "--yes")
+    took = time.monotonic() - started
+    time.sleep(2)
+    traffic.send_signal(signal.SIGTERM)
+    out, _ = traffic.communicate(timeout=60)
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    if done.returncode != 0:
+        raise SystemExit(f"{strategy}: cutover failed:\n{done.stdout[-3000:]}")
+    record = status(state)
+    outputs = record["outputs"]
+    on_prod = lab.message_ids("prod")
+    expected = {f"<seed-{i}@lab>" for i in range(1, spool + 1)} | set(seen["accepted"])
+    final = outputs["cutover.final_sync"]
+    passes = [v for k, v in sorted(outputs.items()) if k.startswith("presync.pass[")]
+    return {
+        "strategy": strategy,
+        "spool": spool,
+        "new_since_presync": sent.get("sent", 0),
+        "forecast_s": passes[-1]["seconds"],
+        "presync_passes": len(passes),
+        "final_sync_s": final["seconds"],
+        "final_sync_files": final["files"],
+        "observed_s": outputs["cutover.service_back"]["downtime"],
+        "client_tcp_longest_s": seen["longest_outage"],
+        "client_tcp_outages": seen["outages"],
+        "smtp_accepted": len(seen["accepted"]),
+        "smtp_refused": seen["failed"],
+        "lost": len(expected - on_prod),
+        "resume_wall_s": round(took, 1),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", nargs="+", default=["mac_move", "ip_move"], choices=["mac_move", "ip_move"])
+    p.add_argument("--spool", type=int, default=1000, help="messages in the spool before the run")
+    p.add_argument("--new", type=int, default=100, help="messages delivered after the last pre-sync pass")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--keep", action="store_true", help="leave the lab up at the end")
+    args = p.parse_args()
+    rows = []
+    with lab_session(args.keep) as lab, tempfile.TemporaryDirectory(prefix="bench-cutover-") as tmp:
+        for n in range(args.repeat):
+            for strategy in args.strategies:
+                (Path(tmp) / str(n)).mkdir(exist_ok=True)
+                row = one(lab, Path(tmp) / str(n), strategy, args.spool, args.new)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\nmachine: {machine()}")
+    print("| takeover | spool | new since pre-sync | forecast | observed (quiesce → service) | final sync | "
+          "client: longest TCP outage | SMTP accepted / refused | lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['strategy']} | {r['spool']} | {r['new_since_presync']} | {r['forecast_s']:.2f} s | {r['observed_s']:.2f} s | "
+              f"{r['final_sync_s']:.2f} s, {r['final_sync_files']} files | {r['client_tcp_longest_s']:.2f} s | "
+              f"{r['smtp_accepted']} / {r['smtp_refused']} | {r['lost']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
