@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 
 from upgrader.errors import PlanError  # noqa: E402
 from upgrader.plan import Plan, parse_plan  # noqa: E402
+from upgrader.testing.plan_mutations import mutate, paths  # noqa: E402
 
 FILENAME = "fuzz.yml"
 # `fuzz.yml:12:3: key: message` or a file-level `fuzz.yml: message`
@@ -81,7 +82,7 @@ def _load_hypothesis_module() -> Any | None:
         spec.loader.exec_module(module)
     except Exception:  # noqa: BLE001 - hypothesis missing or the test moved: random cases only
         return None
-    needed = ("junk", "_mutate", "ALL_PATHS", "PLAN_DATA")
+    needed = ("junk", "ALL_PATHS", "PLAN_DATA")
     return module if all(hasattr(module, n) for n in needed) else None
 
 
@@ -124,56 +125,7 @@ def _junk(rng: random.Random, depth: int = 0) -> Any:
     return rng.choice([[], {}, [None], {"": None}])
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-SEED_PATHS = [_paths(d) for d in SEED_DATA]
-
-
-def _mutate_data(data: Any, path: tuple[Any, ...], op: str, value: Any) -> Any:
-    if not path:
-        return value if op == "replace" else data
-    parent = data
-    for el in path[:-1]:
-        parent = parent[el]
-    last = path[-1]
-    current = parent[last]
-    if op == "drop":
-        del parent[last]
-    elif op == "replace":
-        parent[last] = value
-    elif op == "swap_type":
-        if isinstance(current, bool):
-            parent[last] = "yes" if current else 0
-        elif isinstance(current, int):
-            parent[last] = str(current)
-        elif isinstance(current, str):
-            parent[last] = rng_free_swap(current)
-        elif isinstance(current, list):
-            parent[last] = current[0] if current else {}
-        elif isinstance(current, dict):
-            parent[last] = list(current.values())
-        else:
-            parent[last] = [current]
-    elif op == "unknown_key" and isinstance(current, dict):
-        current["unknown_" + str(value)[:10]] = value
-    elif op == "unknown_key" and isinstance(current, list):
-        current.append(value)
-    elif op == "huge":
-        parent[last] = value
-    return data
-
-
-def rng_free_swap(text: str) -> Any:
-    return len(text) if len(text) % 2 else [text]
+SEED_PATHS = [paths(d) for d in SEED_DATA]
 
 
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -196,7 +148,7 @@ def gen_data_mutation(rng: random.Random) -> bytes:
         op = rng.choice(["drop", "drop", "replace", "replace", "swap_type", "swap_type", "unknown_key", "unknown_key", "huge"])
         value = _huge(rng) if op == "huge" else _junk(rng)
         try:
-            data = _mutate_data(data, path, op, value)
+            data = mutate(data, path, op, value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed or replaced this path
     text = yaml.dump(data, Dumper=_DUMPER, allow_unicode=True, sort_keys=rng.random() < 0.3, width=rng.choice([80, 10**6]))
@@ -467,7 +419,7 @@ def hypothesis_cases(count: int, seed: int) -> list[bytes]:
         data = copy.deepcopy(module.PLAN_DATA)
         for path, op, value in mutations:
             try:
-                data = module._mutate(data, path, op, value)
+                data = mutate(data, path, op, value)
             except (KeyError, IndexError, TypeError):
                 continue
         out.append(yaml.safe_dump(data, allow_unicode=True, sort_keys=False).encode("utf-8", "surrogatepass"))

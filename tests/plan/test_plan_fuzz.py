@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from upgrader.errors import PlanError
 from upgrader.plan import Plan, parse_plan
+from upgrader.testing.plan_mutations import mutate, paths
 
 PLAN_FILE = Path(__file__).resolve().parents[2] / "playbooks" / "freebsd7.yml"
 PLAN_TEXT = PLAN_FILE.read_text()
@@ -32,41 +33,7 @@ junk = st.recursive(
 )
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-ALL_PATHS = _paths(PLAN_DATA)
-
-
-def _mutate(data: Any, path: tuple[Any, ...], op: str, value: Any) -> Any:
-    if not path:
-        return value if op == "replace" else data
-    parent = data
-    for el in path[:-1]:
-        parent = parent[el]
-    last = path[-1]
-    current = parent[last]
-    if op == "drop":
-        del parent[last]
-    elif op == "replace":
-        parent[last] = value
-    elif op == "swap_type":
-        parent[last] = (
-            str(current) if not isinstance(current, str) else (len(current) if len(current) % 2 else [current])
-        )
-    elif op == "insert" and isinstance(current, dict):
-        current[str(value)[:10] or "k"] = value
-    elif op == "insert" and isinstance(current, list):
-        current.append(value)
-    return data
+ALL_PATHS = paths(PLAN_DATA)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +52,7 @@ def test_data_mutations_raise_only_plan_error(mutations: list[tuple[tuple[Any, .
     data = copy.deepcopy(PLAN_DATA)
     for path, op, value in mutations:
         try:
-            data = _mutate(data, path, op, value)
+            data = mutate(data, path, op, value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed or replaced this path
     text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from upgrader.cli.common import fail
 from upgrader.errors import UpgraderError
 from upgrader.lab.config import Fault
 
@@ -50,11 +51,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UpgraderError as exc:  # same rendering as upgrader.cli.common.fail
-            err_console.print("[red]error:[/] " + escape(exc.message), highlight=False)
-            if exc.hint:
-                err_console.print("[dim]hint:[/] " + escape(exc.hint), highlight=False)
-            sys.exit(exc.exit_code)
+        except UpgraderError as exc:
+            fail(exc, err_console)
         except KeyboardInterrupt:
             err_console.print("[red]interrupted[/] (`upgrader lab down` removes a half-built lab)")
             sys.exit(130)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import select
 import shlex
 import shutil
 import socket
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import paramiko
 
+from upgrader.adapters.fabric_shell import EofProxyCommand
 from upgrader.lab import config as C
 from upgrader.lab.errors import LabError, LabTimeout
 from upgrader.lab.proc import CommandFailed, ExecResult
@@ -24,26 +23,6 @@ from upgrader.lab.proc import CommandFailed, ExecResult
 # last-resort handler prints them. A NullHandler keeps them off stderr unless the app configures
 # logging (the library-recommended way; records still propagate to the root logger).
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
-
-
-class ProxyCommand(paramiko.ProxyCommand):
-    """paramiko.ProxyCommand whose recv() reports EOF when the proxy process exits.
-
-    paramiko's own recv() loops on select() + read() until its timeout when the command has
-    exited (read returns b"" forever): a busy loop of banner_timeout seconds each time the
-    guest is unreachable. Returning b"" lets paramiko see a closed connection at once."""
-
-    def recv(self, size: int) -> bytes:
-        start = time.monotonic()
-        while True:
-            wait = None
-            if self.timeout is not None:
-                wait = self.timeout - (time.monotonic() - start)
-                if wait <= 0:
-                    raise socket.timeout()
-            r, _, _ = select.select([self.process.stdout], [], [], wait)
-            if r:
-                return os.read(self.process.stdout.fileno(), size)  # b"" = EOF
 
 
 def proxy_command(segment: C.Segment) -> str:
@@ -90,7 +69,7 @@ class SSHTarget:
         client = paramiko.SSHClient()
         client.load_host_keys(str(self.known_hosts))
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        sock = ProxyCommand(self.proxy_command_expanded)
+        sock = EofProxyCommand(self.proxy_command_expanded)
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=str(self.key_path),
                            sock=sock, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
