@@ -123,6 +123,15 @@ class Hypervisor(Protocol):
     def undefine(self, name: str) -> int:
         """Remove the domain and the disk images only it uses. Returns bytes freed."""
 
+    def disk_chains(self, name: str) -> list[list[str]]:
+        """Each disk's image chain, active image first, down to the last backing file ([] if
+        the domain does not exist). Journaled before an undefine so a crash halfway through
+        the deletions can finish them."""
+
+    def delete_unused(self, chains: list[list[str]]) -> int:
+        """Walk each chain from the top and delete images until one is still used by a domain or
+        as a backing file; images already gone are skipped. Returns bytes freed."""
+
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         """Delete `owner`'s overlays over `bases` that no domain uses (a clone killed before it
         defined the domain). Returns bytes freed."""

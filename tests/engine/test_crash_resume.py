@@ -40,6 +40,7 @@ KILL_POINTS = [
     ("after:set_link:mailhost", "inside takeover: old VM link down, twin not moved"),
     ("after:move_nic:prod-net", "inside takeover: twin moved"),
     ("done:verify", "boundary: verified"),
+    ("after:undefine_domain", "inside decommission: old VM undefined, its images not deleted (found on the lab)"),
     ("after:undefine", "inside decommission: old VM undefined"),
 ]
 
@@ -101,6 +102,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert guest["release"] == "2" and guest["services"]
     assert len(set(guest["mail"])) == len(guest["mail"]) == 20 + 40 + 8 + 1
     assert all(img["backing"] is None for img in world["images"].values())
+    assert set(world["images"]) == set(twin["disks"].values()), "the old VM's images must be gone"
     # the run's own record agrees
     run_dir = next(p for p in (state / "mailhost").iterdir() if p.is_dir())
     record = json.loads((run_dir / "run.json").read_text())

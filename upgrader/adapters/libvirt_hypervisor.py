@@ -378,21 +378,37 @@ class LibvirtHypervisor:
 
     def undefine(self, name: str) -> int:
         dom = self._dom(name)
+        chains = self.disk_chains(name)
         with libvirt_errors(f"undefining {name}"):
             if dom.isActive():
                 raise StepFailed(f"{name} is running; it must be stopped before it is undefined")
-            chains = [_chain(d) for d in _disk_elements(self._xml(dom, inactive=True))]
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        return self.delete_unused(chains)
+
+    def disk_chains(self, name: str) -> list[list[str]]:
+        dom = self._lookup(name)
+        if dom is None:
+            return []
+        chains = []
+        for disk in _disk_elements(self._xml(dom, inactive=True)):
+            chain = _chain(disk)[:1]
+            while chain and len(chain) < 64:
+                backing = self._backing_of(chain[-1])
+                if not backing:
+                    break
+                chain.append(backing)
+            chains.append(chain)
+        return chains
+
+    def delete_unused(self, chains: list[list[str]]) -> int:
         freed = 0
         for chain in chains:
-            path: str | None = chain[0]
-            while path:
-                backing = self._backing_of(path)
-                users = self._dependents(path) + self._disk_users(path)
-                if users:
+            for path in chain:
+                if self._volume(path) is None:
+                    continue  # deleted already (a crash halfway through this walk)
+                if self._dependents(path) + self._disk_users(path):
                     break  # still needed by another image or domain: keep it and everything below
                 freed += self._delete(path)
-                path = backing or None
         return freed
 
     def _disk_users(self, path: str) -> list[str]:

@@ -40,9 +40,18 @@ class Completed:
         ctx.once("decommission.flatten", f"flatten {twin} off the shared base", lambda _: (hv.flatten(twin), {})[1])
         ctx.once("decommission.destroy", f"stop {old}", lambda _: (hv.destroy(old), {})[1] if hv.domain(old) else {})
 
-        def undefine(_: dict[str, Any]) -> dict[str, Any]:
-            return {"bytes_freed": hv.undefine(old) if hv.domain(old) else 0}
+        # The image chains are journaled first: killed between the undefine and the deletions,
+        # the probe finishes the deletions instead of leaving the old VM's disks behind.
+        def undefine(begin: dict[str, Any]) -> dict[str, Any]:
+            if hv.domain(old):
+                return {"bytes_freed": hv.undefine(old)}
+            return {"bytes_freed": hv.delete_unused(begin.get("chains", []))}
 
-        freed = ctx.once("decommission.undefine", f"undefine {old} and delete its images", undefine,
-                         lambda _: {"bytes_freed": 0, "probed": True} if hv.domain(old) is None else None)
+        def undefined(begin: dict[str, Any]) -> dict[str, Any] | None:
+            if hv.domain(old) is not None:
+                return None
+            return {"bytes_freed": hv.delete_unused(begin.get("chains", [])), "probed": True}
+
+        freed = ctx.once("decommission.undefine", f"undefine {old} and delete its images", undefine, undefined,
+                         lambda: {"chains": hv.disk_chains(old)})
         return Outcome({"bytes_freed": freed["bytes_freed"]})

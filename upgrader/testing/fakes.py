@@ -215,11 +215,21 @@ class FakeHypervisor:
             dom = _domain(world, name)
             if dom["running"]:
                 raise StepFailed(f"fake: {name} is running; destroy it first")
+            chains = _chains(world, name)
             del world["domains"][name]
-            freed = _delete_unused_chains(world, list(dom["disks"].values()))
-            _effect(world, "undefine", domain=name, bytes_freed=freed)
+            _effect(world, "undefine", domain=name)
+        maybe_pause("after:undefine_domain")  # like libvirt: the domain is gone, its images not yet
+        freed = self.delete_unused(chains)
         maybe_pause("after:undefine")
         return freed
+
+    def disk_chains(self, name: str) -> list[list[str]]:
+        world = self.world.read()
+        return _chains(world, name) if name in world["domains"] else []
+
+    def delete_unused(self, chains: list[list[str]]) -> int:
+        with self.world.change() as world:
+            return _delete_unused_chains(world, chains)
 
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         with self.world.change() as world:
@@ -279,18 +289,28 @@ class FakeHypervisor:
                 _effect(world, "flatten", domain=domain)
 
 
-def _delete_unused_chains(world: World, paths: list[str]) -> int:
-    """Delete the domain's images and their backing files, unless another image or domain uses them."""
+def _chains(world: World, name: str) -> list[list[str]]:
+    chains = []
+    for path in _domain(world, name)["disks"].values():
+        chain = [path]
+        while chain[-1] in world["images"] and world["images"][chain[-1]]["backing"]:
+            chain.append(world["images"][chain[-1]]["backing"])
+        chains.append(chain)
+    return chains
+
+
+def _delete_unused_chains(world: World, chains: list[list[str]]) -> int:
+    """Delete images down each chain until one is used by a domain or as a backing file."""
     freed = 0
-    for path in paths:
-        while path:
+    for chain in chains:
+        for path in chain:
+            if path not in world["images"]:
+                continue
             used_by_domain = any(path in d["disks"].values() for d in world["domains"].values())
             used_as_backing = any(img["backing"] == path for img in world["images"].values())
-            if used_by_domain or used_as_backing or path not in world["images"]:
+            if used_by_domain or used_as_backing:
                 break
-            image = world["images"].pop(path)
-            freed += image["size"]
-            path = image["backing"]
+            freed += world["images"].pop(path)["size"]
     return freed
 
 
