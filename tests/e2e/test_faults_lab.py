@@ -201,7 +201,7 @@ def test_disk_nearly_full_refused_before_the_snapshot(lab: Lab, tmp_path: Path) 
     fresh(lab)
     state = tmp_path / "state"
     try:
-        filled = lab.fill_disk(leave=100 * 2**20)
+        filled = lab.fill_disk(leave=200 * 2**20)  # the check wants 256 MiB for overlays
         done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
         prod_intact(lab, "1", None)  # still serving with the disk nearly full
         assert lab.send_mails(3)["sent"] == 3

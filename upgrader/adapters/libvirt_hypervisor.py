@@ -16,6 +16,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -160,9 +161,17 @@ class LibvirtHypervisor:
         return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics, links=links)
 
     def free_bytes(self, directory: str) -> int:
+        """libvirt's pool figure (statvfs f_bfree on the hypervisor) counts the blocks a
+        filesystem reserves for root as free, yet a QEMU running as libvirt's usual non-root user
+        (or on a filesystem with a strict reserve) cannot use them. When the hypervisor is this
+        machine, the smaller f_bavail is used too."""
         pool = self._pool_for(directory)
         with libvirt_errors(f"free space in {directory}"):
-            return int(pool.info()[3])
+            available = int(pool.info()[3])
+        if urlsplit(self.uri).hostname is None and os.path.isdir(directory):
+            st = os.statvfs(directory)
+            available = min(available, st.f_bavail * st.f_frsize)
+        return available
 
     # ------------------------------------------------------------------------ storage
 

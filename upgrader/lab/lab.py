@@ -260,7 +260,9 @@ class Lab:
 
     def fill_disk(self, leave: int) -> int:
         """Fault injection: allocate a file in the images directory so only about `leave` bytes
-        stay free on that filesystem. Returns its size. `unfill_disk` (and `lab down`) remove it."""
+        stay available (f_bavail) on that filesystem. Returns its size. `unfill_disk` (and `lab
+        down`) remove it. (Blocks reserved for root are not touched; libvirt's pool figure
+        counts them as free, which is why the libvirt adapter also asks statvfs.)"""
         self.unfill_disk()
         st = os.statvfs(self.paths.images)
         size = max(0, st.f_bavail * st.f_frsize - leave)
