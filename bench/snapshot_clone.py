@@ -52,8 +52,9 @@ def one(lab: Lab, hv: LibvirtHypervisor, size: str, fill: int) -> dict[str, Any]
     total = size_bytes(size)
     written = min(total, fill)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(data), str(total)], check=True)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0xa5 0 {written}", str(data)], check=True,
-                   stdout=subprocess.DEVNULL)
+    chunk = 1 << 30  # qemu-io refuses a single request of several GiB
+    writes = [arg for off in range(0, written, chunk) for arg in ("-c", f"write -P 0xa5 {off} {min(chunk, written - off)}")]
+    subprocess.run(["qemu-io", "-f", "qcow2", *writes, str(data)], check=True, stdout=subprocess.DEVNULL)
     lab.remove_guest(GUEST)
     lab.add_guest(GUEST, C.Segment.STAGING)
     with lab.libvirt_conn() as conn:
