@@ -64,7 +64,7 @@ def lab_session(keep: bool) -> Iterator["Lab"]:
             lab.down()
 
 
-def machine() -> str:
+def machine(lab: bool = True) -> str:
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -75,7 +75,7 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({model}), {mem:.0f} GiB; "
-            f"Python {platform.python_version()}; lab guests under QEMU TCG")
+            f"Python {platform.python_version()}" + ("; lab guests under QEMU TCG" if lab else ""))
 
 
 def allocated(path: Path) -> int:

@@ -118,7 +118,7 @@ def main() -> int:
     p.add_argument("--stored", type=int, default=1000, help="stored runs for the status benchmark")
     p.add_argument("--cli-repeat", type=int, default=7)
     args = p.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(lab=False)}")
     with tempfile.TemporaryDirectory(prefix="upgrader-bench-", dir=os.environ.get("TMPDIR")) as tmp:
         base = Path(tmp)
         full = bench_full_runs(args.runs, base / "full")
