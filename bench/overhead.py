@@ -68,11 +68,12 @@ def bench_full_runs(n: int, base: Path) -> dict[str, float]:
         wf = WorldFile(d / "world.json")
         wf.write(world)
         plan = d / "fake.yml"
-        plan.write_text(FAKE_PLAN.format(world=wf.path, keep="0s"))
+        plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h"))
         ctx = app.Context(RunStore(d / "state"))
         with FsyncCounter() as counter:
             t0 = time.perf_counter()
-            record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+            app.start(ctx, app.StartOptions("mailhost", str(plan)))
+            record = app.decommission(ctx, "mailhost")
             times.append(time.perf_counter() - t0)
         assert record.phase == Phase.DECOMMISSIONED and record.finished, record
         fsyncs.append(counter.count)

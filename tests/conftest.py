@@ -15,6 +15,12 @@ from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
 
 
+@pytest.fixture(autouse=True)
+def private_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VM locks (by UUID, machine-wide) go to a per-test dir, not /run/lock/upgrader."""
+    monkeypatch.setenv("UPGRADER_LOCK_DIR", str(tmp_path_factory.mktemp("locks")))
+
+
 @pytest.fixture
 def fake_world(tmp_path: Path) -> WorldFile:
     world = new_world(production_network="prod-net")
@@ -27,7 +33,7 @@ def fake_world(tmp_path: Path) -> WorldFile:
 @pytest.fixture
 def fake_plan(tmp_path: Path, fake_world: WorldFile) -> Path:
     path = tmp_path / "fake.yml"
-    path.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s"))
+    path.write_text(FAKE_PLAN.format(world=fake_world.path, keep="1h"))
     return path
 
 

@@ -59,7 +59,7 @@ def _seed_texts() -> list[str]:
     try:
         from upgrader.testing.scenario import FAKE_PLAN
 
-        texts.append(FAKE_PLAN.format(world="/tmp/fuzz-world.json", keep="0s"))
+        texts.append(FAKE_PLAN.format(world="/tmp/fuzz-world.json", keep="1h"))
     except ImportError:  # pragma: no cover
         pass
     return texts

@@ -5,9 +5,10 @@ renders. No printing here."""
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from upgrader.adapters.factory import build_ports
 from upgrader.engine import Engine, request_abort
@@ -16,10 +17,13 @@ from upgrader.events import Listener, Notice
 from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
 from upgrader.plan import Plan, load_plan, plan_digest, resolve_plan_path
-from upgrader.record import RunOptions, RunRecord, new_run_id, utcnow
+from upgrader.config import load_settings
+from upgrader.record import RunOptions, RunRecord, VmIdentity, new_run_id, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Ports
-from upgrader.store import RunStore
+from upgrader.steps.decommission import decommission_began
+from upgrader.steps.identity import refuse_foreign
+from upgrader.store import HostLock, RunStore
 
 PortsFactory = Callable[[Plan, str], Ports]
 
@@ -32,6 +36,7 @@ class Context:
     listeners: list[Listener] = field(default_factory=list)
     ports_factory: PortsFactory = build_ports
     now: Callable[[], dt.datetime] = utcnow
+    lock_dir: Path = field(default_factory=lambda: load_settings().lock_dir)
 
     def emit_notice(self, text: str, level: str = "info") -> None:
         for listener in self.listeners:
@@ -73,28 +78,59 @@ def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:
     return path, plan, phases
 
 
+def vm_lock(ctx: Context, vm: VmIdentity) -> HostLock:
+    """A machine-wide lock on the VM by its UUID: two runs of one VM under two host names or
+    from two state dirs exclude each other like two runs of one name do."""
+    directory = ctx.lock_dir
+
+    def prepare() -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    return HostLock(f"{vm.domain} ({vm.uuid})", directory / f"{vm.uuid}.lock", prepare)
+
+
+@contextmanager
+def holding(ctx: Context, host: str) -> Iterator[RunRecord]:
+    """The host lock, the run, and the VM lock of the VM it claimed (released in reverse)."""
+    with ExitStack() as stack:
+        stack.enter_context(ctx.store.lock(host))
+        record = _active(ctx, host)
+        if record.vm is not None:
+            stack.enter_context(vm_lock(ctx, record.vm))
+        yield record
+
+
 def start(ctx: Context, options: StartOptions) -> RunRecord:
     path, plan = load(options.plan)
     _confirm_now(plan, options.now, options.yes)
-    with ctx.store.lock(options.host):
+    with ExitStack() as stack:
+        stack.enter_context(ctx.store.lock(options.host))
         active = ctx.store.active_run(options.host)
         if active is not None:
             raise BusyError(
                 f'host "{options.host}" has an unfinished run {active.run_id} in phase {active.phase.value}',
                 hint=f"`upgrader resume {options.host}` continues it, `upgrader abort {options.host}` ends it",
             )
+        run_id = new_run_id(ctx.now())
+        ports = ctx.ports_factory(plan, run_id)
+        source = ports.hypervisor.domain(plan.source.domain)  # None: preflight says so, nothing to claim
+        vm = VmIdentity(uri=plan.source.libvirt_uri, domain=source.name, uuid=source.uuid) if source else None
+        if vm is not None:
+            stack.enter_context(vm_lock(ctx, vm))
+            refuse_foreign(ports.hypervisor, vm.domain, run_id)
         record = RunRecord(
-            run_id=new_run_id(ctx.now()),
+            run_id=run_id,
             host=options.host,
             plan_path=str(path.resolve()),
             plan_sha256=plan_digest(path),
             options=RunOptions(now=options.now),
+            vm=vm,
         )
         ctx.store.create(record)
         if options.now:
             ctx.store.append(record.host, record.run_id, {"kind": "operator", "action": "now", "confirmed": options.yes})
-        ports = ctx.ports_factory(plan, record.run_id)
         return Engine(ctx.store, record, plan, ports, ctx.listeners, now=ctx.now).run(resumed=False)
+    raise AssertionError("unreachable")
 
 
 def _active(ctx: Context, host: str) -> RunRecord:
@@ -127,8 +163,7 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
 
 
 def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False) -> RunRecord:
-    with ctx.store.lock(host):
-        record = _active(ctx, host)
+    with holding(ctx, host) as record:
         engine = _engine(ctx, record)
         if now and not record.options.now:
             _confirm_now(engine.plan, now, yes)
@@ -139,8 +174,7 @@ def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False) -> 
 
 def approve(ctx: Context, host: str, who: str) -> RunRecord:
     """Record the manual approval a plan with `approval: required` waits for."""
-    with ctx.store.lock(host):
-        record = _active(ctx, host)
+    with holding(ctx, host) as record:
         if record.phase not in BEFORE_CUTOVER:
             raise IllegalAction(f"nothing to approve: the run is in phase {record.phase.value}")
         engine = _engine(ctx, record)
@@ -173,39 +207,37 @@ def run_due(ctx: Context) -> list[DueResult]:
 
 
 def abort(ctx: Context, host: str) -> RunRecord | None:
-    """Abort before cutover. If another process holds the run, ask it to stop (returns None)."""
-    lock = ctx.store.lock(host)
+    """Abort before cutover. If another process holds the run, ask it to stop (returns None): it
+    honours the request at its next step, or - if the cutover began meanwhile - refuses it out
+    loud (journal, warning) and goes on."""
     try:
-        lock.acquire()
+        with holding(ctx, host) as record:
+            if record.phase != Phase.ABORTED:
+                RunMachine(record.phase).fire("abort")  # raises IllegalAction with a hint
+                engine = _engine(ctx, record)
+                engine.journal.write("operator", action="abort")
+                engine.fire("abort")
+            else:
+                engine = _engine(ctx, record)
+            return engine.run(resumed=True)
     except LockedError:
         record = _active(ctx, host)
         if record.phase not in BEFORE_CUTOVER:
             raise IllegalAction(f"cannot abort a run in phase {record.phase.value}",
                                 hint=f"after cutover use `upgrader rollback {host}`") from None
         request_abort(ctx.store.run_dir(host, record.run_id))
-        ctx.emit_notice(f"abort requested: the process running {record.run_id} stops at its next step and cleans up")
+        ctx.emit_notice(f"abort requested: the process running {record.run_id} stops at its next step and cleans up; "
+                        "if it has begun the cutover by then, it refuses the request and says so")
         return None
-    try:
-        record = _active(ctx, host)
-        if record.phase != Phase.ABORTED:
-            RunMachine(record.phase).fire("abort")  # raises IllegalAction with a hint
-            engine = _engine(ctx, record)
-            engine.journal.write("operator", action="abort")
-            engine.fire("abort")
-        else:
-            engine = _engine(ctx, record)
-        return engine.run(resumed=True)
-    finally:
-        lock.release()
 
 
 def rollback(ctx: Context, host: str) -> RunRecord:
-    with ctx.store.lock(host):
-        record = _active(ctx, host)
+    with holding(ctx, host) as record:
         if record.phase != Phase.ROLLING_BACK:
             if record.phase not in AFTER_CUTOVER:
                 RunMachine(record.phase).fire("rollback")  # raises IllegalAction with a hint
             engine = _engine(ctx, record)
+            _check_rollback_possible(engine)
             engine.journal.write("operator", action="rollback")
             engine.fire("rollback")
         else:
@@ -213,9 +245,22 @@ def rollback(ctx: Context, host: str) -> RunRecord:
         return engine.run(resumed=True)
 
 
+def _check_rollback_possible(engine: Engine) -> None:
+    """Refused (nothing changed) when there is nothing to go back to."""
+    host, old = engine.record.host, engine.plan.source.domain
+    if decommission_began(engine.ctx):
+        raise IllegalAction(
+            f"cannot roll back: decommissioning {old} began (the old VM may be stopped or gone already)",
+            hint=f"decommission only goes forward: `upgrader decommission {host}` finishes it; the new prod keeps serving",
+        )
+    info = engine.ports.hypervisor.domain(old)
+    if info is None or (engine.record.vm is not None and info.uuid != engine.record.vm.uuid):
+        raise IllegalAction(f"cannot roll back: the old VM {old} is gone (or is not the VM this run recorded)",
+                            hint="the new prod keeps serving; nothing was changed")
+
+
 def decommission(ctx: Context, host: str) -> RunRecord:
-    with ctx.store.lock(host):
-        record = _active(ctx, host)
+    with holding(ctx, host) as record:
         if record.phase != Phase.COMPLETED:
             raise IllegalAction(f"cannot decommission: the run is in phase {record.phase.value}",
                                 hint="decommission follows a completed cutover")

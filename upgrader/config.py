@@ -11,12 +11,15 @@ from invoke.config import Config
 
 DEFAULTS = {
     "state_dir": "state",
+    # machine-wide: a VM is locked here by its UUID whatever state dir or host name a run uses
+    "lock_dir": "/run/lock/upgrader",
 }
 
 
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
+    lock_dir: Path = Path(DEFAULTS["lock_dir"])
 
 
 class UpgraderConfig(Config):
@@ -28,4 +31,4 @@ def load_settings(state_dir: str | None = None) -> Settings:
     config.load_system()
     config.load_user()
     config.load_shell_env()
-    return Settings(state_dir=Path(state_dir or config["state_dir"]))
+    return Settings(state_dir=Path(state_dir or config["state_dir"]), lock_dir=Path(config["lock_dir"]))

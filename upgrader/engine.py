@@ -84,6 +84,7 @@ class Engine:
             now=now,
             force_decommission=force_decommission,
             interrupt=self._check_abort,
+            state_dir=str(store.root.resolve()),
         )
         self.machine = RunMachine(record.phase, on_change=self._on_change)
         self._trigger = ""
@@ -122,9 +123,23 @@ class Engine:
         return (self.store.run_dir(self.record.host, self.record.run_id) / ABORT_REQUEST_FILE).exists()
 
     def _check_abort(self) -> None:
-        """Called before every step's side effect: an abort request stops a long upgrade early."""
-        if self.machine.state in BEFORE_CUTOVER and self.abort_requested():
+        """Called before every step's side effect: an abort request stops a long upgrade early.
+        One that arrives once the cutover began is refused out loud, never silently dropped."""
+        if not self.abort_requested():
+            return
+        if self.machine.state in BEFORE_CUTOVER:
             raise AbortRequested("aborted by the operator (`upgrader abort`)")
+        self._refuse_abort()
+
+    def _drop_abort_request(self) -> None:
+        (self.store.run_dir(self.record.host, self.record.run_id) / ABORT_REQUEST_FILE).unlink(missing_ok=True)
+
+    def _refuse_abort(self) -> None:
+        phase = self.machine.state
+        self.journal.write("abort_refused", phase=phase.value)
+        self._drop_abort_request()
+        self.emit(Notice(f"abort request refused: the run is in {phase.value}, the cutover has begun; "
+                         f"`upgrader rollback {self.record.host}` goes back once it is done", "error"))
 
     def run(self, *, resumed: bool) -> RunRecord:
         record = self.record
@@ -137,9 +152,11 @@ class Engine:
                 record.finished = True
                 self.store.save(record)
                 break
-            if phase in BEFORE_CUTOVER and self.abort_requested():
-                self._fail(phase, AbortRequested("aborted by the operator (`upgrader abort`)"))
-                continue
+            if self.abort_requested():
+                if phase in BEFORE_CUTOVER:
+                    self._fail(phase, AbortRequested("aborted by the operator (`upgrader abort`)"))
+                    continue
+                self._refuse_abort()
             timing = PhaseTiming(phase=phase, started=self.now())
             record.timings.append(timing)
             self.store.save(record)
@@ -184,6 +201,8 @@ class Engine:
         if phase in BEFORE_CUTOVER:
             self.emit(Notice("aborting: prod was not touched; staging is being removed", "warning"))
             self.fire("abort")
+            if isinstance(exc, AbortRequested):  # recorded by the transition: the request is spent
+                self._drop_abort_request()
         elif phase in (Phase.CUTOVER, Phase.VERIFY):
             self.emit(Notice("rolling back: network back to the old VM, reverse sync, services restarted", "warning"))
             self.fire("rollback")

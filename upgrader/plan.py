@@ -699,6 +699,17 @@ class Plan(_Model):
     _path: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
+    def _keeps_old_vm(self) -> Plan:
+        if self.keep_old_for <= timedelta(0):
+            raise _fail(
+                "must be longer than 0: the old VM is what a rollback goes back to "
+                "(`upgrader decommission HOST` retires it early when you are sure), got {got}",
+                at=("keep_old_for",),
+                got=_describe(self.keep_old_for),
+            )
+        return self
+
+    @model_validator(mode="after")
     def _twin_differs(self) -> Plan:
         if self.twin_name == self.source.domain:
             raise _fail(

@@ -95,6 +95,22 @@ class DomainInfo:
     links: dict[str, bool] = field(default_factory=dict)  # mac -> link up?
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A run's claim on a VM, kept on the VM itself (libvirt domain <metadata>) so that every
+    controller sees it, whatever its state dir or the name it knows the host by. A twin defined
+    from the claimed VM carries the same claim: it belongs to the same run."""
+
+    run_id: str
+    host: str  # the HOST name the run was started under
+    controller: str  # the machine the controller ran on
+    state_dir: str  # where that controller keeps the run
+    since: str  # ISO time the claim was made
+
+    def holder(self) -> str:
+        return f"run {self.run_id} of host {self.host!r} (controller {self.controller}, state dir {self.state_dir}, since {self.since})"
+
+
 class Hypervisor(Protocol):
     def check(self) -> str:
         """Reachability: returns a description (hypervisor + version). Raises InfraError."""
@@ -146,6 +162,12 @@ class Hypervisor(Protocol):
 
     def flatten(self, domain: str) -> None:
         """Make the domain's disks independent of their backing files (blockpull)."""
+
+    def claim_of(self, domain: str) -> Claim | None:
+        """The claim recorded on the domain (None if none, or the domain does not exist)."""
+
+    def set_claim(self, domain: str, claim: Claim | None) -> None:
+        """Record `claim` on the domain (persistent config and, if running, live), or remove it."""
 
 
 # --------------------------------------------------------------------------------------- shell

@@ -55,6 +55,17 @@ class RunOptions(BaseModel):
     now: bool = False  # cut over without waiting for a window
 
 
+class VmIdentity(BaseModel):
+    """The VM a run claims: the hypervisor and the domain's UUID (a name can be reused or known
+    under two host names; the UUID cannot)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str
+    domain: str
+    uuid: str
+
+
 class RunRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +79,7 @@ class RunRecord(BaseModel):
     created: dt.datetime = Field(default_factory=utcnow)
     updated: dt.datetime = Field(default_factory=utcnow)
     options: RunOptions = Field(default_factory=RunOptions)
+    vm: VmIdentity | None = None  # None only if the source domain did not exist at start
     # outputs of every step that finished, by step key ("snapshot", "upgrade[2]", ...)
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     timings: list[PhaseTiming] = Field(default_factory=list)
@@ -75,6 +87,8 @@ class RunRecord(BaseModel):
     cleanup_error: RunError | None = None  # a cleanup/decommission step that failed; resume retries
     # why the run is waiting, when it is (e.g. "window opens 2026-11-29T01:30+01:00")
     parked: str | None = None
+    # what an operator must know about the end state (e.g. data left on the twin only)
+    warnings: list[str] = Field(default_factory=list)
 
     def output(self, step: str) -> dict[str, Any]:
         return self.outputs.get(step, {})

@@ -34,7 +34,7 @@ def test_lost_after_the_command_ran_is_not_run_again(tmp_path: Path, fake_world:
         world["commands"].insert(0, {"match": "labos-update fetch", "drop": 1})
     events: list[Event] = []
     record = start(tmp_path, fake_plan, events)
-    assert record.phase == Phase.DECOMMISSIONED
+    assert record.phase == Phase.COMPLETED
     assert runs_of(fake_world, "labos-update fetch") == 1  # the probe found its done-marker
     assert record.output("upgrade[0]").get("probed") is True
     lost = journal(tmp_path, "connection_lost")
@@ -46,7 +46,7 @@ def test_lost_before_the_command_ran_runs_it_once(tmp_path: Path, fake_world: Wo
     with fake_world.change() as world:
         world["commands"].insert(0, {"match": "labos-update fetch", "cut": 2})
     record = start(tmp_path, fake_plan)
-    assert record.phase == Phase.DECOMMISSIONED
+    assert record.phase == Phase.COMPLETED
     assert runs_of(fake_world, "labos-update fetch") == 1
     assert len(journal(tmp_path, "connection_lost")) == 2
 
@@ -66,7 +66,7 @@ def test_lost_during_a_presync_pass_and_the_final_sync_is_redone(tmp_path: Path,
     with fake_world.change() as world:
         world["sync_drops"] = ["pass", "final"]
     record = start(tmp_path, fake_plan)
-    assert record.phase == Phase.DECOMMISSIONED, record.error
+    assert record.phase == Phase.COMPLETED, record.error
     keys = [e["key"] for e in journal(tmp_path, "connection_lost")]
     assert keys == ["presync.pass[1]", "cutover.final_sync"]
     finals = [e for e in effects(fake_world, "sync") if e["final"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrader.testing.scenario import FAKE_PLAN
+from upgrader.testing.crash import Cli, guest, op_counts, world_of
 from upgrader.testing.fakes import WorldFile
 
 # (pause point, what it exercises)
@@ -43,6 +43,8 @@ KILL_POINTS = [
     ("after:undefine_domain", "inside decommission: old VM undefined, its images not deleted (found on the lab)"),
     ("after:undefine", "inside decommission: old VM undefined"),
 ]
+
+DECOMMISSION_POINTS = {"after:undefine_domain", "after:undefine"}  # reached by `upgrader decommission`
 
 ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "undefine", "flatten")
 
@@ -72,40 +74,39 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> No
 
 @pytest.mark.parametrize(("point", "why"), KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
 def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path, point: str, why: str) -> None:
-    state = tmp_path / "state"
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
     reached = tmp_path / "reached"
-    proc = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan),
-                    env={"UPGRADER_TEST_PAUSE": point, "UPGRADER_TEST_PAUSE_FILE": str(reached)})
-    wait_for(reached, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
+    if point in DECOMMISSION_POINTS:  # start parks at completed (keep_old_for); decommission is killed
+        assert cli.run("start", "mailhost", "--plan", str(fake_plan)).rc == 0
+        cli.kill_at(point, "decommission", "mailhost", reached=reached)
+        done = cli.run("resume", "mailhost")  # decommission began: resume only goes forward
+        assert done.rc == 0, done
+    else:
+        cli.kill_at(point, "start", "mailhost", "--plan", str(fake_plan), reached=reached)
+        done = cli.run("resume", "mailhost")
+        assert done.rc == 0 and cli.record()["phase"] == "completed", done
+        done = cli.run("decommission", "mailhost")
+        assert done.rc == 0, done
 
-    resumed = upgrader("--state-dir", str(state), "-q", "resume", "mailhost")
-    out, _ = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, out
-
-    world = json.loads(fake_world.path.read_text())
-    counts: dict[str, int] = {}
-    for effect in world["effects"]:
-        counts[effect["op"]] = counts.get(effect["op"], 0) + 1
+    world = world_of(fake_world)
+    counts = op_counts(world)
     assert {op: counts.get(op, 0) for op in ONCE} == {
         "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "undefine": 1, "flatten": 1,
     }, why
+    assert counts["set_claim"] == 1 and counts["release_claim"] == 1, why
     commands = [e["cmd"] for e in world["effects"] if e["op"] == "run" and e["role"] == "staging" and "labos-update" in e["cmd"]]
     assert commands == ["labos-update fetch", "labos-update install", "labos-update install"], why
-    # the end state: one domain (the new prod) on the production network, release 2, all mail
+    # the end state: one domain (the new prod) on the production network, release 2, all mail, no claim left
     assert list(world["domains"]) == ["mailhost-twin"]
     twin = world["domains"]["mailhost-twin"]
-    assert set(twin["nics"].values()) == {"prod-net"}
-    guest = world["guests"][twin["guest"]]
-    assert guest["release"] == "2" and guest["services"]
-    assert len(set(guest["mail"])) == len(guest["mail"]) == 20 + 40 + 8 + 1
+    assert set(twin["nics"].values()) == {"prod-net"} and twin["claim"] is None
+    g = guest(world, "mailhost-twin")
+    assert g["release"] == "2" and g["services"]
+    assert len(set(g["mail"])) == len(g["mail"]) == 20 + 40 + 8 + 1
     assert all(img["backing"] is None for img in world["images"].values())
     assert set(world["images"]) == set(twin["disks"].values()), "the old VM's images must be gone"
     # the run's own record agrees
-    run_dir = next(p for p in (state / "mailhost").iterdir() if p.is_dir())
-    record = json.loads((run_dir / "run.json").read_text())
+    record = cli.record()
     assert record["phase"] == "decommissioned" and record["finished"]
 
 

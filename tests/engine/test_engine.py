@@ -27,6 +27,8 @@ def guest_of(world: WorldFile, domain: str) -> dict:
 
 def test_happy_path_to_decommissioned(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.COMPLETED and not record.finished and record.parked
+    record = app.decommission(context(tmp_path), "mailhost")
     assert record.phase == Phase.DECOMMISSIONED and record.finished and record.error is None
     world = json.loads(fake_world.path.read_text())
     assert list(world["domains"]) == ["mailhost-twin"]
@@ -124,7 +126,7 @@ def test_resume_refuses_changed_plan(tmp_path: Path, fake_world: WorldFile, fake
         world["faults"].append("probe:staging")
         world["commands"].insert(0, {"match": "smtpd stop", "rc": 0})
     plan = tmp_path / "window.yml"
-    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s") + "window: {start: 2030-01-01T01:30:00, duration: 1h}\n")
+    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="1h") + "window: {start: 2030-01-01T01:30:00, duration: 1h}\n")
     with fake_world.change() as world:
         world["faults"].remove("probe:staging")
     ctx = context(tmp_path)
@@ -137,7 +139,7 @@ def test_resume_refuses_changed_plan(tmp_path: Path, fake_world: WorldFile, fake
 
 def test_window_parks_and_now_goes_on(tmp_path: Path, fake_world: WorldFile) -> None:
     plan = tmp_path / "window.yml"
-    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s") + "window: {start: 2030-01-01T01:30:00, duration: 1h}\n")
+    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="1h") + "window: {start: 2030-01-01T01:30:00, duration: 1h}\n")
     ctx = context(tmp_path)
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW and record.parked
@@ -145,7 +147,7 @@ def test_window_parks_and_now_goes_on(tmp_path: Path, fake_world: WorldFile) -> 
     with pytest.raises(InputError, match="--yes"):
         app.resume(ctx, "mailhost", now=True)
     record = app.resume(ctx, "mailhost", now=True, yes=True)
-    assert record.phase == Phase.DECOMMISSIONED
+    assert record.phase == Phase.COMPLETED
     entries = ctx.store.journal("mailhost", record.run_id)
     assert {"kind": "operator", "action": "now"}.items() <= next(e for e in entries if e.get("kind") == "operator").items()
 

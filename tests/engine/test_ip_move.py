@@ -18,7 +18,7 @@ from upgrader.testing.scenario import FAKE_PLAN, effects
 IP_MOVE = "  strategy: ip_move\n  address: 192.0.2.10/24\n  garp_count: 3\n"
 
 
-def ip_plan(tmp_path: Path, world: WorldFile, keep: str = "0s") -> Path:
+def ip_plan(tmp_path: Path, world: WorldFile, keep: str = "1h") -> Path:
     text = FAKE_PLAN.format(world=world.path, keep=keep).replace("  strategy: mac_move\n", IP_MOVE)
     path = tmp_path / "ip.yml"
     path.write_text(text)

@@ -61,7 +61,7 @@ class Clock:
         return self.now
 
 
-def plan_with(tmp_path: Path, world: WorldFile, window: str, keep: str = "0s") -> Path:
+def plan_with(tmp_path: Path, world: WorldFile, window: str, keep: str = "1h") -> Path:
     path = tmp_path / "window.yml"
     path.write_text(FAKE_PLAN.format(world=world.path, keep=keep) + window + ANNOUNCE)
     return path
@@ -100,7 +100,7 @@ def test_park_announce_remind_cut_over_done(tmp_path: Path, fake_world: WorldFil
 
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window
     [due] = app.run_due(ctx)
-    assert due.record is not None and due.record.phase == Phase.DECOMMISSIONED
+    assert due.record is not None and due.record.phase == Phase.COMPLETED
     assert kinds(inbox) == ["announce", "reminder", "done"]
     assert len(effects(fake_world, "move_nic")) == 1
 
@@ -140,7 +140,7 @@ def test_now_needs_yes_and_is_journaled(tmp_path: Path, fake_world: WorldFile, i
     with pytest.raises(app.InputError, match="--yes"):
         app.start(ctx, app.StartOptions("mailhost", str(plan), now=True))
     record = app.start(ctx, app.StartOptions("mailhost", str(plan), now=True, yes=True))
-    assert record.phase == Phase.DECOMMISSIONED
+    assert record.phase == Phase.COMPLETED
     entries = ctx.store.journal("mailhost", record.run_id)
     assert any(e.get("kind") == "operator" and e.get("action") == "now" and e.get("confirmed") for e in entries)
     assert kinds(inbox) == ["announce", "done"]
@@ -154,7 +154,7 @@ def test_approval_gate(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> No
     assert record.parked and "approve" in record.parked
     app.approve(ctx, "mailhost", "alice")
     [due] = app.run_due(ctx)
-    assert due.record is not None and due.record.phase == Phase.DECOMMISSIONED
+    assert due.record is not None and due.record.phase == Phase.COMPLETED
     approval = next(e for e in ctx.store.journal("mailhost", record.run_id) if e.get("key") == "approval")
     assert approval["outputs"]["by"] == "alice"
 
@@ -167,7 +167,7 @@ def test_failed_send_never_blocks_the_cutover(tmp_path: Path, fake_world: WorldF
     plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T09:00:00, duration: 2h, timezone: UTC}\n")
     ctx = app.Context(RunStore(tmp_path / "state"), now=Clock(T0))
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
-    assert record.phase == Phase.DECOMMISSIONED
+    assert record.phase == Phase.COMPLETED
     assert record.output("notice.announce")["sent"] is False
 
 

@@ -175,11 +175,13 @@ def test_fake_run_with_spaces_and_dollar_in_sync_path(tmp_path: Path, fake_world
     odd_dir = tmp_path / "plans $HOME dir"
     odd_dir.mkdir()
     plan = odd_dir / "my plan $(id).yml"
-    text = FAKE_PLAN.format(world=fake_world.path, keep="0s").replace(
+    text = FAKE_PLAN.format(world=fake_world.path, keep="1h").replace(
         "- path: /var/mail/", "- path: \"/var/mail spool/$USER's box/\"\n      exclude: ['*.tmp $x', \"a'b\"]")
     plan.write_text(text)
     ctx = app.Context(RunStore(tmp_path / "state dir $x"))
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase.value == "completed"
+    record = app.decommission(ctx, "mailhost")
     assert record.phase.value == "decommissioned" and record.finished
     assert record.plan_path == str(plan.resolve())
     world = json.loads(fake_world.path.read_text())
@@ -191,11 +193,12 @@ def test_fake_run_with_spaces_and_dollar_in_sync_path(tmp_path: Path, fake_world
 
 def _finished_run(tmp_path: Path, plan: Path, keep: str | None = None) -> tuple[Path, Path]:
     """A fake run through the CLI in-process API: returns (state dir, run dir)."""
-    if keep is not None:
-        plan.write_text(plan.read_text().replace("keep_old_for: 0s", f"keep_old_for: {keep}"))
     state = tmp_path / "state"
     record = app.start(app.Context(RunStore(state)), app.StartOptions("mailhost", str(plan)))
-    assert record.phase.value == ("decommissioned" if keep is None else "completed"), record
+    assert record.phase.value == "completed", record
+    if keep is None:  # finished: decommissioned
+        record = app.decommission(app.Context(RunStore(state)), "mailhost")
+        assert record.phase.value == "decommissioned", record
     return state, state / "mailhost" / record.run_id
 
 

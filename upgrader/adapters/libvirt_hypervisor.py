@@ -22,9 +22,12 @@ import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import DomainInfo, SnapshotInfo
+from upgrader.ports import Claim, DomainInfo, SnapshotInfo
 
 JOB_POLL = 0.2
+# The run's claim lives in the domain's <metadata> under this namespace (a name, never fetched).
+CLAIM_NS = "urn:x-upgrader:claim:1"
+CLAIM_PREFIX = "upgrader"
 
 
 def _silence(_ctx: object, _err: object) -> None:
@@ -507,6 +510,31 @@ class LibvirtHypervisor:
             with libvirt_errors(f"flattening {domain} {target}"):
                 dom.blockPull(target, 0, 0)
                 self._wait_job(dom, target, pivot=False)
+
+    # ------------------------------------------------------------------------ claims
+
+    def claim_of(self, domain: str) -> Claim | None:
+        dom = self._lookup(domain)
+        if dom is None:
+            return None
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, CLAIM_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            with libvirt_errors(f"reading {domain}'s claim"):
+                raise
+        element = ET.fromstring(text)
+        return Claim(**{name: element.get(name, "") for name in Claim.__dataclass_fields__})
+
+    def set_claim(self, domain: str, claim: Claim | None) -> None:
+        dom = self._dom(domain)
+        with libvirt_errors(f"recording the claim on {domain}"):
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+            text = None
+            if claim is not None:
+                text = ET.tostring(ET.Element("claim", {k: str(v) for k, v in vars(claim).items()}), encoding="unicode")
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, CLAIM_PREFIX if text else None, CLAIM_NS, flags)
 
     def _wait_job(self, dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
         deadline = time.monotonic() + timeout

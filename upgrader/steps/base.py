@@ -90,6 +90,7 @@ class StepContext:
     now: Callable[[], dt.datetime] = utcnow
     force_decommission: bool = False
     interrupt: Callable[[], None] | None = None  # raises to stop before the next side effect
+    state_dir: str = ""  # where this controller keeps the run (named in the VM's claim)
 
     @property
     def run_id(self) -> str:

@@ -9,6 +9,7 @@ from upgrader.errors import StepFailed
 from upgrader.phases import Phase
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.identity import is_ours
 from upgrader.steps.snapshot import snapshot_of
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ class Clone:
 
         def defined(_: dict[str, Any]) -> dict[str, Any] | None:
             info = hv.domain(twin)
-            return {"name": info.name, "uuid": info.uuid, "disks": info.disks, "nics": info.nics} if info else None
+            if info is None or not is_ours(ctx, twin, info):  # never adopt a domain of that name we did not define
+                return None
+            return {"name": info.name, "uuid": info.uuid, "disks": info.disks, "nics": info.nics}
 
         out = dict(ctx.once("clone.define", f"define twin {twin}", define, defined))
 

@@ -7,11 +7,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from upgrader.errors import UnsafeOperation
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.identity import release_claim, require_ours
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
+
+
+def decommission_began(ctx: StepContext) -> bool:
+    """Once any decommission step began, the old VM may be gone: only forward from there."""
+    return any(key.startswith("decommission.") for key in ctx.journal.begun)
 
 
 def due_time(ctx: StepContext) -> dt.datetime:
@@ -32,18 +39,30 @@ class Completed:
 
     def run(self, ctx: StepContext) -> Outcome:
         due = due_time(ctx)
-        if ctx.now() < due and not ctx.force_decommission:
+        if ctx.now() < due and not ctx.force_decommission and not decommission_began(ctx):
             return Outcome(park=f"old VM {ctx.plan.source.domain} kept until {due.isoformat(timespec='seconds')}; "
                            "`upgrader decommission HOST` does it now, `upgrader rollback HOST` goes back")
         hv, plan = ctx.ports.hypervisor, ctx.plan
         old, twin = plan.source.domain, plan.twin_name
-        ctx.once("decommission.flatten", f"flatten {twin} off the shared base", lambda _: (hv.flatten(twin), {})[1])
-        ctx.once("decommission.destroy", f"stop {old}", lambda _: (hv.destroy(old), {})[1] if hv.domain(old) else {})
+
+        def flatten(_: dict[str, Any]) -> dict[str, Any]:
+            if require_ours(ctx, twin, "flatten") is None:
+                raise UnsafeOperation(f"{twin}, the new prod, is gone", hint="nothing was decommissioned; check `virsh list --all`")
+            hv.flatten(twin)
+            return {}
+
+        def destroy(_: dict[str, Any]) -> dict[str, Any]:
+            if require_ours(ctx, old, "stop"):
+                hv.destroy(old)
+            return {}
+
+        ctx.once("decommission.flatten", f"flatten {twin} off the shared base", flatten)
+        ctx.once("decommission.destroy", f"stop {old}", destroy)
 
         # The image chains are journaled first: killed between the undefine and the deletions,
         # the probe finishes the deletions instead of leaving the old VM's disks behind.
         def undefine(begin: dict[str, Any]) -> dict[str, Any]:
-            if hv.domain(old):
+            if require_ours(ctx, old, "undefine"):
                 return {"bytes_freed": hv.undefine(old)}
             return {"bytes_freed": hv.delete_unused(begin.get("chains", []))}
 
@@ -54,4 +73,5 @@ class Completed:
 
         freed = ctx.once("decommission.undefine", f"undefine {old} and delete its images", undefine, undefined,
                          lambda: {"chains": hv.disk_chains(old)})
+        release_claim(ctx, "decommission.release_claim", twin)  # the new prod is free for a next run
         return Outcome({"bytes_freed": freed["bytes_freed"]})

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from upgrader.errors import StepFailed, UpgraderError
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.identity import claim_source
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -21,6 +22,7 @@ class Preflight:
 
     def describe(self, plan: "Plan") -> list[str]:
         return [
+            f"claim {plan.source.domain} for this run (recorded on the VM: no second run, under any name, may touch it)",
             f"connect to libvirt at {plan.source.libvirt_uri} and find domain {plan.source.domain} running",
             f"check that no domain named {plan.twin_name} exists yet",
             f"check free space for overlays in {plan.source.disk_dir or 'the disk directory'} (>= {MIN_FREE_BYTES >> 20} MiB)",
@@ -28,6 +30,8 @@ class Preflight:
         ]
 
     def run(self, ctx: StepContext) -> Outcome:
+        if ctx.record.vm is not None:  # the VM is claimed before anything else touches it
+            claim_source(ctx)
         return Outcome(ctx.once("preflight", "check hypervisor, domain, space and SSH", lambda _: self._check(ctx)))
 
     def _check(self, ctx: StepContext) -> dict[str, Any]:
@@ -38,6 +42,9 @@ class Preflight:
         if domain is None:
             inhibitors.append(f"domain {plan.source.domain} not found at {plan.source.libvirt_uri}")
         else:
+            if ctx.record.vm is not None and domain.uuid != ctx.record.vm.uuid:
+                inhibitors.append(f"domain {plan.source.domain} is not the VM this run claimed (uuid {domain.uuid}, "
+                                  f"recorded {ctx.record.vm.uuid})")
             if not domain.running:
                 inhibitors.append(f"domain {plan.source.domain} is not running")
             out["free_bytes"], short = space_for_overlays(ctx, domain)

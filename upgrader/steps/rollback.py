@@ -1,14 +1,30 @@
-"""rolling_back: stop the new prod's writers, network back to the old VM, reverse-sync what was
-written to the new prod since cutover (no mail lost), start services on the old VM."""
+"""rolling_back: give the service back to the old VM.
+
+Every decision is taken once, at the start, and journaled (`rollback.plan`): did the network
+actually move (only then can clients have written to the twin), does the new prod answer (only
+then can its writes be synced back). A rollback resumed after a crash reads that decision and
+never re-checks a precondition its own cleanup has changed since (the twin may be gone by then).
+
+  full rollback      quiesce the new prod, network back, reverse-sync what it accepted since the
+                     cutover, start services on the old VM, remove the twin, merge prod's overlay
+  network-only       the new prod cannot be reached (or is lost halfway): network and services
+                     back to the old VM without the reverse sync; the twin is stopped and kept,
+                     disks and all, as evidence and for recovery by hand; said loudly
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
+from upgrader.errors import InfraError, UpgraderError
+from upgrader.events import Notice
+from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
-from upgrader.notify import Kind
+from upgrader.steps.identity import is_ours, release_claim
 from upgrader.steps.notices import tell_about_window
 from upgrader.steps.staging import teardown
 from upgrader.steps.sync import run_commands, sync_once
@@ -16,26 +32,86 @@ from upgrader.steps.sync import run_commands, sync_once
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
+PLAN_KEY = "rollback.plan"
+DEGRADED_KEY = "rollback.degraded"
+
+
+class RollbackPlan(BaseModel):
+    """What the rollback decided when it began (journaled as `rollback.plan`)."""
+
+    moved: bool  # the twin was on the production segment: clients may have written to it
+    reachable: bool  # the new prod answered SSH then
+    old_running: bool  # the old VM was running (kept link-down)
+
+    @classmethod
+    def of(cls, ctx: StepContext) -> "RollbackPlan":
+        return cls.model_validate(ctx.journal.done[PLAN_KEY])
+
+
+def decide(ctx: StepContext) -> dict[str, Any]:
+    hv, plan = ctx.ports.hypervisor, ctx.plan
+    twin = hv.domain(plan.twin_name)
+    moved = twin is not None and is_ours(ctx, plan.twin_name, twin) and any(
+        net == plan.takeover.production_network for net in twin.nics.values())
+    reachable = False
+    if moved:
+        try:
+            ctx.ports.shells.connect("prod").boot_id()
+            reachable = True
+        except UpgraderError as exc:
+            ctx.emit(Notice(f"the new prod ({plan.twin_name}) does not answer: {exc.message}; "
+                            "giving the network back without the reverse sync", "error"))
+    old = hv.domain(plan.source.domain)
+    return RollbackPlan(moved=moved, reachable=reachable, old_running=bool(old and old.running)).model_dump()
+
+
+def degrade(ctx: StepContext, why: str) -> None:
+    """The new prod was lost halfway through a full rollback: go on network-only (journaled)."""
+    ctx.emit(Notice(f"the new prod was lost during the rollback ({why}); going on without the reverse sync", "error"))
+    ctx.once(DEGRADED_KEY, "go on without the reverse sync", lambda _: {"why": why})
+
+
+def data_on_twin_only(ctx: StepContext) -> str:
+    plan = ctx.plan
+    since = ctx.journal.begun.get("cutover.takeover", {}).get("ts")
+    paths = ", ".join(p.path for p in plan.sync.paths)
+    return (f"data written to {paths} on {plan.twin_name} after the cutover"
+            + (f" ({since})" if since else "")
+            + f" may exist only on {plan.twin_name}'s disks: it was stopped and kept (not deleted) for recovery by hand; "
+            f"{plan.source.domain} stays on its snapshot overlay until then")
+
 
 class RollingBack:
     phase = Phase.ROLLING_BACK
 
     def describe(self, plan: "Plan") -> list[str]:
         return [
+            "decide once: did the network move to the twin, does the new prod answer (journaled)",
             "quiesce the new prod (the twin)",
             f"network back to {plan.source.domain}",
             "reverse rsync twin -> old VM of everything written since cutover",
             f"resume services on {plan.source.domain}",
             f"destroy {plan.twin_name}, merge {plan.source.domain}'s overlay back",
+            f"if the new prod does not answer: network and services back without the reverse sync; "
+            f"{plan.twin_name} is stopped and kept with its disks, and the run says so",
         ]
 
     def run(self, ctx: StepContext) -> Outcome:
-        plan = ctx.plan
-        # Only a takeover that began can have let clients write to the twin; without one the old
-        # VM never stopped being the source of truth and a reverse sync would be harmful.
-        took_over = "cutover.takeover" in ctx.journal.begun
-        if took_over and takeover.taken_over(ctx):
-            run_commands(ctx, "rollback.quiesce_new", "prod", list(plan.sync.quiesce), "quiesce")
+        plan, hv = ctx.plan, ctx.ports.hypervisor
+        decision = RollbackPlan.model_validate(ctx.once(PLAN_KEY, "decide how to roll back", lambda _: decide(ctx)))
+
+        def full() -> bool:
+            return decision.moved and decision.reachable and DEGRADED_KEY not in ctx.journal.done
+
+        if not decision.old_running:
+            ctx.once("rollback.start_old", f"start {plan.source.domain} (it was not running)",
+                     lambda _: (hv.start(plan.source.domain), {"started": True})[1],
+                     lambda _: {"probed": True} if (d := hv.domain(plan.source.domain)) and d.running else None)
+        if full():
+            try:
+                run_commands(ctx, "rollback.quiesce_new", "prod", list(plan.sync.quiesce), "quiesce")
+            except InfraError as exc:  # includes a connection lost for good
+                degrade(ctx, exc.message)
         ctx.once(
             "rollback.network",
             f"network back to {plan.source.domain}",
@@ -43,8 +119,32 @@ class RollingBack:
             lambda _: {"probed": True} if takeover.given_back(ctx) else None,
         )
         takeover.claim_address(ctx, "rollback.claim_address")
-        stats = sync_once(ctx, "rollback.reverse_sync", "staging", "prod", final=True) if took_over else None
+        stats = None
+        if full():
+            try:
+                stats = sync_once(ctx, "rollback.reverse_sync", "staging", "prod", final=True)
+            except InfraError as exc:
+                degrade(ctx, exc.message)
         run_commands(ctx, "rollback.resume_old", "prod", list(plan.sync.resume), "resume services")
-        cleaned = teardown(ctx, "rollback")
-        tell_about_window(ctx, Kind.ROLLED_BACK, "notice.rolled_back", ctx.record.error.message if ctx.record.error else None)
-        return Outcome({"reverse_sync": stats, "cleanup": cleaned}, trigger="rolled_back")
+        out: dict[str, Any] = {"reverse_sync": stats, "moved": decision.moved}
+        if decision.moved and not full():
+            warning = data_on_twin_only(ctx)
+            if warning not in ctx.record.warnings:
+                ctx.record.warnings.append(warning)
+            ctx.emit(Notice(warning, "error"))
+            ctx.once("rollback.keep_twin", f"stop {plan.twin_name} and keep it", lambda _: self._keep_twin(ctx))
+            release_claim(ctx, "rollback.release_claim", plan.source.domain)
+            out["kept"] = plan.twin_name
+        else:
+            out["cleanup"] = teardown(ctx, "rollback")
+        reason = ctx.record.error.message if ctx.record.error else None
+        tell_about_window(ctx, Kind.ROLLED_BACK, "notice.rolled_back", reason)
+        return Outcome(out, trigger="rolled_back")
+
+    @staticmethod
+    def _keep_twin(ctx: StepContext) -> dict[str, Any]:
+        hv, twin = ctx.ports.hypervisor, ctx.plan.twin_name
+        info = hv.domain(twin)
+        if info is not None and is_ours(ctx, twin, info) and info.running:
+            hv.destroy(twin)
+        return {"kept": twin}

@@ -25,11 +25,12 @@ import os
 import re
 import uuid as uuidlib
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from upgrader.errors import CheckFailed, ConnectionLost, InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
+from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.hooks import maybe_pause
@@ -186,6 +187,7 @@ class FakeHypervisor:
                 "nics": {(macs or {}).get(mac, mac): network for mac in src["nics"]},
                 "links": {(macs or {}).get(mac, mac): True for mac in src["nics"]},
                 "guest": guest_id,
+                "claim": copy.deepcopy(src.get("claim")),  # like libvirt: <metadata> comes with the XML
             }
             _effect(world, "clone", source=source, twin=twin)
         maybe_pause("after:clone")
@@ -209,6 +211,7 @@ class FakeHypervisor:
             if dom["running"]:
                 dom["running"] = False
                 _effect(world, "destroy", domain=name)
+        maybe_pause(f"after:destroy:{name}")
 
     def undefine(self, name: str) -> int:
         with self.world.change() as world:
@@ -287,6 +290,18 @@ class FakeHypervisor:
                     changed = True
             if changed:  # like blockpull on a flat image: nothing to do, nothing happens
                 _effect(world, "flatten", domain=domain)
+        maybe_pause("after:flatten")
+
+    def claim_of(self, domain: str) -> Claim | None:
+        dom = self.world.read()["domains"].get(domain)
+        claim = dom.get("claim") if dom else None
+        return Claim(**claim) if claim else None
+
+    def set_claim(self, domain: str, claim: Claim | None) -> None:
+        with self.world.change() as world:
+            _domain(world, domain)["claim"] = asdict(claim) if claim else None
+            _effect(world, "set_claim" if claim else "release_claim", domain=domain)
+        maybe_pause(f"after:{'set' if claim else 'release'}_claim:{domain}")
 
 
 def _chains(world: World, name: str) -> list[list[str]]:
