@@ -154,6 +154,8 @@ def report(console: Console, record: RunRecord) -> None:
             console.print(f"[red]{label} in {error.phase.value}:[/] {escape(error.message)}")
             if error.hint:
                 console.print(f"[dim]hint: {escape(error.hint)}[/]")
+    for warning in record.warnings:
+        console.print(f"[bold red]warning:[/] {escape(warning)}")
 
 
 def figures(record: RunRecord) -> dict[str, str]:

@@ -1,0 +1,129 @@
+"""The recovery paths get the forward path's crash matrix: rollback, abort and decommission are
+SIGKILLed inside (real CLI subprocesses, pause points), then resumed. Each must end where it
+should with every side effect done exactly once and no mail lost or image leaked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from upgrader.testing.crash import Cli, guest, op_counts, world_of
+from upgrader.testing.fakes import WorldFile
+
+BASE_IMAGE = "/fake/mailhost.qcow2"
+NEW_PROD_MAIL = {"match": "smtpd start", "role": "prod", "set": {"services": True}, "add_mail": 3}
+
+
+@dataclass(frozen=True)
+class Path_:
+    """One recovery path: commands run to completion first, the command that is killed, the
+    commands that recover, and the end it must reach."""
+
+    setup: tuple[tuple[str, ...], ...]
+    killed: tuple[str, ...]
+    recover: tuple[tuple[str, ...], ...]
+    end: str
+    world: dict[str, Any] = field(default_factory=dict)  # changes to the fake world first
+
+
+START = ("start", "mailhost", "--plan", "{plan}")
+RESUME = ("resume", "mailhost")
+ROLLBACK = Path_(setup=(START,), killed=("rollback", "mailhost"), recover=(RESUME,), end="rolled_back")
+AUTO_ROLLBACK = Path_(setup=(), killed=START, recover=(RESUME,), end="rolled_back", world={"faults": ["probe:prod"]})
+ABORT = Path_(setup=(), killed=START, recover=(RESUME,), end="aborted",
+              world={"commands": [{"match": "labos-update install", "rc": 1}]})
+DECOMMISSION = Path_(setup=(START,), killed=("decommission", "mailhost"), recover=(RESUME,), end="decommissioned")
+
+KILL_POINTS: list[tuple[str, Path_, str]] = [
+    ("begin:rollback.plan", ROLLBACK, "nothing decided yet"),
+    ("done:rollback.plan", ROLLBACK, "decided (moved, reachable), nothing done"),
+    ("after:run:/etc/init.d/smtpd stop", ROLLBACK, "new prod quiesced"),
+    ("after:move_nic:stg-net", ROLLBACK, "twin off the production segment, old VM still link-down"),
+    ("after:set_link:mailhost", ROLLBACK, "old VM link up, not journaled"),
+    ("after:sync:final", ROLLBACK, "inside the reverse sync"),
+    ("after:run:/etc/init.d/smtpd start", ROLLBACK, "old VM's services back, not journaled"),
+    ("after:destroy:mailhost-twin", ROLLBACK, "twin stopped"),
+    ("after:undefine_domain", ROLLBACK, "twin undefined, its images not yet deleted (the review's never-finishing rollback)"),
+    ("after:undefine", ROLLBACK, "twin gone, not journaled"),
+    ("after:merge_back", ROLLBACK, "old VM back on its base, not journaled"),
+    ("after:release_claim:mailhost", ROLLBACK, "claim released, not journaled"),
+    ("begin:rollback.plan", AUTO_ROLLBACK, "verify failed, the automatic rollback begins"),
+    ("after:move_nic:stg-net", AUTO_ROLLBACK, "automatic rollback: twin moved back"),
+    ("begin:abort.remove_twin", ABORT, "upgrade failed, abort's cleanup begins"),
+    ("after:undefine_domain", ABORT, "abort: twin undefined, images not deleted"),
+    ("after:merge_back", ABORT, "abort: overlay merged, not journaled"),
+    ("after:release_claim:mailhost", ABORT, "abort: claim released, not journaled"),
+    ("after:flatten", DECOMMISSION, "new prod flattened, not journaled"),
+    ("after:destroy:mailhost", DECOMMISSION, "old VM stopped, not journaled"),
+    ("done:decommission.undefine", DECOMMISSION, "old VM gone"),
+    ("after:release_claim:mailhost-twin", DECOMMISSION, "new prod's claim released, not journaled"),
+]
+
+
+def _args(command: tuple[str, ...], plan: Path) -> list[str]:
+    return [a.format(plan=plan) for a in command]
+
+
+def drive(cli: Cli, plan: Path, path: Path_, point: str, reached: Path) -> None:
+    for command in path.setup:
+        done = cli.run(*_args(command, plan))
+        assert done.rc == 0, done
+    cli.kill_at(point, *_args(path.killed, plan), reached=reached)
+    for command in path.recover:
+        done = cli.run(*_args(command, plan))
+        assert cli.record()["phase"] == path.end, done
+    record = cli.record()
+    assert record["finished"] and record["cleanup_error"] is None, record
+
+
+def check_rolled_back(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert list(world["domains"]) == ["mailhost"]
+    old = world["domains"]["mailhost"]
+    assert all(old["links"].values()) and old["disks"] == {"vda": BASE_IMAGE} and old["claim"] is None
+    assert list(world["images"]) == [BASE_IMAGE]
+    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "move_nic", "undefine", "merge_back", "set_claim",
+                                      "release_claim")} == {
+        "snapshot": 1, "clone": 1, "set_link": 2, "move_nic": 2, "undefine": 1, "merge_back": 1, "set_claim": 1,
+        "release_claim": 1}
+    twin_mail = set(world["guests"]["g1"]["mail"])  # the twin's guest outlives its domain in the fake
+    old_mail = guest(world, "mailhost")["mail"]
+    assert twin_mail <= set(old_mail), sorted(twin_mail - set(old_mail))  # nothing the new prod accepted is lost
+    assert guest(world, "mailhost")["services"]
+
+
+def check_aborted(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert list(world["domains"]) == ["mailhost"] and list(world["images"]) == [BASE_IMAGE]
+    assert world["domains"]["mailhost"]["claim"] is None
+    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "undefine", "merge_back", "release_claim")} == {
+        "snapshot": 1, "clone": 1, "set_link": 0, "undefine": 1, "merge_back": 1, "release_claim": 1}
+    assert guest(world, "mailhost")["release"] == "1"
+
+
+def check_decommissioned(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert list(world["domains"]) == ["mailhost-twin"]
+    twin = world["domains"]["mailhost-twin"]
+    assert set(world["images"]) == set(twin["disks"].values()) and twin["claim"] is None
+    assert {op: counts[op] for op in ("flatten", "destroy", "undefine", "release_claim")} == {
+        "flatten": 1, "destroy": 1, "undefine": 1, "release_claim": 1}
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "rolled_back": check_rolled_back, "aborted": check_aborted, "decommissioned": check_decommissioned}
+
+
+@pytest.mark.parametrize(("point", "path", "why"), KILL_POINTS,
+                         ids=[f"{p.end}-{point}" for point, p, _ in KILL_POINTS])
+def test_recovery_path_killed_and_resumed(tmp_path: Path, fake_world: WorldFile, fake_plan: Path, point: str,
+                                          path: Path_, why: str) -> None:
+    with fake_world.change() as world:
+        world["commands"].insert(0, NEW_PROD_MAIL)
+        for key, items in path.world.items():
+            world[key] = list(items) + list(world[key])
+    drive(Cli(tmp_path / "state", tmp_path / "locks"), fake_plan, path, point, tmp_path / "reached")
+    CHECKS[path.end](world_of(fake_world))

@@ -1,0 +1,114 @@
+"""Rollback when things are not as the happy path left them: the new prod dead, decommission
+half done, the network never moved, the old VM powered off, an abort asked for too late."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from upgrader.testing.crash import Cli, guest, op_counts, world_of
+from upgrader.testing.fakes import WorldFile
+
+NEW_PROD_MAIL = {"match": "smtpd start", "role": "prod", "set": {"services": True}, "add_mail": 3}
+
+
+def completed(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> Cli:
+    with fake_world.change() as world:
+        world["commands"].insert(0, NEW_PROD_MAIL)
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    done = cli.run("start", "mailhost", "--plan", str(fake_plan))
+    assert done.rc == 0 and cli.record()["phase"] == "completed", done
+    return cli
+
+
+def test_new_prod_dead_gives_the_network_back_without_the_sync_and_keeps_the_twin(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = completed(tmp_path, fake_world, fake_plan)
+    with fake_world.change() as world:  # the new prod crashed
+        world["domains"]["mailhost-twin"]["running"] = False
+    done = cli.run("rollback", "mailhost")
+    assert done.rc == 1 and cli.record()["phase"] == "rolled_back", done
+    assert "does not answer" in done.out and "may exist only on mailhost-twin" in done.out
+    world = world_of(fake_world)
+    old = world["domains"]["mailhost"]
+    assert all(old["links"].values()) and guest(world, "mailhost")["services"]  # the old VM serves
+    twin = world["domains"]["mailhost-twin"]  # kept, stopped, disks and all, on staging
+    assert not twin["running"] and set(twin["nics"].values()) == {"stg-net"} and set(twin["disks"].values()) <= set(world["images"])
+    assert [e for e in world["effects"] if e["op"] == "sync" and e["source"] == "staging"] == []
+    record = cli.record()
+    assert any("/var/mail/" in w and "mailhost-twin" in w for w in record["warnings"])
+    assert old["claim"] is None
+    status = cli.run("status", "mailhost")
+    assert "may exist only on mailhost-twin" in status.out, status
+
+
+def test_new_prod_lost_during_the_reverse_sync_goes_on_network_only(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = completed(tmp_path, fake_world, fake_plan)
+    with fake_world.change() as world:  # every reverse sync loses its connection
+        world["sync_drops"] = ["final", "final", "final"]
+    done = cli.run("rollback", "mailhost")
+    assert cli.record()["phase"] == "rolled_back", done
+    assert "lost during the rollback" in done.out
+    world = world_of(fake_world)
+    assert all(world["domains"]["mailhost"]["links"].values()) and "mailhost-twin" in world["domains"]
+
+
+def test_rollback_is_refused_once_decommission_began_and_decommission_finishes(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = completed(tmp_path, fake_world, fake_plan)
+    cli.kill_at("after:destroy:mailhost", "decommission", "mailhost", reached=tmp_path / "r")
+    refused = cli.run("rollback", "mailhost")
+    assert refused.rc == 2 and "decommissioning mailhost began" in refused.out and "upgrader decommission" in refused.out
+    world = world_of(fake_world)
+    assert op_counts(world)["move_nic"] == 1 and guest(world, "mailhost-twin")["services"]  # the new prod untouched
+    # resume (or run-due) finishes the decommission even though keep_old_for has not passed
+    done = cli.run("resume", "mailhost")
+    assert done.rc == 0 and cli.record()["phase"] == "decommissioned", done
+
+
+def test_rollback_is_refused_when_the_old_vm_is_gone(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = completed(tmp_path, fake_world, fake_plan)
+    with fake_world.change() as world:
+        del world["domains"]["mailhost"]
+    refused = cli.run("rollback", "mailhost")
+    assert refused.rc == 2 and "old VM mailhost is gone" in refused.out, refused
+    assert cli.record()["phase"] == "completed"
+
+
+def test_rollback_starts_an_old_vm_that_was_powered_off(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = completed(tmp_path, fake_world, fake_plan)
+    with fake_world.change() as world:
+        world["domains"]["mailhost"]["running"] = False
+    done = cli.run("rollback", "mailhost")
+    assert cli.record()["phase"] == "rolled_back", done
+    world = world_of(fake_world)
+    assert world["domains"]["mailhost"]["running"] and list(world["domains"]) == ["mailhost"]
+    assert set(world["guests"]["g1"]["mail"]) <= set(guest(world, "mailhost")["mail"])
+
+
+def test_no_reverse_sync_when_the_network_never_moved(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """Killed as the takeover began (nothing moved yet): files on the twin must not reach the old VM."""
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at("begin:cutover.takeover", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "r")
+    with fake_world.change() as world:
+        world["guests"]["g1"]["mail"].append("written-locally-on-the-twin")
+    done = cli.run("rollback", "mailhost")
+    assert cli.record()["phase"] == "rolled_back", done
+    world = world_of(fake_world)
+    assert [e for e in world["effects"] if e["op"] == "sync" and e["source"] == "staging"] == []
+    assert "written-locally-on-the-twin" not in guest(world, "mailhost")["mail"]
+    assert all(world["domains"]["mailhost"]["links"].values())
+
+
+def test_abort_request_that_arrives_after_the_cutover_began_is_refused_out_loud(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """`upgrader abort` saw the run before cutover; by the time the run reads the request it is in it."""
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at("enter:cutover", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "r")
+    run_dir = next(p for p in (tmp_path / "state" / "mailhost").iterdir() if p.is_dir())
+    (run_dir / "abort-requested").touch()
+    done = cli.run("resume", "mailhost")
+    assert done.rc == 0 and cli.record()["phase"] == "completed", done
+    assert "abort request refused" in done.out and "upgrader rollback mailhost" in done.out
+    assert not (run_dir / "abort-requested").exists()
+    assert '"kind":"abort_refused"' in (run_dir / "journal.jsonl").read_text()
