@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from upgrader.testing.fakes import WorldFile
 
@@ -86,6 +86,33 @@ class Cli:
             proc.communicate(timeout=10)
             return None
 
+    def kill_at_line(self, lines: int, extra: float, *args: str, host: str = "mailhost",
+                     timeout: float = 120) -> Done | None:
+        """SIGKILL `extra` seconds after the host's journals grew by `lines` lines (a step boundary:
+        the kill lands in whatever comes next); None if killed, the result if it ended first."""
+        before = self.journal_lines(host)
+        proc = self.popen(*args)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and self.journal_lines(host) < before + lines and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            time.sleep(extra)
+        if proc.poll() is not None:
+            out, _ = proc.communicate()
+            return Done(args, proc.returncode, out)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        return None
+
+    def journal_lines(self, host: str = "mailhost") -> int:
+        total = 0
+        for path in (self.state / host).glob("*/journal.jsonl"):
+            try:
+                total += path.read_bytes().count(b"\n")
+            except OSError:
+                pass
+        return total
+
     def record(self, host: str = "mailhost") -> dict[str, Any]:
         """The newest run's run.json, as plain data."""
         runs = sorted(p for p in (self.state / host).iterdir() if p.is_dir())
@@ -102,3 +129,53 @@ def op_counts(world: dict[str, Any]) -> Counter[str]:
 
 def guest(world: dict[str, Any], domain: str) -> dict[str, Any]:
     return world["guests"][world["domains"][domain]["guest"]]
+
+
+# ------------------------------------------------------------------------- end states (oracles)
+# Each raises AssertionError if the fake world is not where a run that ended so must leave it,
+# with every non-idempotent side effect counted. The scenario: upgrader/testing/scenario.py.
+
+BASE_IMAGE = "/fake/mailhost.qcow2"
+
+
+def check_rolled_back(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert list(world["domains"]) == ["mailhost"]
+    old = world["domains"]["mailhost"]
+    assert all(old["links"].values()) and old["disks"] == {"vda": BASE_IMAGE} and old["claim"] is None
+    assert list(world["images"]) == [BASE_IMAGE]
+    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "move_nic", "undefine", "merge_back", "set_claim",
+                                      "release_claim")} == {
+        "snapshot": 1, "clone": 1, "set_link": 2, "move_nic": 2, "undefine": 1, "merge_back": 1, "set_claim": 1,
+        "release_claim": 1}
+    twin_mail = set(world["guests"]["g1"]["mail"])  # the twin's guest outlives its domain in the fake
+    old_mail = guest(world, "mailhost")["mail"]
+    assert twin_mail <= set(old_mail), sorted(twin_mail - set(old_mail))  # nothing the new prod accepted is lost
+    assert guest(world, "mailhost")["services"]
+
+
+def check_aborted(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert list(world["domains"]) == ["mailhost"] and list(world["images"]) == [BASE_IMAGE]
+    assert world["domains"]["mailhost"]["claim"] is None
+    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "undefine", "merge_back", "release_claim")} == {
+        "snapshot": 1, "clone": 1, "set_link": 0, "undefine": 1, "merge_back": 1, "release_claim": 1}
+    assert guest(world, "mailhost")["release"] == "1"
+
+
+def check_decommissioned(world: dict[str, Any]) -> None:
+    counts = op_counts(world)
+    assert {op: counts[op] for op in ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "set_claim")} == {
+        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "set_claim": 1}
+    g = guest(world, "mailhost-twin")
+    assert g["release"] == "2" and g["services"] and len(set(g["mail"])) == len(g["mail"])
+    assert all(img["backing"] is None for img in world["images"].values())
+    assert list(world["domains"]) == ["mailhost-twin"]
+    twin = world["domains"]["mailhost-twin"]
+    assert set(world["images"]) == set(twin["disks"].values()) and twin["claim"] is None
+    assert {op: counts[op] for op in ("flatten", "destroy", "undefine", "release_claim")} == {
+        "flatten": 1, "destroy": 1, "undefine": 1, "release_claim": 1}
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "rolled_back": check_rolled_back, "aborted": check_aborted, "decommissioned": check_decommissioned}
