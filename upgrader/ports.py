@@ -226,6 +226,8 @@ class SyncStats:
     bytes: int  # bytes transferred (literal data)
     seconds: float
     rc: int = 0
+    key_id: str = ""  # the sync key's marker, upgrader-sync-<run_id>-<nonce> ("" if none was made)
+    key_left: bool = False  # its removal failed: still authorised on the source until a sweep
 
 
 class Syncer(Protocol):
@@ -239,7 +241,18 @@ class Syncer(Protocol):
         on_output: OutputSink | None = None,
     ) -> SyncStats:
         """rsync `paths` (path, excludes) from role `source` to role `target` without joining
-        their networks. `final`: exit 24 (vanished files) is an error."""
+        their networks. `final`: exit 24 (vanished files) is an error. A key made for this one
+        sync is authorised on the source (restricted to rsync's sending side of `paths`, from
+        the source's loopback) and removed before returning or raising; keys left by a killed
+        sync are removed when the next one starts, or by `sweep`."""
+
+    def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
+        """Remove every sync key of `run_id` (any run's when None) from the authorized_keys of
+        the guests in `roles`, and their key files. Returns how many key lines it removed. Safe
+        when nothing is there. A role that does not answer, or whose edit fails, counts 0 and is
+        skipped (the sweep is a clean-up on the way out: abort, resume, end of a run); with
+        `strict` the first such failure is raised after every role was tried. An unknown role
+        raises ValueError."""
 
 
 # ------------------------------------------------------------------------------------ probing

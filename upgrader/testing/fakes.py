@@ -417,8 +417,20 @@ class FakeShells:
 
 
 class FakeSyncer:
-    def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
-        self.world, self.networks = world, networks
+    """Copies the source guest's mail to the target. Like the real one it authorises a key on
+    the source for the sync (guest["authorized_sync_keys"], after dropping any a killed sync left)
+    and removes it afterwards, also when the connection is lost; a process killed at the pause
+    point `during:sync:pass|final` leaves it there for the next sync or `sweep`."""
+
+    MARKER = "upgrader-sync"
+
+    def __init__(self, world: WorldFile, networks: dict[str, str], run_id: str = "fake-run") -> None:
+        self.world, self.networks, self.run_id = world, networks, run_id
+
+    def _network(self, role: str) -> str:
+        if role not in self.networks:
+            raise ValueError(f"fake: unknown role {role!r}; known: {', '.join(self.networks)}")
+        return self.networks[role]
 
     def sync(
         self,
@@ -429,29 +441,61 @@ class FakeSyncer:
         final: bool,
         on_output: OutputSink | None = None,
     ) -> SyncStats:
+        kind = "final" if final else "pass"
+        key_id = f"{self.MARKER}-{self.run_id}-{uuidlib.uuid4().hex[:8]}"
         with self.world.change() as world:
-            _, src = _guest_of(world, self.networks[source])
-            _, dst = _guest_of(world, self.networks[target])
-            passes = sum(1 for e in world["effects"] if e["op"] == "sync")
-            incoming = world["incoming"]
-            if src["services"] and not final and passes < len(incoming):
-                start = len(src["mail"])
-                src["mail"].extend(f"m{start + i}-p{passes}" for i in range(incoming[passes]))
-            new = sorted(set(src["mail"]) - set(dst["mail"]))
-            gone = set(dst["mail"]) - set(src["mail"])
-            dst["mail"] = list(src["mail"])
-            files = len(new) + len(gone)
-            _effect(world, "sync", source=source, target=target, final=final, files=files)
-            drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
-            lost = ("final" if final else "pass") in drops
-            if lost:
-                drops.remove("final" if final else "pass")
+            _guest_of(world, self._network(target))
+            _, src = _guest_of(world, self._network(source))
+            src["authorized_sync_keys"] = [key_id]  # stale ones of killed syncs go first
+        maybe_pause(f"during:sync:{kind}")
+        try:
+            with self.world.change() as world:
+                _, src = _guest_of(world, self.networks[source])
+                _, dst = _guest_of(world, self.networks[target])
+                passes = sum(1 for e in world["effects"] if e["op"] == "sync")
+                incoming = world["incoming"]
+                if src["services"] and not final and passes < len(incoming):
+                    start = len(src["mail"])
+                    src["mail"].extend(f"m{start + i}-p{passes}" for i in range(incoming[passes]))
+                new = sorted(set(src["mail"]) - set(dst["mail"]))
+                gone = set(dst["mail"]) - set(src["mail"])
+                dst["mail"] = list(src["mail"])
+                files = len(new) + len(gone)
+                _effect(world, "sync", source=source, target=target, final=final, files=files)
+                drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
+                lost = kind in drops
+                if lost:
+                    drops.remove(kind)
+        finally:
+            with self.world.change() as world:
+                for guest in world["guests"].values():  # wherever the source's guest is now
+                    if key_id in guest.get("authorized_sync_keys", []):
+                        guest["authorized_sync_keys"].remove(key_id)
         if lost:
             raise ConnectionLost(f"fake: connection to {target} lost during rsync")
         if on_output:
             on_output(f"sent {files} files")
-        maybe_pause(f"after:sync:{'final' if final else 'pass'}")
-        return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3))
+        maybe_pause(f"after:sync:{kind}")
+        return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3), key_id=key_id)
+
+    def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
+        networks = [self._network(role) for role in roles]
+        prefix = f"{self.MARKER}-{run_id}-" if run_id is not None else f"{self.MARKER}-"
+        removed, silent = 0, []
+        with self.world.change() as world:
+            for role, network in zip(roles, networks):
+                try:
+                    _, guest = _guest_of(world, network)
+                except InfraError:
+                    if strict:
+                        raise
+                    silent.append(role)  # does not answer: 0 for that role
+                    continue
+                keys = guest.get("authorized_sync_keys", [])
+                guest["authorized_sync_keys"] = [k for k in keys if not k.startswith(prefix)]
+                removed += len(keys) - len(guest["authorized_sync_keys"])
+            _effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
+        return removed
 
 
 # -------------------------------------------------------------------------------------- probing
