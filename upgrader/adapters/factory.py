@@ -16,7 +16,7 @@ def build_ports(plan: "Plan", run_id: str) -> Ports:
     if uri.startswith("fake:"):
         from upgrader.testing import fakes
 
-        ports = fakes.build(plan)
+        ports = fakes.build(plan, run_id)
     else:
         from upgrader.adapters.real import build as build_real  # imports libvirt: only when needed
 

@@ -492,8 +492,9 @@ class LibvirtHypervisor:
                 raise StepFailed(f"{domain} is not running; merging an offline overlay is not supported",
                                  hint="start it, then `upgrader resume HOST`")
             with libvirt_errors(f"committing {overlay} into {base}"):
-                dom.blockCommit(target, None, None, 0,
-                                libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT):
+                    dom.blockCommit(target, None, None, 0,
+                                    libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
                 self._wait_job(dom, target, pivot=True)
             self._sync_config_disk(dom, target, base)
             freed += self._delete(overlay)
@@ -508,7 +509,8 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 raise StepFailed(f"{domain} is not running; flattening offline is not supported")
             with libvirt_errors(f"flattening {domain} {target}"):
-                dom.blockPull(target, 0, 0)
+                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL):
+                    dom.blockPull(target, 0, 0)
                 self._wait_job(dom, target, pivot=False)
 
     # ------------------------------------------------------------------------ claims
@@ -535,6 +537,18 @@ class LibvirtHypervisor:
             if claim is not None:
                 text = ET.tostring(ET.Element("claim", {k: str(v) for k, v in vars(claim).items()}), encoding="unicode")
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, CLAIM_PREFIX if text else None, CLAIM_NS, flags)
+
+    @staticmethod
+    def _running_job(dom: libvirt.virDomain, disk: str, kind: int) -> bool:
+        """A block job of `kind` still runs on the disk (QEMU keeps it going when the orchestrator
+        that started it is killed): it is adopted, not started twice. Another kind is refused."""
+        info = dom.blockJobInfo(disk, 0)
+        if not info:
+            return False
+        if info.get("type") != kind:
+            raise StepFailed(f"{dom.name()} {disk} has another block job running (type {info.get('type')})",
+                             hint="`virsh blockjob DOMAIN DISK --info` shows it; wait for it or abort it, then resume")
+        return True
 
     def _wait_job(self, dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
         deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.identity import is_ours, release_claim
 from upgrader.steps.notices import tell_about_window
 from upgrader.steps.staging import teardown
-from upgrader.steps.sync import run_commands, sync_once
+from upgrader.steps.sync import run_commands, sweep_sync_keys, sync_once
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -132,6 +132,7 @@ class RollingBack:
             if warning not in ctx.record.warnings:
                 ctx.record.warnings.append(warning)
             ctx.emit(Notice(warning, "error"))
+            sweep_sync_keys(ctx, ("prod",))  # the old VM; the twin is kept as it is
             ctx.once("rollback.keep_twin", f"stop {plan.twin_name} and keep it", lambda _: self._keep_twin(ctx))
             release_claim(ctx, "rollback.release_claim", plan.source.domain)
             out["kept"] = plan.twin_name

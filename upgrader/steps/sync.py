@@ -24,9 +24,21 @@ def sync_once(ctx: StepContext, key: str, source: str, target: str, *, final: bo
 
     def run(_: dict[str, Any]) -> dict[str, Any]:
         stats = ctx.ports.syncer.sync(source, target, sync_paths(ctx.plan), final=final, on_output=ctx.output_sink(key))
+        if stats.key_left:
+            ctx.emit(Notice(f"the sync key {stats.key_id} could not be removed from {source}; "
+                            "it is swept at the end of the run", "warning"))
         return asdict(stats)
 
     return ctx.once_reconnecting(key, f"rsync {source} -> {target}" + (" (final)" if final else ""), run)
+
+
+def sweep_sync_keys(ctx: StepContext, roles: tuple[str, ...] = ("prod", "staging")) -> int:
+    """Remove this run's sync keys that a killed sync left authorised (idempotent; a role that
+    does not answer counts 0 - its keys go with it, or at its next sync)."""
+    removed = ctx.ports.syncer.sweep(list(roles), ctx.run_id)
+    if removed:
+        ctx.emit(Notice(f"removed {removed} sync key(s) a killed sync had left authorised"))
+    return removed
 
 
 def run_commands(ctx: StepContext, key: str, role: str, commands: list[str], what: str) -> dict[str, Any]:

@@ -138,7 +138,13 @@ def guest(world: dict[str, Any], domain: str) -> dict[str, Any]:
 BASE_IMAGE = "/fake/mailhost.qcow2"
 
 
+def no_sync_keys(world: dict[str, Any], domain: str) -> None:
+    keys = guest(world, domain).get("authorized_sync_keys", [])
+    assert keys == [], f"sync keys left authorised on {domain}: {keys}"
+
+
 def check_rolled_back(world: dict[str, Any]) -> None:
+    no_sync_keys(world, "mailhost")
     counts = op_counts(world)
     assert list(world["domains"]) == ["mailhost"]
     old = world["domains"]["mailhost"]
@@ -155,6 +161,7 @@ def check_rolled_back(world: dict[str, Any]) -> None:
 
 
 def check_aborted(world: dict[str, Any]) -> None:
+    no_sync_keys(world, "mailhost")
     counts = op_counts(world)
     assert list(world["domains"]) == ["mailhost"] and list(world["images"]) == [BASE_IMAGE]
     assert world["domains"]["mailhost"]["claim"] is None
@@ -164,6 +171,7 @@ def check_aborted(world: dict[str, Any]) -> None:
 
 
 def check_decommissioned(world: dict[str, Any]) -> None:
+    no_sync_keys(world, "mailhost-twin")
     counts = op_counts(world)
     assert {op: counts[op] for op in ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "set_claim")} == {
         "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "set_claim": 1}

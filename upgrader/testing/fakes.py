@@ -521,7 +521,7 @@ class FakeProber:
         return seen
 
 
-def build(plan: "Plan") -> Ports:
+def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
     path = Path(plan.source.libvirt_uri.removeprefix("fake://"))
     if not path.is_absolute():
         path = plan.resolve_path(str(path))
@@ -529,4 +529,4 @@ def build(plan: "Plan") -> Ports:
         raise InfraError(f"fake world {path} does not exist", hint="tests create it with upgrader.testing.fakes.new_world()")
     world = WorldFile(path)
     networks = {"prod": plan.takeover.production_network, "staging": plan.staging.network}
-    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks), FakeProber(world, networks))
+    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks))
