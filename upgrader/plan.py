@@ -142,6 +142,15 @@ def _fail(message: str, *, at: tuple[str | int, ...] = (), **ctx: Any) -> Pydant
 # --------------------------------------------------------------------------------------------
 
 
+def _duration_schema(what: str, *, minimum: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": minimum}],
+            "description": what + ': seconds as an integer, or "90s", "15m", "2h", "7d", "1w", "1h30m"',
+        }
+    )
+
+
 def _validate_duration(value: object) -> timedelta:
     try:
         return parse_duration(value)
@@ -160,15 +169,7 @@ Duration = Annotated[
     timedelta,
     PlainValidator(_validate_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": 'a duration: seconds as an integer, or "90s", "15m", "2h", "7d", "1w", "1h30m"',
-        }
-    ),
+    _duration_schema("a duration", minimum=0),
 ]
 """A duration: int seconds or "90s" / "15m" / "2h" / "7d" / "1w" / "1h30m" -> timedelta."""
 
@@ -206,19 +207,7 @@ def _check_positive(value: timedelta) -> timedelta:
     return value
 
 
-PositiveDuration = Annotated[
-    Duration,
-    AfterValidator(_check_positive),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "integer", "minimum": 1},
-            ],
-            "description": 'a duration longer than 0: seconds as an integer, or "90s", "15m", "2h", "7d", "1w", "1h30m"',
-        }
-    ),
-]
+PositiveDuration = Annotated[Duration, AfterValidator(_check_positive), _duration_schema("a duration longer than 0", minimum=1)]
 """A Duration that must be > 0 (timeouts, window lengths)."""
 
 

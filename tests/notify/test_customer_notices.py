@@ -5,14 +5,12 @@ and the operator side, operator_tail."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from notify_helpers import LOOPBACK, Inbox
 
 from upgrader import app
-from upgrader.lab import mailsink
 from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.record import RunError
@@ -32,22 +30,11 @@ GUEST_OUTPUT = "Stopping smtpd: DB_PASSWORD=hunter2 failed\n<script>alert(docume
 LEAKS = ("/etc/init.d/smtpd", "exited 1", "DB_PASSWORD", "hunter2", "<script>", "alert(", "smtpd.pid")
 
 
-@pytest.fixture
-def inbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    controller = mailsink.start(tmp_path / "inbox", port)
-    monkeypatch.setenv("UPGRADER_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("UPGRADER_SMTP_PORT", str(port))
-    monkeypatch.setenv("UPGRADER_SMTP_HELO", "upgrader.test")
-    try:
-        yield tmp_path / "inbox"
-    finally:
-        controller.stop()
-
-
-def test_rolled_back_notice_carries_no_command_or_guest_output(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> None:
+def test_rolled_back_notice_carries_no_command_or_guest_output(
+    tmp_path: Path, fake_world: WorldFile, smtp_server: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (("HOST", LOOPBACK), ("PORT", str(smtp_server.port)), ("HELO", "upgrader.test")):
+        monkeypatch.setenv(f"UPGRADER_SMTP_{name}", value)
     with fake_world.change() as world:  # quiescing prod fails at cutover: rollback
         world["commands"].insert(0, {"match": "smtpd stop", "role": "prod", "rc": 1, "stdout": GUEST_OUTPUT})
     plan = tmp_path / "leak.yml"
@@ -57,9 +44,8 @@ def test_rolled_back_notice_carries_no_command_or_guest_output(tmp_path: Path, f
 
     assert record.phase == Phase.ROLLED_BACK and record.error is not None and record.error.phase == Phase.CUTOVER
     assert "`/etc/init.d/smtpd stop` exited 1" in record.error.message and "hunter2" in record.error.message
-    received = mailsink.received(inbox)
-    assert [r.kind for r in received] == ["announce", "rolled_back"]
-    mail = received[-1].message
+    assert [r.message["X-Upgrader-Kind"] for r in smtp_server.received] == ["announce", "rolled_back"]
+    mail = smtp_server.received[-1].message
     text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
     headers = "\n".join(f"{k}: {v}" for k, v in mail.items())
