@@ -40,7 +40,8 @@ def _type(schema: dict[str, Any]) -> str:
     if "enum" in schema:
         return " or ".join(json.dumps(v) for v in schema["enum"])
     if schema.get("anyOf") and schema["anyOf"][0].get("pattern") == DURATION_PATTERN:
-        return "duration"
+        positive = any(s.get("minimum") == 1 for s in schema["anyOf"][1:])
+        return "duration (> 0)" if positive else "duration"
     if schema.get("anyOf") and schema["anyOf"][0].get("pattern") == BYTESIZE_PATTERN:
         return "size"
     for key in ("anyOf", "oneOf"):

@@ -64,6 +64,7 @@ from upgrader.durations import (
     parse_duration,
 )
 from upgrader.errors import InputError, PlanError
+from upgrader.plan_checks import PlanCheckError, check_sync_paths, lone_surrogates, normalise_sync_path, printable, rrule_problem
 
 __all__ = [
     "MAX_PLAN_BYTES",
@@ -141,6 +142,15 @@ def _fail(message: str, *, at: tuple[str | int, ...] = (), **ctx: Any) -> Pydant
 # --------------------------------------------------------------------------------------------
 
 
+def _duration_schema(what: str, *, minimum: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "integer", "minimum": minimum}],
+            "description": what + ': seconds as an integer, or "90s", "15m", "2h", "7d", "1w", "1h30m"',
+        }
+    )
+
+
 def _validate_duration(value: object) -> timedelta:
     try:
         return parse_duration(value)
@@ -159,15 +169,7 @@ Duration = Annotated[
     timedelta,
     PlainValidator(_validate_duration),
     PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "integer", "minimum": 0},
-            ],
-            "description": 'a duration: seconds as an integer, or "90s", "15m", "2h", "7d", "1w", "1h30m"',
-        }
-    ),
+    _duration_schema("a duration", minimum=0),
 ]
 """A duration: int seconds or "90s" / "15m" / "2h" / "7d" / "1w" / "1h30m" -> timedelta."""
 
@@ -185,6 +187,28 @@ ByteSize = Annotated[
     ),
 ]
 """A size: int bytes or "500k" / "16MiB" / "1GiB" -> int bytes."""
+
+
+def _checked(check: Any) -> Any:
+    """A plan_checks function as a validator: its PlanCheckError becomes a plan problem."""
+
+    def run(value: Any) -> Any:
+        try:
+            return check(value)
+        except PlanCheckError as exc:
+            raise _fail("{why}", at=exc.at, why=exc.message) from None
+
+    return run
+
+
+def _check_positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise _fail("must be longer than 0s, got {got}", got=_describe(value))
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_check_positive), _duration_schema("a duration longer than 0", minimum=1)]
+"""A Duration that must be > 0 (timeouts, window lengths)."""
 
 
 def _int_range(lo: int, hi: int | None = None) -> Any:
@@ -294,7 +318,7 @@ class SshTarget(_Model):
     proxy_command: StrictStr | None = Field(
         default=None, description='OpenSSH ProxyCommand, e.g. "ssh -W %h:%p jump.example.org"'
     )
-    connect_timeout: Duration = Field(default=timedelta(seconds=10), json_schema_extra={"default": "10s"}, description="give up connecting after this long")
+    connect_timeout: PositiveDuration = Field(default=timedelta(seconds=10), json_schema_extra={"default": "10s"}, description="give up connecting after this long")
 
 
 class SshAccess(_Model):
@@ -339,7 +363,7 @@ class RunStep(_Model):
     name: StrictStr | None = Field(default=None, description="label shown in progress output and the journal")
     run: NonEmptyStr = Field(description="shell command run as the SSH user on the twin")
     expect: list[Prompt] = Field(default=[], description="prompts to answer while the command runs")
-    timeout: Duration = Field(default=timedelta(hours=1), json_schema_extra={"default": "1h"}, description="fail the step after this long")
+    timeout: PositiveDuration = Field(default=timedelta(hours=1), json_schema_extra={"default": "1h"}, description="fail the step after this long")
     probe: StrictStr | None = Field(
         default=None,
         description="command whose exit status 0 means the step is already done (it is then skipped)",
@@ -358,7 +382,7 @@ class RebootStep(_Model):
 
     name: StrictStr | None = Field(default=None, description="label shown in progress output and the journal")
     reboot: StrictBool = Field(description="must be true")
-    timeout: Duration = Field(default=timedelta(minutes=10), json_schema_extra={"default": "10m"}, description="fail if the twin is not back after this long")
+    timeout: PositiveDuration = Field(default=timedelta(minutes=10), json_schema_extra={"default": "10m"}, description="fail if the twin is not back after this long")
 
     @model_validator(mode="after")
     def _reboot_true(self) -> RebootStep:
@@ -439,7 +463,7 @@ class Check(_Model):
         default=False,
         description="compare the result on the twin with the result on production instead of requiring success",
     )
-    timeout: Duration = Field(default=timedelta(seconds=30), json_schema_extra={"default": "30s"}, description="fail the check after this long")
+    timeout: PositiveDuration = Field(default=timedelta(seconds=30), json_schema_extra={"default": "30s"}, description="fail the check after this long")
     tcp: TcpCheck | None = Field(default=None, description="TCP connect check")
     smtp: SmtpCheck | None = Field(default=None, description="SMTP banner check")
     http: HttpCheck | None = Field(default=None, description="HTTP request check")
@@ -495,7 +519,11 @@ Checks = Annotated[list[Check], AfterValidator(_unique_check_names)]
 class SyncPath(_Model):
     """A directory tree copied from production to the twin."""
 
-    path: AbsPath = Field(description="absolute path on production (a trailing / syncs the directory's contents)")
+    path: Annotated[AbsPath, AfterValidator(_checked(normalise_sync_path))] = Field(
+        description="absolute path on production (a trailing / syncs the directory's contents); `//` and `.` are "
+        "collapsed; `..` and control characters are refused, and so are spaces, shell metacharacters and whole "
+        "system directories unless `allow_dangerous_paths`"
+    )
     exclude: list[StrictStr] = Field(default=[], description="rsync exclude patterns")
 
 
@@ -519,6 +547,18 @@ class Sync(_Model):
         description="commands that start services on the new production (and on the old VM on rollback)",
     )
     presync: PresyncPolicy = Field(default_factory=PresyncPolicy, description="repeated copies before quiescing")
+    allow_dangerous_paths: StrictBool = Field(
+        default=False,
+        description="allow whole system directories (/, /usr, /var, /etc, ...), nested paths, and spaces or shell "
+        "metacharacters in `paths` (production needs rsync 3.2.4 or later for those)",
+    )
+
+    @model_validator(mode="after")
+    def _paths_are_safe(self) -> Sync:
+        _checked(lambda paths: check_sync_paths(paths, allow_dangerous=self.allow_dangerous_paths))(
+            [p.path for p in self.paths]
+        )
+        return self
 
 
 class Takeover(_Model):
@@ -603,7 +643,7 @@ class Window(_Model):
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] = Field(
         default="UTC", description="IANA time zone the times are in"
     )
-    duration: Duration = Field(description="how long the window stays open")
+    duration: PositiveDuration = Field(description="how long the window stays open")
     start: LaxDatetime | None = Field(default=None, description="one absolute window start (ISO 8601)")
     weekly: Weekly | None = Field(default=None, description="a weekly window")
     rrule: StrictStr | None = Field(
@@ -628,6 +668,8 @@ class Window(_Model):
                 _check_rrule(self.rrule)
             except PydanticCustomError as exc:
                 raise _fail(exc.message(), at=("rrule",)) from None
+            if (problem := rrule_problem(self.rrule, self.timezone)) is not None:
+                raise _fail("{why}", at=("rrule",), why=problem)
         return self
 
 
@@ -1132,8 +1174,25 @@ def _unreadable_scalar(loader: yaml.SafeLoader, root: yaml.Node, doc: _Doc) -> t
     return _pos(root.start_mark), ()
 
 
-def parse_plan(text: str | bytes, filename: str) -> Plan:
-    """Validate plan text. `filename` is used in messages and for Plan.base_dir."""
+def _surrogate_problems(doc: _Doc, problems: _Problems) -> None:
+    for path, in_key in lone_surrogates(doc.data):
+        pos = (doc.keys if in_key else doc.values).get(path, (1, 1))
+        problems.add(pos, printable(path), "contains a lone surrogate (a YAML escape like \\ud800 that is not a "
+                     "character); write the character itself, or \\U0001F600 for one outside the BMP")
+
+
+def _schedule_problems(plan: Plan, doc: _Doc, problems: _Problems, now: datetime) -> None:
+    window = plan.window
+    if window is not None and window.rrule is not None:
+        problem = rrule_problem(window.rrule, window.timezone, now)
+        if problem is not None:
+            problems.add(doc.values.get(("window", "rrule"), (1, 1)), ("window", "rrule"), problem)
+
+
+def parse_plan(text: str | bytes, filename: str, *, now: datetime | None = None) -> Plan:
+    """Validate plan text. `filename` is used in messages and for Plan.base_dir. With `now`
+    (aware), also refuse what depends on the clock: a window rule with no occurrence in the next
+    10 years (`plan check`, `start`); never pass it for a run already under way."""
     problems = _Problems(str(filename))
     if isinstance(text, bytes):
         if len(text) > MAX_PLAN_BYTES:
@@ -1151,6 +1210,9 @@ def parse_plan(text: str | bytes, filename: str) -> Plan:
     doc = _compose(text, problems)
     if doc is None:
         raise problems.error()
+    _surrogate_problems(doc, problems)
+    if problems:
+        raise problems.error()
     try:
         plan = Plan.model_validate(doc.data)
     except ValidationError as exc:
@@ -1162,14 +1224,19 @@ def parse_plan(text: str | bytes, filename: str) -> Plan:
     except RecursionError:
         problems.add((1, 1), (), "the YAML is nested too deeply")
         raise problems.error() from None
+    if now is not None:
+        _schedule_problems(plan, doc, problems, now)
+        if problems:
+            raise problems.error()
     base = Path(filename).expanduser()
     plan._base_dir = base.absolute().parent
     plan._path = base
     return plan
 
 
-def load_plan(path: str | os.PathLike[str]) -> Plan:
-    """Read and validate a plan file. Raises PlanError with every problem, sorted by line."""
+def load_plan(path: str | os.PathLike[str], *, now: datetime | None = None) -> Plan:
+    """Read and validate a plan file. Raises PlanError with every problem, sorted by line.
+    `now`: see parse_plan."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
@@ -1182,7 +1249,7 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
         raise PlanError([f"{name}: cannot read: {exc.strerror or exc}"]) from None
     if len(data) > MAX_PLAN_BYTES:
         raise PlanError([f"{name}: the plan is too large (more than 1 MiB); is this really a plan file?"])
-    return parse_plan(data, name)
+    return parse_plan(data, name, now=now)
 
 
 def resolve_plan_path(name: str, cwd: Path | None = None) -> Path:

@@ -28,8 +28,10 @@ from Monday 2000-01-03), so unspecified parts default to the start of the period
 00:00, FREQ=WEEKLY -> Monday 00:00, FREQ=MONTHLY -> the 1st) and INTERVAL=2 keeps a stable phase
 whatever `now` is; COUNT without DTSTART is not meaningful (it counts from that moving anchor).
 The search gives up two years past the earliest acceptable start, so an exhausted rule (COUNT,
-UNTIL) gives None quickly. (A rule that can never match, like BYMONTH=2;BYMONTHDAY=30, makes
-dateutil scan up to year 9999, which takes a few seconds before None.)
+UNTIL) gives None quickly. A rule that can never match, like BYMONTH=2;BYMONTHDAY=30, would make
+dateutil scan up to year 9999 (seconds, for FREQ=DAILY or finer); the rule's dates are moved by
+whole 400-year Gregorian cycles to just before 9999 instead, so that scan is short (see
+`_rrule_walls`). `plan check` refuses such rules anyway (`first_rrule_wall`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from upgrader.durations import format_duration
@@ -46,7 +48,7 @@ from upgrader.durations import format_duration
 if TYPE_CHECKING:
     from upgrader.plan import Window
 
-__all__ = ["Slot", "describe", "next_slot"]
+__all__ = ["Slot", "describe", "first_rrule_wall", "next_slot", "rrule_anchor", "rrule_rules"]
 
 UTC = timezone.utc
 
@@ -171,7 +173,7 @@ def next_slot(window: Window, now: datetime, *, after: datetime | None = None) -
     if window.weekly is not None:
         walls = _weekly_walls(window.weekly.weekday, window.weekly.time, search_from)
     elif window.rrule is not None:
-        walls = _rrule_walls(window.rrule, zone, search_from)
+        walls = _rrule_walls(window.rrule, zone, search_from, end=give_up)
     else:  # pragma: no cover - the plan model requires one of start/weekly/rrule
         raise ValueError("the window has none of start, weekly, rrule")
 
@@ -217,19 +219,28 @@ def _rrule_text(text: str) -> str:
     return text if text.upper().startswith(("RRULE:", "DTSTART")) else "RRULE:" + text
 
 
-def _rrule_walls(text: str, zone: ZoneInfo, search_from: datetime) -> Iterator[datetime]:
+def _rrule_walls(text: str, zone: ZoneInfo, search_from: datetime, *, end: datetime | None = None) -> Iterator[datetime]:
+    """The rule's occurrences as naive wall times in `zone`, ascending, from about `search_from`.
+
+    With `end` the walk is bounded: nothing after `end` is produced, and the search takes bounded
+    time even for a rule that can never match. dateutil only gives up on such a rule at year 9999
+    (seconds of scanning), so every date is moved forward by whole 400-year Gregorian cycles, which
+    repeat weekdays, leap days and period phases exactly, until `end` lies just before 9999; the
+    walls are moved back. (BYEASTER, a dateutil extension, does not repeat that way: not moved.)"""
     from dateutil.rrule import rrule, rruleset, rrulestr
 
     source = _rrule_text(text)
     own_dtstart = "DTSTART" in source.upper()
     parsed = rrulestr(source, dtstart=_EPOCH, cache=False)
+    rules = list(parsed._rrule) + list(parsed._exrule) if isinstance(parsed, rruleset) else [parsed]
+    years = _cycle_shift(end, rules) if end is not None else 0
 
     def naive(value: datetime) -> datetime:
         if value.tzinfo is not None and value.utcoffset() is not None:
             return _wall(value, zone)
         return value.replace(tzinfo=None)
 
-    def fix(rule: rrule) -> rrule:
+    def fix(rule: rrule) -> rrule | None:
         dtstart = naive(rule._dtstart)
         until = naive(rule._until) if rule._until is not None else None
         if own_dtstart:
@@ -237,22 +248,80 @@ def _rrule_walls(text: str, zone: ZoneInfo, search_from: datetime) -> Iterator[d
                 dtstart = _align(dtstart, search_from, rule._freq, rule._interval, own=True)
         else:
             dtstart = _align(_epoch_for(rule._freq), search_from, rule._freq, rule._interval, own=False)
+        if end is not None:
+            if dtstart > end:
+                return None  # nothing of it can fall before `end`
+            until = end if until is None or until > end else until
+            dtstart, until = _add_years(dtstart, years), _add_years(until, years)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return rule.replace(dtstart=dtstart, until=until)
 
+    def dates(values: list[datetime]) -> list[datetime]:
+        walls = [naive(v) for v in values]
+        return [_add_years(w, years) for w in walls if end is None or w <= end]
+
     if isinstance(parsed, rruleset):
         result = rruleset(cache=False)
         for rule in parsed._rrule:
-            result.rrule(fix(rule))
+            if (fixed := fix(rule)) is not None:
+                result.rrule(fixed)
         for rule in parsed._exrule:
-            result.exrule(fix(rule))
-        for value in parsed._rdate:
-            result.rdate(naive(value))
-        for value in parsed._exdate:
-            result.exdate(naive(value))
-        return iter(result)
-    return iter(fix(parsed))
+            if (fixed := fix(rule)) is not None:
+                result.exrule(fixed)
+        for value in dates(parsed._rdate):
+            result.rdate(value)
+        for value in dates(parsed._exdate):
+            result.exdate(value)
+        walls: Iterator[datetime] = iter(result)
+    else:
+        fixed = fix(parsed)
+        walls = iter(fixed) if fixed is not None else iter(())
+    if end is None:
+        return walls
+    return (_add_years(w, -years) for w in walls if w <= _add_years(end, years))
+
+
+def first_rrule_wall(text: str, timezone: str, start: datetime, end: datetime) -> datetime | None:
+    """The first occurrence of rule `text` in [start, end] (naive wall times in `timezone`), or
+    None; in bounded time (about 0.5 s at worst, for a rule that can never match)."""
+    for wall in _rrule_walls(text, ZoneInfo(timezone), start, end=end):
+        if wall >= start:
+            return wall
+    return None
+
+
+def rrule_rules(text: str) -> list[Any]:
+    """The dateutil rrule objects of rule `text` (its RRULE lines, without EXRULEs), as parsed."""
+    from dateutil.rrule import rruleset, rrulestr
+
+    parsed = rrulestr(_rrule_text(text), dtstart=_EPOCH, cache=False)
+    return list(parsed._rrule) if isinstance(parsed, rruleset) else [parsed]
+
+
+def rrule_anchor(text: str, timezone: str) -> datetime | None:
+    """The rule's own DTSTART as a naive wall time in `timezone` (the earliest, for a set), or
+    None when it has none (then it runs on the fixed grid from 2000-01-01)."""
+    if "DTSTART" not in _rrule_text(text).upper():
+        return None
+    zone = ZoneInfo(timezone)
+    starts = [_wall(r._dtstart, zone) if r._dtstart.tzinfo is not None else r._dtstart for r in rrule_rules(text)]
+    return min(starts) if starts else None
+
+
+# Dates repeat exactly every 400 Gregorian years (146097 days = 20871 weeks = 4800 months).
+_CYCLE_YEARS = 400
+_LAST_YEAR = 9998  # dateutil stops at 9999; keep a year for DST and the margin
+
+
+def _cycle_shift(end: datetime, rules: list[Any]) -> int:
+    if any(rule._byeaster for rule in rules):
+        return 0
+    return _CYCLE_YEARS * max(0, (_LAST_YEAR - end.year) // _CYCLE_YEARS)
+
+
+def _add_years(value: datetime, years: int) -> datetime:
+    return value.replace(year=value.year + years) if years else value
 
 
 _EPOCH = datetime(2000, 1, 1)

@@ -93,7 +93,7 @@ def test_injection_sends_nothing(tmp_path: Path, smtp_server: Inbox, announce: A
 @plain_auth
 def test_login(smtp_auth_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
     msg = render(make_notice(), announce, None, now=NOW)
-    SmtpNotifier(smtp_auth_server.settings(user=USER, password=PASSWORD)).send(msg)
+    SmtpNotifier(smtp_auth_server.settings(user=USER, password=PASSWORD, allow_plaintext_auth=True)).send(msg)
     assert len(smtp_auth_server.received) == 1
 
 
@@ -101,17 +101,41 @@ def test_login(smtp_auth_server: Inbox, announce: Announce, make_notice: MakeNot
 def test_password_from_file(tmp_path: Path, smtp_auth_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
     secret = tmp_path / "pw"
     secret.write_text(PASSWORD + "\n")
-    SmtpNotifier(smtp_auth_server.settings(user=USER, password_file=secret)).send(render(make_notice(), announce, None, now=NOW))
+    SmtpNotifier(smtp_auth_server.settings(user=USER, password_file=secret, allow_plaintext_auth=True)).send(render(make_notice(), announce, None, now=NOW))
     assert len(smtp_auth_server.received) == 1
 
 
 @plain_auth
 def test_wrong_password_is_refused_not_retried(smtp_auth_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
-    notifier = SmtpNotifier(smtp_auth_server.settings(user=USER, password="wrong"))
+    notifier = SmtpNotifier(smtp_auth_server.settings(user=USER, password="wrong", allow_plaintext_auth=True))
     with pytest.raises(DeliveryRefused, match="refused the login") as err:
         send_with_retry(notifier, render(make_notice(), announce, None, now=NOW), attempts=3, max_wait=0.01)
     assert "wrong" not in str(err.value) and err.value.exit_code == 5
     assert smtp_auth_server.received == []
+
+
+@plain_auth
+def test_auth_without_tls_is_refused_not_retried(smtp_auth_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
+    class Counting(SmtpNotifier):
+        calls = 0
+
+        def send(self, message: EmailMessage) -> str:
+            self.calls += 1
+            return super().send(message)
+
+    notifier = Counting(smtp_auth_server.settings(user=USER, password=PASSWORD))
+    with pytest.raises(DeliveryRefused, match="without TLS") as err:
+        send_with_retry(notifier, render(make_notice(), announce, None, now=NOW), attempts=3, max_wait=0.01)
+    assert notifier.calls == 1 and smtp_auth_server.received == []
+    assert err.value.exit_code == 5 and "UPGRADER_SMTP_ALLOW_PLAINTEXT_AUTH=1" in (err.value.hint or "")
+    assert PASSWORD not in str(err.value)
+
+
+def test_auth_needs_starttls_even_when_the_server_offers_auth_in_clear(smtp_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
+    # STARTTLS asked for but not offered: refused before any AUTH, never downgraded to clear text
+    with pytest.raises(DeliveryRefused, match="STARTTLS|starttls"):
+        SmtpNotifier(smtp_server.settings(user=USER, password=PASSWORD, starttls=True)).send(render(make_notice(), announce, None, now=NOW))
+    assert smtp_server.received == []
 
 
 def test_starttls_not_offered_is_refused(smtp_server: Inbox, announce: Announce, make_notice: MakeNotice) -> None:
@@ -161,6 +185,9 @@ def test_settings_from_env() -> None:
         assert SmtpSettings.from_env({"UPGRADER_SMTP_STARTTLS": true}).starttls
     for false in ("0", "false", "no", ""):
         assert not SmtpSettings.from_env({"UPGRADER_SMTP_STARTTLS": false}).starttls
+    assert not s.allow_plaintext_auth
+    assert SmtpSettings.from_env({"UPGRADER_SMTP_ALLOW_PLAINTEXT_AUTH": "1"}).allow_plaintext_auth
+    assert not SmtpSettings.from_env({"UPGRADER_SMTP_ALLOW_PLAINTEXT_AUTH": "no"}).allow_plaintext_auth
 
 
 def test_settings_password_file(tmp_path: Path) -> None:
@@ -177,6 +204,7 @@ def test_settings_password_file(tmp_path: Path) -> None:
         ({"UPGRADER_SMTP_PORT": "smtp"}, "PORT"),
         ({"UPGRADER_SMTP_PORT": "70000"}, "PORT"),
         ({"UPGRADER_SMTP_STARTTLS": "maybe"}, "STARTTLS"),
+        ({"UPGRADER_SMTP_ALLOW_PLAINTEXT_AUTH": "please"}, "ALLOW_PLAINTEXT_AUTH"),
         ({"UPGRADER_SMTP_TIMEOUT": "soon"}, "TIMEOUT"),
         ({"UPGRADER_SMTP_USER": "ops"}, "no password"),
         ({"UPGRADER_SMTP_PASSWORD": "pw"}, "USER is not"),

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -16,6 +17,7 @@ from notify_helpers import END, LOOPBACK, NOW, START, free_port
 
 from upgrader.errors import InfraError, InputError
 from upgrader.notify import DeliveryRefused, Kind, Notice, WebhookNotifier, render, send_with_retry
+from upgrader.notify.webhook import signature, verify_signature
 from upgrader.plan import Announce
 
 SECRET = b"webhook-secret"
@@ -26,6 +28,7 @@ class Receiver:
     url: str
     status: int = 204
     bodies: list[dict[str, object]] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
     bad_signatures: int = 0
 
 
@@ -37,14 +40,18 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            # what a receiver does, written out here independently of verify_signature
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(expected, self.headers.get("X-Upgrader-Signature", "")):
+            stamp = self.headers.get("X-Upgrader-Timestamp", "")
+            expected = "sha256=" + hmac.new(SECRET, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+            fresh = stamp.isdigit() and abs(time.time() - int(stamp)) <= 300
+            if not (fresh and hmac.compare_digest(expected, self.headers.get("X-Upgrader-Signature", ""))):
                 state.bad_signatures += 1
                 self.send_response(401)
             else:
                 assert self.headers["Content-Type"] == "application/json"
                 state.bodies.append(json.loads(body))
+                state.timestamps.append(int(stamp))
                 self.send_response(state.status)
             self.end_headers()
 
@@ -69,9 +76,11 @@ def postponed(announce: Announce, make_notice: Callable[..., Notice]) -> EmailMe
 
 
 def test_signed_payload_is_accepted(receiver: Receiver, postponed: EmailMessage) -> None:
+    before = int(time.time())
     delivery_id = WebhookNotifier(receiver.url, SECRET).send(postponed)
     assert delivery_id == postponed["Message-ID"]
     assert receiver.bad_signatures == 0
+    assert before <= receiver.timestamps[0] <= time.time()
     assert receiver.bodies == [
         {
             "kind": "postponed",
@@ -90,6 +99,43 @@ def test_wrong_secret_is_refused(receiver: Receiver, postponed: EmailMessage) ->
     with pytest.raises(DeliveryRefused, match="401"):
         WebhookNotifier(receiver.url, "not-the-secret").send(postponed)
     assert receiver.bad_signatures == 1 and receiver.bodies == []
+
+
+def test_old_timestamp_is_refused_by_the_receiver(receiver: Receiver, postponed: EmailMessage) -> None:
+    """A request signed 10 minutes ago (as a replay of a captured one would be) is refused."""
+    stale = WebhookNotifier(receiver.url, SECRET, clock=lambda: time.time() - 600)
+    with pytest.raises(DeliveryRefused, match="401"):
+        stale.send(postponed)
+    assert receiver.bad_signatures == 1 and receiver.bodies == []
+
+
+BODY = b'{"host":"mailhost","kind":"postponed"}'
+NOW_TS = 1_764_601_200
+
+
+@pytest.mark.parametrize("secret", [SECRET, SECRET.decode()])
+def test_verify_signature_accepts_a_fresh_valid_request(secret: bytes | str) -> None:
+    header = signature(SECRET, NOW_TS, BODY)
+    assert header == "sha256=" + hmac.new(SECRET, b"1764601200." + BODY, hashlib.sha256).hexdigest()
+    assert verify_signature(secret, str(NOW_TS), BODY, header, now=NOW_TS + 299)
+    assert verify_signature(secret, NOW_TS, BODY, header, now=NOW_TS - 10)  # a receiver clock a bit behind
+
+
+def test_verify_signature_refuses_a_tampered_body_or_timestamp() -> None:
+    header = signature(SECRET, NOW_TS, BODY)
+    assert not verify_signature(SECRET, NOW_TS, BODY.replace(b"postponed", b"done"), header, now=NOW_TS)
+    assert not verify_signature(SECRET, NOW_TS + 1, BODY, header, now=NOW_TS)  # timestamp moved: signature breaks
+    assert not verify_signature(b"other-secret", NOW_TS, BODY, header, now=NOW_TS)
+    assert not verify_signature(SECRET, "17646O1200", BODY, header, now=NOW_TS)
+    # the old body-only signature is no longer accepted
+    assert not verify_signature(SECRET, NOW_TS, BODY, "sha256=" + hmac.new(SECRET, BODY, hashlib.sha256).hexdigest(), now=NOW_TS)
+
+
+def test_verify_signature_refuses_a_replayed_old_timestamp() -> None:
+    header = signature(SECRET, NOW_TS, BODY)
+    assert not verify_signature(SECRET, NOW_TS, BODY, header, now=NOW_TS + 301)
+    assert not verify_signature(SECRET, NOW_TS, BODY, header, now=NOW_TS - 301)  # from the future
+    assert verify_signature(SECRET, NOW_TS, BODY, header, now=NOW_TS + 3000, tolerance=3600)
 
 
 def test_server_error_is_retried(receiver: Receiver, postponed: EmailMessage) -> None:

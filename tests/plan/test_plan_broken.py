@@ -62,6 +62,27 @@ EXPECTED: dict[str, list[str]] = {
     "relative_sync_path": ['17:13: sync.paths[0].path: must be an absolute path (starting with /), got "var/mail/"'],
     "bad_email": ['21:11: announce.sender: expected an email address like ops@example.org, got "ops at example.org"'],
     "merge_key": ["21:3: description: merge keys (<<) are not allowed in plan files"],
+    "sync_root": [
+        '17:13: sync.paths[0].path: "/" is a whole system directory: rsync --delete would copy production\'s over '
+        "the upgraded twin (and the twin's over the old VM on rollback), undoing the upgrade; list the data "
+        "directories below it (like /var/mail/) instead, or set sync.allow_dangerous_paths: true if you really mean it"
+    ],
+    "sync_dotdot": ['17:13: sync.paths[0].path: contains a ".." component; write the directory it means without ".."'],
+    "sync_shell": [
+        "17:13: sync.paths[0].path: contains a space; a sync path may contain only letters, digits and "
+        "/ . _ - + @ = , % (rsync before 3.2.4 hands it to the shell on production); if the directory really has "
+        "such a name and production's rsync is 3.2.4 or later, set sync.allow_dangerous_paths: true"
+    ],
+    "sync_duplicate": ['18:13: sync.paths[1].path: the same directory as sync.paths[0] ("/var/mail"); list it once'],
+    "lone_surrogate": [
+        "14:11: upgrade[0].name: contains a lone surrogate (a YAML escape like \\ud800 that is not a character); "
+        "write the character itself, or \\U0001F600 for one outside the BMP"
+    ],
+    "zero_timeout": ["15:14: upgrade[1].timeout: must be longer than 0s, got 0s"],
+    "never_rrule": [
+        "22:10: window.rrule: the rule never fires in the 10 years after 2000-01-01 (where a rule without DTSTART "
+        "begins): it can never match (like BYMONTH=2;BYMONTHDAY=30) or its UNTIL comes before its start; fix the rule"
+    ],
     "multiple_problems": [
         "10:11: ssh.staging.port: must be between 1 and 65535, got 0",
         '15:13: upgrade[1].reboot: expected true/false, got "maybe"',

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from upgrader.plan import Window, parse_plan
-from upgrader.windows import Slot, describe, next_slot
+from upgrader.windows import Slot, describe, first_rrule_wall, next_slot
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -274,6 +274,40 @@ def test_rrule_old_dtstart_high_frequency_matches_dateutil_and_is_fast():
     assert _time.perf_counter() - started < 1
     expected = rrulestr(text).after(now.replace(tzinfo=None) - timedelta(minutes=5))
     assert slot.start.replace(tzinfo=None) == expected
+
+
+def test_rrule_that_never_matches_gives_none_quickly():
+    """plan check refuses such rules; next_slot still must not scan to year 9999 (4-10 s before)."""
+    for freq in ("DAILY", "HOURLY", "MINUTELY", "SECONDLY"):
+        w = Window.model_construct(timezone="UTC", duration=timedelta(hours=1), rrule=f"FREQ={freq};BYMONTH=2;BYMONTHDAY=30",
+                                   start=None, weekly=None, not_before=None, lead_time=timedelta(0))
+        started = _time.perf_counter()
+        assert next_slot(w, utc(2026, 12, 1)) is None
+        assert _time.perf_counter() - started < 1.5, freq
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DTSTART:20200101T030000\nRRULE:FREQ=HOURLY;INTERVAL=7",
+        "DTSTART:20261130T030000\nRRULE:FREQ=MINUTELY;INTERVAL=7;BYHOUR=3,4",
+        "DTSTART:20200229T030000\nRRULE:FREQ=YEARLY",
+        "DTSTART:20190103T010000\nRRULE:FREQ=DAILY;INTERVAL=5;BYMONTH=2,3",
+        "DTSTART:20210104T030000\nRRULE:FREQ=WEEKLY;INTERVAL=3;BYDAY=MO,TH",
+        "DTSTART:20200131T030000\nRRULE:FREQ=MONTHLY;INTERVAL=5;BYMONTHDAY=-1",
+        "DTSTART:20200101T000000\nRRULE:FREQ=MONTHLY;BYDAY=FR;BYMONTHDAY=13",
+        "DTSTART:20240101T000000\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO",
+        "DTSTART:20200101T000000\nRRULE:FREQ=HOURLY;INTERVAL=7;BYSETPOS=1;COUNT=40000",
+        "DTSTART:20260101T030000\nRRULE:FREQ=WEEKLY;UNTIL=20270101T000000\nEXDATE:20261203T030000\nRDATE:20301224T030000",
+    ],
+)
+@pytest.mark.parametrize("start", [datetime(2026, 12, 1, 12, 0), datetime(2027, 2, 27, 0, 0), datetime(2031, 1, 1)])
+def test_first_rrule_wall_agrees_with_dateutil(text, start):
+    """The bounded search (dates moved by 400-year cycles) finds what plain dateutil finds."""
+    end = start + timedelta(days=3653)
+    expected = rrulestr(text, forceset=True).after(start, inc=True)
+    found = first_rrule_wall(text, "UTC", start, end)
+    assert found == (expected if expected is not None and expected <= end else None)
 
 
 def test_rrule_dtstart_in_utc_is_converted():

@@ -29,13 +29,14 @@ class SmtpSettings:
     timeout: float = 30
     password_file: Path | None = None
     local_hostname: str | None = None  # EHLO name; None: smtplib's default (the FQDN)
+    allow_plaintext_auth: bool = False  # AUTH without STARTTLS: the password would cross the network in clear
 
     def __repr__(self) -> str:
         secret = "***" if self.password is not None else None
         return (
             f"SmtpSettings(host={self.host!r}, port={self.port}, starttls={self.starttls}, user={self.user!r}, "
             f"password={secret!r}, timeout={self.timeout}, password_file={self.password_file!r}, "
-            f"local_hostname={self.local_hostname!r})"
+            f"local_hostname={self.local_hostname!r}, allow_plaintext_auth={self.allow_plaintext_auth})"
         )
 
     __str__ = __repr__
@@ -43,7 +44,8 @@ class SmtpSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SmtpSettings:
         """UPGRADER_SMTP_HOST, _PORT, _STARTTLS (1/true/yes), _USER, _PASSWORD, _PASSWORD_FILE,
-        _TIMEOUT (seconds), _HELO. Bad values are InputError naming the variable."""
+        _TIMEOUT (seconds), _HELO, _ALLOW_PLAINTEXT_AUTH (1/true/yes). Bad values are InputError
+        naming the variable."""
 
         def get(name: str) -> str | None:
             value = environ.get(ENV_PREFIX + name)
@@ -56,10 +58,8 @@ class SmtpSettings:
             if not port.isdigit() or not 1 <= int(port) <= 65535:
                 raise InputError(f"{ENV_PREFIX}PORT must be a port number 1..65535, got {port!r}")
             kwargs["port"] = int(port)
-        starttls = (environ.get(ENV_PREFIX + "STARTTLS") or "").strip().lower()
-        if starttls not in _TRUE + _FALSE:
-            raise InputError(f"{ENV_PREFIX}STARTTLS must be 1/true/yes or 0/false/no, got {starttls!r}")
-        kwargs["starttls"] = starttls in _TRUE
+        kwargs["starttls"] = _flag(environ, "STARTTLS")
+        kwargs["allow_plaintext_auth"] = _flag(environ, "ALLOW_PLAINTEXT_AUTH")
         if (timeout := get("TIMEOUT")) is not None:
             try:
                 kwargs["timeout"] = float(timeout)
@@ -93,6 +93,13 @@ class SmtpSettings:
         return text.splitlines()[0] if text else ""
 
 
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    value = (environ.get(ENV_PREFIX + name) or "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise InputError(f"{ENV_PREFIX}{name} must be 1/true/yes or 0/false/no, got {value!r}")
+    return value in _TRUE
+
+
 class SmtpNotifier:
     """Notifier port over SMTP. One connection per message: notices are rare."""
 
@@ -108,6 +115,12 @@ class SmtpNotifier:
             raise InputError("the message has no Message-ID", hint="build messages with upgrader.notify.render")
         s = self.settings
         where = f"SMTP server {s.host}:{s.port}"
+        if s.user is not None and not s.starttls and not s.allow_plaintext_auth:
+            raise DeliveryRefused(
+                f"not logging in to {where} as {s.user!r} without TLS: the password would cross the network in clear",
+                hint=f"set {ENV_PREFIX}STARTTLS=1 (the server must offer STARTTLS), or {ENV_PREFIX}ALLOW_PLAINTEXT_AUTH=1 "
+                "if the path to the server is trusted (e.g. 127.0.0.1)",
+            )
         try:
             with smtplib.SMTP(s.host, s.port, local_hostname=s.local_hostname, timeout=s.timeout) as smtp:
                 if s.starttls:

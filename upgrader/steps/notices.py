@@ -1,13 +1,21 @@
 """Telling customers, each notice at most once per run (journal), never blocking the workflow:
-a send that fails after its retries is reported and recorded as not sent."""
+a send that fails after its retries is reported and recorded as not sent.
+
+Customers and operators are separate audiences. A customer notice never carries an error's text
+(it holds remote commands and guest output: paths, secrets, guest-supplied HTML): its reason is
+one of the fixed sentences of `customer_reason`, chosen from the failed phase. Operator notices
+get the error trimmed by `operator_tail`."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from upgrader.errors import InfraError
 from upgrader.events import Notice as UiNotice
 from upgrader.notify import Kind, Notice, render, send_with_retry
+from upgrader.phases import Phase
+from upgrader.record import RunError
 from upgrader.steps.base import StepContext
 from upgrader.windows import Slot
 
@@ -50,11 +58,61 @@ def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reas
 
 def tell_about_window(ctx: StepContext, kind: Kind, key: str, reason: str | None = None) -> None:
     """A notice about the window customers were told about (done, rolled back, called off);
-    nothing if no announcement went out."""
+    nothing if no announcement went out. The customers' reason comes from `customer_reason`
+    (the run's error phase); `reason` is accepted for older callers and never shown to them."""
     from upgrader.steps.window import current_slot
 
+    del reason  # may be an error message: internal text, never for customers
     found = current_slot(ctx)
     if found is None or "notice.announce" not in ctx.journal.done:
         return
     seq, slot = found
-    tell(ctx, kind, key, slot, seq + (1 if kind == Kind.POSTPONED else 0), reason)
+    tell(ctx, kind, key, slot, seq + (1 if kind == Kind.POSTPONED else 0), customer_reason(kind, ctx.record.error))
+
+
+# --------------------------------------------------------------------------------------------
+# What each audience may read
+# --------------------------------------------------------------------------------------------
+
+CALLED_OFF = "the maintenance was called off"
+_CALLED_OFF_BECAUSE = {
+    Phase.UPGRADE: "the upgrade could not be completed",
+    Phase.VALIDATE_STAGING: "the upgraded system did not pass its checks",
+}
+_ROLLED_BACK_BECAUSE = {
+    Phase.VERIFY: "the post-upgrade checks did not pass",
+    Phase.CUTOVER: "the switch to the upgraded system could not be completed",
+}
+
+
+def customer_reason(kind: Kind, error: RunError | None) -> str | None:
+    """The reason a customer notice gives: a fixed, polite sentence chosen from the kind and the
+    phase that failed, never the error's text. None for a notice without a reason (done)."""
+    if kind == Kind.ROLLED_BACK:
+        if error is None:
+            return "it was undone as a precaution"
+        return _ROLLED_BACK_BECAUSE.get(error.phase, "the upgrade could not be completed")
+    if kind == Kind.POSTPONED:
+        if error is None:
+            return CALLED_OFF
+        return f"{CALLED_OFF}: {_CALLED_OFF_BECAUSE.get(error.phase, 'the preparation could not be completed')}"
+    return None
+
+
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+_SECRET = re.compile(r"(?i)\b([A-Z0-9_.-]*(?:PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY)[A-Z0-9_.-]*)(\s*[=:]\s*)(\S+)")
+
+
+def operator_tail(text: str, lines: int = 10, width: int = 200) -> str:
+    """An error for an operator notice: terminal escapes and control characters removed,
+    `NAME=value` secrets (password, secret, token, key) shown as `NAME=***`, only the last
+    `lines` lines (an "... N earlier lines" marker says how many were left out), each cut to
+    `width` characters."""
+    clean = _CONTROLS.sub("", _ESCAPES.sub("", text.replace("\r\n", "\n").replace("\t", " ")))
+    rows = [_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", row).rstrip() for row in clean.split("\n")]
+    while rows and not rows[-1]:
+        rows.pop()
+    dropped = max(0, len(rows) - lines)
+    kept = [row if len(row) <= width else row[: max(0, width - 1)] + "\u2026" for row in rows[dropped:]]
+    return "\n".join(([f"... {dropped} earlier line{'s' if dropped != 1 else ''}"] if dropped else []) + kept)
