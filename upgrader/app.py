@@ -66,8 +66,10 @@ class DryRunPhase:
 
 
 def load(plan_arg: str, cwd: Path | None = None) -> tuple[Path, Plan]:
+    """A plan for a new run (start, check, dry run): also refused if its window rule has no
+    occurrence left from now on. A running run's plan is read by `_plan_of` without that check."""
     path = resolve_plan_path(plan_arg, cwd)
-    return path, load_plan(path)
+    return path, load_plan(path, now=utcnow())
 
 
 def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:

@@ -177,6 +177,7 @@ def test_fake_run_with_spaces_and_dollar_in_sync_path(tmp_path: Path, fake_world
     plan = odd_dir / "my plan $(id).yml"
     text = FAKE_PLAN.format(world=fake_world.path, keep="1h").replace(
         "- path: /var/mail/", "- path: \"/var/mail spool/$USER's box/\"\n      exclude: ['*.tmp $x', \"a'b\"]")
+    text = text.replace("takeover:\n", "  allow_dangerous_paths: true\ntakeover:\n")  # spaces, $ and ' need it
     plan.write_text(text)
     ctx = app.Context(RunStore(tmp_path / "state dir $x"))
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))

@@ -38,7 +38,7 @@ def test_rolled_back_notice_carries_no_command_or_guest_output(
     with fake_world.change() as world:  # quiescing prod fails at cutover: rollback
         world["commands"].insert(0, {"match": "smtpd stop", "role": "prod", "rc": 1, "stdout": GUEST_OUTPUT})
     plan = tmp_path / "leak.yml"
-    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="0s") + WINDOW_AND_ANNOUNCE)
+    plan.write_text(FAKE_PLAN.format(world=fake_world.path, keep="1h") + WINDOW_AND_ANNOUNCE)
     ctx = app.Context(RunStore(tmp_path / "state"), now=lambda: T0)
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
 
