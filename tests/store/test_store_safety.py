@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -71,8 +72,18 @@ def test_fifo_instead_of_run_json_does_not_hang(store: RunStore, make_record: Ma
     path = store.run_dir("mailhost", rec.run_id) / "run.json"
     path.unlink()
     os.mkfifo(path)
-    with pytest.raises(UnsafeState, match="is a FIFO, not a regular file"):
-        store.load("mailhost", rec.run_id)
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("opening the FIFO blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UnsafeState, match="is a FIFO, not a regular file"):
+            store.load("mailhost", rec.run_id)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_touch_private(tmp_path: Path, victim: Path, umask0: None) -> None:
