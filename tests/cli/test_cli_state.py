@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from upgrader import app
-from upgrader.cli.main import main
 from upgrader.errors import UnsafeState
 from upgrader.events import RunEnded, RunStarted
 from upgrader.phases import Phase
@@ -21,14 +20,7 @@ from upgrader.record import RunRecord
 from upgrader.store import RunStore
 from upgrader.ui import EventLog
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out + out.err
+from cli_helpers import REPO, run
 
 
 def assert_exit_4(code: int, out: str, needle: str) -> None:
