@@ -6,7 +6,7 @@ Exit codes (documented in docs/cli.md):
   1  the run failed (aborted, rolled back, failed) or a step failed
   2  bad input: plan file, arguments, unknown host
   3  locked / busy: another process holds the host
-  4  state on disk is corrupt or inconsistent
+  4  state on disk is corrupt, inconsistent, unsafe or unwritable
   5  infrastructure unreachable or refused (libvirt, SSH)
   70 internal error (a bug): a debug log is written under state/
 """
@@ -82,6 +82,20 @@ class BusyError(UpgraderError):
 
 class StateCorrupt(UpgraderError):
     exit_code = 4
+
+
+class UnsafeState(StateCorrupt):
+    """A state file or directory is a symlink, not a plain file/directory, not ours, or writable
+    by others: refused before anything is read or written through it."""
+
+
+class StateUnwritable(StateCorrupt):
+    """The state directory cannot be written (read-only, full, over quota, permission denied)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so `finally` blocks run (not an UpgraderError:
+    nothing may catch it as a step failure)."""
 
 
 class InfraError(UpgraderError):

@@ -4,6 +4,8 @@ lines otherwise (pipes, CI, NO_COLOR honoured by rich itself), and the final rep
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -32,8 +34,36 @@ from upgrader.events import (
 )
 from upgrader.phases import FORWARD, Phase
 from upgrader.record import RunRecord
+from upgrader.store import check_dir, secure_open, writing
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
+
+
+# C0 controls but tab and newline, DEL, C1 controls (CSI/OSC as one byte), bidi overrides/isolates
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_HIDDEN_OR_NEWLINE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return "^" + chr(code + 0x40)  # ESC -> ^[, CR -> ^M, BEL -> ^G
+    if code == 0x7F:
+        return "^?"
+    return f"<U+{code:04X}>"
+
+
+def visible(text: str, *, newlines: bool = True) -> str:
+    """`text` (guest output, error messages) with every terminal control made visible: escape
+    sequences (OSC title/clipboard, CSI erase/cursor), C1 controls, BEL, backspace and carriage
+    returns can neither act on the operator's terminal nor overwrite a line. Newlines stay unless
+    `newlines` is false (one guest line must stay one line)."""
+    return (_HIDDEN if newlines else _HIDDEN_OR_NEWLINE).sub(_shown, text)
+
+
+def safe(text: object) -> str:
+    """visible() and escaped for rich markup: for interpolating into a markup string."""
+    return escape(visible(str(text)))
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -80,38 +110,38 @@ class RunView:
 
     def _on_PhaseFailed(self, e: PhaseFailed) -> None:
         self.phase_state[e.phase] = "failed"
-        self._line(f"[red]✗ {e.phase.value} failed:[/] {escape(e.message)}")
+        self._line(f"[red]✗ {e.phase.value} failed:[/] {safe(e.message)}")
         if e.hint:
-            self._line(f"  [dim]hint: {escape(e.hint)}[/]")
+            self._line(f"  [dim]hint: {safe(e.hint)}[/]")
 
     def _on_Transition(self, e: Transition) -> None:
         if e.trigger not in ("advance", ""):
-            self._line(f"[yellow]→ {e.dest.value}[/] ({e.trigger})")
+            self._line(f"[yellow]→ {e.dest.value}[/] ({safe(e.trigger)})")
 
     def _on_StepBegin(self, e: StepBegin) -> None:
-        self.current_step = e.title
+        self.current_step = visible(e.title, newlines=False)
         if self.live is None:
-            self.console.print(f"  - {escape(e.key)}: {escape(e.title)}")
+            self.console.print(f"  - {safe(e.key)}: {safe(self.current_step)}")
 
     def _on_StepInDoubt(self, e: StepInDoubt) -> None:
         what = "already done (probed), not repeated" if e.already_done else "not done (probed), running it"
-        self._line(f"  [yellow]in doubt[/] {escape(e.key)}: {what}")
+        self._line(f"  [yellow]in doubt[/] {safe(e.key)}: {what}")
 
     def _on_StepDone(self, e: StepDone) -> None:
         if e.skipped and self.verbose and self.live is None:
-            self.console.print(f"  - {escape(e.key)}: done earlier")
+            self.console.print(f"  - {safe(e.key)}: done earlier")
 
     def _on_StepOutput(self, e: StepOutput) -> None:
         if self.verbose:  # remote output is text, never markup
-            self.console.print(Text.assemble("    ", (e.key, "dim"), " ", e.line))
+            self.console.print(Text.assemble("    ", (visible(e.key), "dim"), " ", visible(e.line, newlines=False)))
 
     def _on_Notice(self, e: Notice) -> None:
         color = {"warning": "yellow", "error": "red"}.get(e.level, "blue")
-        self._line(f"[{color}]![/] {escape(e.text)}")
+        self._line(f"[{color}]![/] {safe(e.text)}")
 
     def _on_Parked(self, e: Parked) -> None:
         self.phase_state[e.phase] = "parked"
-        self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {escape(e.reason)}")
+        self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {safe(e.reason)}")
 
     def _on_RunEnded(self, e: RunEnded) -> None:
         if self.live is not None:
@@ -146,16 +176,16 @@ def report(console: Console, record: RunRecord) -> None:
         table.add_row(timing.phase.value, Text(timing.status, style=STYLE.get(timing.status, "")), seconds)
     console.print(table)
     for label, value in figures(record).items():
-        console.print(f"  {label}: [bold]{escape(value)}[/]")
+        console.print(f"  {label}: [bold]{safe(value)}[/]")
     if record.parked:
-        console.print(f"[yellow]parked:[/] {escape(record.parked)}")
+        console.print(f"[yellow]parked:[/] {safe(record.parked)}")
     for label, error in (("error", record.error), ("cleanup error", record.cleanup_error)):
         if error is not None:
-            console.print(f"[red]{label} in {error.phase.value}:[/] {escape(error.message)}")
+            console.print(f"[red]{label} in {error.phase.value}:[/] {safe(error.message)}")
             if error.hint:
-                console.print(f"[dim]hint: {escape(error.hint)}[/]")
+                console.print(f"[dim]hint: {safe(error.hint)}[/]")
     for warning in record.warnings:
-        console.print(f"[bold red]warning:[/] {escape(warning)}")
+        console.print(f"[bold red]warning:[/] {safe(warning)}")
 
 
 def figures(record: RunRecord) -> dict[str, str]:
@@ -194,19 +224,28 @@ def record_json(record: RunRecord) -> dict[str, Any]:
 
 
 class EventLog:
-    """Listener: every event as a JSON line in the run's dir (events.jsonl), for post-mortems."""
+    """Listener: every event as a JSON line in the run's dir (events.jsonl, 0600, never through a
+    symlink), for post-mortems. Cannot open or write it: StateUnwritable/UnsafeState (exit 4)."""
 
     def __init__(self, state_root: Path) -> None:
         self.root = state_root
         self.handle: IO[str] | None = None
+        self.directory: Path | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            path = self.root / event.host / event.run_id / "events.jsonl"
-            self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed on RunEnded
-        if self.handle is not None:
-            self.handle.write(json.dumps({"t": time.time(), **event.to_dict()}, default=str) + "\n")
-            self.handle.flush()
+            self._open(self.root / event.host / event.run_id)
+        if self.handle is not None and self.directory is not None:
+            with writing(self.directory):
+                self.handle.write(json.dumps({"t": time.time(), **event.to_dict()}, default=str) + "\n")
+                self.handle.flush()
         if isinstance(event, RunEnded) and self.handle is not None:
             self.handle.close()
             self.handle = None
+
+    def _open(self, directory: Path) -> None:
+        check_dir(directory)
+        with writing(directory):
+            fd = secure_open(directory / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.handle = os.fdopen(fd, "a", encoding="utf-8")
+        self.directory = directory

@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrader.cli.main import main
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out + out.err
+from cli_helpers import REPO, run
 
 
 def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:

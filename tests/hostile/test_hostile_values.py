@@ -259,6 +259,30 @@ def test_garbage_line_in_journal_of_finished_run(tmp_path: Path, fake_plan: Path
     assert rc == 2 and "Traceback" not in out and "no unfinished run" in out, out
 
 
+def test_deleted_journal_blocks_rollback(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """Review finding 5: without its journal a completed run must not be rolled back as if the
+    takeover never happened (no reverse sync): exit 4, nothing touched."""
+    state, run_dir = _finished_run(tmp_path, fake_plan, keep="1h")
+    (run_dir / "journal.jsonl").unlink()
+    effects = json.loads(fake_world.path.read_text())["effects"]
+    for verb in ("rollback", "resume", "show"):
+        rc, out = run_cli("--state-dir", str(state), verb, "mailhost", cwd=tmp_path)
+        _assert_corrupt(out, rc, "journal.jsonl is missing")
+    assert json.loads(fake_world.path.read_text())["effects"] == effects
+    assert json.loads((run_dir / "run.json").read_text())["phase"] == "completed"
+
+
+def test_deleted_run_json_is_not_forgotten(tmp_path: Path, fake_plan: Path) -> None:
+    """Review finding 7: the run stays visible as corrupt; no new run starts beside it."""
+    state, run_dir = _finished_run(tmp_path, fake_plan, keep="1h")
+    (run_dir / "run.json").unlink()
+    for args in (("status",), ("list",), ("status", "mailhost"), ("resume", "mailhost"), ("rollback", "mailhost"),
+                 ("start", "mailhost", "--plan", str(fake_plan))):
+        rc, out = run_cli("--state-dir", str(state), *args, cwd=tmp_path)
+        _assert_corrupt(out, rc, f"{run_dir / 'run.json'} is missing")
+    assert [p.name for p in (state / "mailhost").iterdir() if p.is_dir()] == [run_dir.name]
+
+
 @pytest.mark.parametrize("tail", [b'{"kind": "done", "ke', b"\x00\x00\x00", b'{"kind": "begin"}'])
 def test_torn_last_journal_line_is_tolerated(tmp_path: Path, fake_plan: Path, tail: bytes) -> None:
     state, run_dir = _finished_run(tmp_path, fake_plan, keep="1h")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from upgrader.errors import StateUnwritable
 from upgrader.record import RunRecord
 from upgrader.store import RunStore
 
@@ -39,7 +40,7 @@ def test_crash_between_temp_write_and_replace(
     assert child.returncode == -signal.SIGKILL
     assert "survived" not in out
 
-    leftovers = [p for p in run_dir.iterdir() if p.name != "run.json"]
+    leftovers = [p for p in run_dir.iterdir() if p.name not in ("run.json", "journal.jsonl")]
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".run.json.")
     assert leftovers[0].stat().st_size > 100000  # the temp was fully written, then the process died
 
@@ -63,9 +64,9 @@ def test_failed_replace_removes_temp(
 
     monkeypatch.setattr(os, "replace", boom)
     rec.plan_path = "NEW"
-    with pytest.raises(OSError):
+    with pytest.raises(StateUnwritable, match="No space left on device"):
         store.save(rec)
     monkeypatch.undo()
     run_dir: Path = store.run_dir("mailhost", rec.run_id)
-    assert [p.name for p in run_dir.iterdir()] == ["run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["journal.jsonl", "run.json"]
     assert store.load("mailhost", rec.run_id).plan_path == "plans/mailhost.yaml"

@@ -99,7 +99,8 @@ def test_runs_latest_active_hosts(store: RunStore, make_record: MakeRecord) -> N
         store.create(rec)
     # noise that must not count as runs or hosts
     (store.root / "mailhost" / "notes.txt").write_text("x")
-    (store.root / "mailhost" / "20261124T210000Z-dead").mkdir()  # a create that died before run.json
+    (store.root / "mailhost" / ".new-x1y2z3").mkdir()  # a create that died before its rename
+    (store.root / "mailhost" / "notes.d").mkdir()  # not a run id, no run.json
     (store.root / "emptyhost").mkdir()
     with store.lock("lockonly"):
         pass

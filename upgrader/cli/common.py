@@ -19,8 +19,8 @@ from upgrader.errors import PlanError, UpgraderError
 from upgrader.events import Listener
 from upgrader.phases import UNSUCCESSFUL
 from upgrader.record import RunRecord
-from upgrader.store import RunStore
-from upgrader.ui import EventLog, RunView, make_console, report
+from upgrader.store import RunStore, check_dir, secure_open
+from upgrader.ui import EventLog, RunView, make_console, report, safe
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
@@ -67,28 +67,33 @@ def fail(error: UpgraderError, console: Console | None = None) -> NoReturn:
     console = console or make_console(stderr=True)
     lines = error.problems if isinstance(error, PlanError) else [error.message]
     for line in lines:
-        console.print("[red]error:[/] " + _escape(line))
+        console.print("[red]error:[/] " + safe(line))
     if error.hint:
-        console.print("[dim]hint:[/] " + _escape(error.hint))
+        console.print("[dim]hint:[/] " + safe(error.hint))
     sys.exit(error.exit_code)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def internal_error(exc: BaseException, state_dir: Path) -> NoReturn:
     console = make_console(stderr=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = state_dir / f"debug-{stamp}-{os.getpid()}.log"
-        path.write_text("".join(traceback.format_exception(exc)))
+        path = write_debug_log(exc, state_dir)
         where = f"details in {path}"
-    except OSError:
+    except (OSError, UpgraderError):
         where = "could not write a debug log: " + "".join(traceback.format_exception_only(exc)).strip()
-    console.print(f"[red]internal error:[/] {_escape(type(exc).__name__ + ': ' + str(exc))}")
-    console.print(f"[dim]{_escape(where)} — please report it with that file[/]")
+    console.print(f"[red]internal error:[/] {safe(type(exc).__name__ + ': ' + str(exc))}")
+    console.print(f"[dim]{safe(where)} — please report it with that file[/]")
     sys.exit(EXIT_INTERNAL)
+
+
+def write_debug_log(exc: BaseException, state_dir: Path) -> Path:
+    """The traceback in STATE_DIR/debug-<stamp>-<pid>.log: a new 0600 file, never through a symlink,
+    in a state dir that is ours (UnsafeState otherwise)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if not check_dir(state_dir):
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_dir(state_dir)
+    path = state_dir / f"debug-{stamp}-{os.getpid()}.log"
+    fd = secure_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(traceback.format_exception(exc)))
+    return path

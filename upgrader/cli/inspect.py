@@ -6,11 +6,9 @@ import json
 import sys
 
 import click
-from rich.markup import escape
-
 from upgrader import app
 from upgrader.cli.common import app_context
-from upgrader.ui import record_json, report, status_table
+from upgrader.ui import record_json, report, safe, status_table
 
 
 @click.command()
@@ -57,18 +55,23 @@ def show(ctx: click.Context, host: str, as_json: bool) -> None:
         for entry in entries:
             sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
         return
-    console.print(f"[bold]{record.host}[/] run {record.run_id} — phase {record.phase.value}; plan {escape(record.plan_path)} (sha256 {record.plan_sha256[:12]}…)")
+    console.print(f"[bold]{record.host}[/] run {record.run_id} — phase {record.phase.value}; plan {safe(record.plan_path)} (sha256 {safe(record.plan_sha256[:12])}…)")
     for entry in entries:
-        kind = str(entry.get("kind"))
-        ts = str(entry.get("ts", ""))[11:19]
-        if kind == "begin":
-            console.print(f"{ts}  [cyan]begin[/] {escape(str(entry.get('key')))}: {escape(str(entry.get('title', '')))}")
-        elif kind == "done":
-            outputs = json.dumps(entry.get("outputs") or {}, sort_keys=True)
-            console.print(f"{ts}  [green]done [/] {escape(str(entry.get('key')))} {escape(outputs[:160])}")
-        elif kind == "transition":
-            console.print(f"{ts}  [bold]→ {entry.get('dest')}[/] ({entry.get('trigger')})")
-        elif kind == "failed":
-            console.print(f"{ts}  [red]failed[/] {entry.get('phase')}: {escape(str(entry.get('error')))}")
-        else:
-            console.print(f"{ts}  {escape(json.dumps(entry, sort_keys=True))}")
+        console.print(_journal_line(entry))
+
+
+def _journal_line(entry: dict[str, object]) -> str:
+    """One journal entry as a markup line; every value from the file is made visible and escaped
+    (guest output in errors must not drive the terminal)."""
+    kind = str(entry.get("kind"))
+    ts = safe(str(entry.get("ts", ""))[11:19])
+    if kind == "begin":
+        return f"{ts}  [cyan]begin[/] {safe(entry.get('key'))}: {safe(entry.get('title', ''))}"
+    if kind == "done":
+        outputs = json.dumps(entry.get("outputs") or {}, sort_keys=True)
+        return f"{ts}  [green]done [/] {safe(entry.get('key'))} {safe(outputs[:160])}"
+    if kind == "transition":
+        return f"{ts}  [bold]→ {safe(entry.get('dest'))}[/] ({safe(entry.get('trigger'))})"
+    if kind == "failed":
+        return f"{ts}  [red]failed[/] {safe(entry.get('phase'))}: {safe(entry.get('error'))}"
+    return f"{ts}  {safe(json.dumps(entry, sort_keys=True))}"

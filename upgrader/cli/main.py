@@ -6,9 +6,35 @@ Exit codes: 0 ok/parked, 1 run failed, 2 bad input, 3 locked/busy, 4 corrupt sta
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
+from typing import NoReturn
 
-import click
+
+def _exit_while_importing(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C/SIGTERM while the imports below run: nothing has happened yet, so exit 130 at once
+    (a KeyboardInterrupt here would print a traceback: no handler is in place yet)."""
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130)
+
+
+def _set_handlers(handlers: dict[int, object]) -> dict[int, object]:
+    """Install `handlers` (main thread only; elsewhere a no-op); returns the previous ones."""
+    previous: dict[int, object] = {}
+    try:
+        for signum, handler in handlers.items():
+            if handler is None:  # installed outside Python: cannot be put back, leave it
+                continue
+            previous[signum] = signal.signal(signum, handler)  # type: ignore[arg-type]
+    except ValueError:  # not the main thread: signals are not ours to handle
+        pass
+    return previous
+
+
+_BEFORE_IMPORTS = _set_handlers({signal.SIGINT: _exit_while_importing, signal.SIGTERM: _exit_while_importing})
+
+import click  # noqa: E402 - after the import-time signal handlers on purpose
 
 from upgrader import __version__
 from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error, make_console
@@ -16,7 +42,7 @@ from upgrader.cli.inspect import list_runs, show, status
 from upgrader.cli.plan import plan
 from upgrader.cli.run import abort, approve, decommission, resume, rollback, run_due, start
 from upgrader.config import load_settings
-from upgrader.errors import UpgraderError
+from upgrader.errors import Terminated, UpgraderError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -50,6 +76,8 @@ try:
 except ImportError:  # pragma: no cover - the lab is optional on hosts without it
     pass
 
+_set_handlers(_BEFORE_IMPORTS)  # imports done: as they were, until main() installs its own
+
 
 def _state_dir_option(argv: list[str]) -> str | None:
     """--state-dir as given, for the debug log of an error that happened before click's context."""
@@ -61,22 +89,43 @@ def _state_dir_option(argv: list[str]) -> str | None:
     return None
 
 
+RESUME_HINT = "`upgrader resume HOST` continues from the last checkpoint"
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM like Ctrl-C: raised in the main thread, so `finally` blocks (lock, sync key) run."""
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException | None) -> NoReturn:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    hint = f" — {RESUME_HINT}" if isinstance(exc, KeyboardInterrupt) else ""
+    make_console(stderr=True).print(what + hint)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
+    previous = _set_handlers({signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _terminate})
+    try:
+        _main(argv)
+    finally:
+        _set_handlers(previous)
+
+
+def _main(argv: list[str] | None) -> NoReturn:
     try:
         cli.main(args=argv, prog_name="upgrader", standalone_mode=False)
     except UpgraderError as exc:
         fail(exc)
-    except click.exceptions.Abort:
-        make_console(stderr=True).print("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        _interrupted(exc.__cause__)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        make_console(stderr=True).print("interrupted — `upgrader resume HOST` continues from the last checkpoint")
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a debug log
