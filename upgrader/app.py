@@ -135,14 +135,15 @@ def start(ctx: Context, options: StartOptions) -> RunRecord:
     raise AssertionError("unreachable")
 
 
-def _active(ctx: Context, host: str) -> RunRecord:
-    if not ctx.store.runs(host):
+def _active(ctx: Context, host: str, *, repair: bool = True) -> RunRecord:
+    """The host's unfinished run, run.json reconciled with its journal (rolled forward over a crash
+    between the two; anything else that disagrees is refused, exit 4). `repair` only with the lock."""
+    ids = ctx.store.runs(host)
+    if not ids:
         raise UnknownHost(f'no runs for host "{host}"')
-    record = ctx.store.active_run(host)
-    if record is None:
-        latest = ctx.store.latest(host)
-        assert latest is not None
-        raise NoRun(f'host "{host}" has no unfinished run (last run {latest.run_id} ended {latest.phase.value})')
+    record, _ = ctx.store.load_checked(host, ids[-1], repair=repair)
+    if record.finished:
+        raise NoRun(f'host "{host}" has no unfinished run (last run {record.run_id} ended {record.phase.value})')
     return record
 
 
@@ -223,7 +224,7 @@ def abort(ctx: Context, host: str) -> RunRecord | None:
                 engine = _engine(ctx, record)
             return engine.run(resumed=True)
     except LockedError:
-        record = _active(ctx, host)
+        record = _active(ctx, host, repair=False)
         if record.phase not in BEFORE_CUTOVER:
             raise IllegalAction(f"cannot abort a run in phase {record.phase.value}",
                                 hint=f"after cutover use `upgrader rollback {host}`") from None
@@ -275,10 +276,10 @@ def status(ctx: Context, host: str | None) -> list[RunRecord]:
     hosts = [host] if host else ctx.store.hosts()
     records = []
     for h in hosts:
-        latest = ctx.store.latest(h)
-        if latest is None:
+        ids = ctx.store.runs(h)
+        if not ids:
             raise UnknownHost(f'no runs for host "{h}"')
-        records.append(latest)
+        records.append(ctx.store.load_checked(h, ids[-1], repair=False)[0])
     return records
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from upgrader.errors import StepFailed, UpgraderError
+from upgrader.errors import StateCorrupt, StepFailed, UpgraderError
 from upgrader.events import (
     Event,
     Listener,
@@ -35,6 +35,7 @@ from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, TERMINAL, UNSUCCESSFU
 from upgrader.record import PhaseTiming, RunError, RunRecord, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
+from upgrader.store import touch_private
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -164,6 +165,8 @@ class Engine:
             started = time.monotonic()
             try:
                 outcome = step.run(self.ctx)
+            except StateCorrupt:  # our own state cannot be written: stop, never abort or roll back for it
+                raise
             except UpgraderError as exc:
                 timing.ended, timing.status = self.now(), "failed"
                 self._fail(phase, exc)
@@ -216,5 +219,4 @@ class Engine:
 
 def request_abort(run_dir: Path) -> None:
     """Ask the process that holds the run to abort at its next step boundary."""
-    path = run_dir / ABORT_REQUEST_FILE
-    path.touch(mode=0o600)
+    touch_private(run_dir / ABORT_REQUEST_FILE)
