@@ -14,6 +14,9 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   linux-image-amd64 busybox-static dropbear-bin rsync openssh-client openssh-sftp-server e2fsprogs
   iproute2 arping util-linux
+  # a real OpenSSH sshd for the sync-key tests (started by the tests on loopback, by pid; the
+  # image's policy-rc.d keeps apt from starting the system one)
+  openssh-server
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }

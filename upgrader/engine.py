@@ -35,6 +35,7 @@ from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, TERMINAL, UNSUCCESSFU
 from upgrader.record import PhaseTiming, RunError, RunRecord, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
+from upgrader.steps.sync import sweep_sync_keys, sync_in_doubt
 from upgrader.store import touch_private
 
 if TYPE_CHECKING:
@@ -145,6 +146,8 @@ class Engine:
     def run(self, *, resumed: bool) -> RunRecord:
         record = self.record
         self.emit(RunStarted(record.host, record.run_id, record.phase, resumed))
+        if resumed and not record.finished and sync_in_doubt(self.ctx):
+            sweep_sync_keys(self.ctx)  # a killed sync's key goes now, not only when that sync is redone
         stopped_on_error = False
         while not record.finished:
             phase = self.machine.state

@@ -112,3 +112,13 @@ def test_abort_request_that_arrives_after_the_cutover_began_is_refused_out_loud(
     assert "abort request refused" in done.out and "upgrader rollback mailhost" in done.out
     assert not (run_dir / "abort-requested").exists()
     assert '"kind":"abort_refused"' in (run_dir / "journal.jsonl").read_text()
+
+
+def test_a_killed_syncs_key_is_swept_by_the_next_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at("during:sync:pass", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "r")
+    assert guest(world_of(fake_world), "mailhost").get("authorized_sync_keys"), "the fake sync left no key to sweep"
+    done = cli.run("resume", "mailhost")
+    assert done.rc == 0 and "removed 1 sync key(s)" in done.out, done
+    sweeps = [e for e in world_of(fake_world)["effects"] if e["op"] == "sweep_keys"]
+    assert sweeps and sweeps[0]["removed"] == 1

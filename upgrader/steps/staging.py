@@ -13,13 +13,13 @@ from upgrader.events import Notice
 from upgrader.steps.base import StepContext
 from upgrader.steps.identity import is_ours, release_claim, require_ours
 from upgrader.steps.snapshot import snapshot_name, snapshot_of
-from upgrader.steps.sync import sweep_sync_keys
+from upgrader.steps.sync import SYNC_KEYS, sweep_sync_keys
 
 
 def teardown(ctx: StepContext, prefix: str) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
     out: dict[str, Any] = {}
-    if any(key.startswith(("presync.", "cutover.final_sync", "rollback.reverse_sync")) for key in ctx.journal.begun):
+    if any(key.startswith(SYNC_KEYS) for key in ctx.journal.begun):
         sweep_sync_keys(ctx)  # while both guests still answer
     if "clone.define" in ctx.journal.begun:
         twin = plan.twin_name

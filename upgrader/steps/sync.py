@@ -32,6 +32,14 @@ def sync_once(ctx: StepContext, key: str, source: str, target: str, *, final: bo
     return ctx.once_reconnecting(key, f"rsync {source} -> {target}" + (" (final)" if final else ""), run)
 
 
+SYNC_KEYS = ("presync.pass[", "cutover.final_sync", "rollback.reverse_sync")
+
+
+def sync_in_doubt(ctx: StepContext) -> bool:
+    """A sync began and never finished: its key may still be authorised."""
+    return any(key.startswith(SYNC_KEYS) and key not in ctx.journal.done for key in ctx.journal.begun)
+
+
 def sweep_sync_keys(ctx: StepContext, roles: tuple[str, ...] = ("prod", "staging")) -> int:
     """Remove this run's sync keys that a killed sync left authorised (idempotent; a role that
     does not answer counts 0 - its keys go with it, or at its next sync)."""
