@@ -72,7 +72,12 @@ def abort(ctx: click.Context, host: str) -> None:
 @click.pass_context
 def rollback(ctx: click.Context, host: str) -> None:
     """Go back to the old VM after cutover (while it is kept): network back, reverse sync of
-    what was written since cutover, services restarted on the old VM."""
+    what was written since cutover, services restarted on the old VM, twin removed.
+
+    \b
+    If the new prod does not answer, the network and services go back without the reverse sync
+    and the twin is stopped and kept with its disks; `status` says which data may be only there.
+    Refused once decommission began (it only goes forward) or when the old VM is gone."""
     context, console = app_context(ctx)
     finish_run(console, app.rollback(context, host))
 
@@ -82,7 +87,9 @@ def rollback(ctx: click.Context, host: str) -> None:
 @click.pass_context
 def decommission(ctx: click.Context, host: str) -> None:
     """Retire the old VM now instead of after `keep_old_for`: destroy, undefine, delete its
-    images (flattening the new prod first) and report the bytes freed."""
+    images (flattening the new prod first) and report the bytes freed. Once begun it only goes
+    forward: `rollback` is refused from then on, and `resume` finishes a decommission that was
+    interrupted."""
     context, console = app_context(ctx)
     finish_run(console, app.decommission(context, host))
 
