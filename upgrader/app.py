@@ -12,7 +12,8 @@ from typing import Callable, Iterator
 
 from upgrader.adapters.factory import build_ports
 from upgrader.engine import Engine, request_abort
-from upgrader.errors import BusyError, IllegalAction, InputError, LockedError, NoRun, UnknownHost
+from upgrader.errors import (BusyError, IllegalAction, InputError, LockedError, NoRun, StateUnwritable, UnknownHost,
+                             UpgraderError)
 from upgrader.events import Listener, Notice
 from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
@@ -22,7 +23,7 @@ from upgrader.record import RunOptions, RunRecord, VmIdentity, new_run_id, utcno
 from upgrader.steps import STEPS
 from upgrader.steps.base import Ports
 from upgrader.steps.decommission import decommission_began
-from upgrader.steps.identity import refuse_foreign
+from upgrader.steps.identity import OLD_VM_OFF_HINT, refuse_foreign
 from upgrader.store import HostLock, RunStore
 
 PortsFactory = Callable[[Plan, str], Ports]
@@ -86,9 +87,16 @@ def vm_lock(ctx: Context, vm: VmIdentity) -> HostLock:
     directory = ctx.lock_dir
 
     def prepare() -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateUnwritable(
+                f"cannot create the VM lock directory {directory}: {exc.strerror}",
+                hint="set `lock_dir` in /etc/upgrader.yaml or UPGRADER_LOCK_DIR to a directory you can write "
+                     "(one per machine: every controller on it must use the same)",
+            ) from exc
 
-    return HostLock(f"{vm.domain} ({vm.uuid})", directory / f"{vm.uuid}.lock", prepare)
+    return HostLock(vm.domain, directory / f"{vm.uuid}.lock", prepare, what=f"VM {vm.domain} (uuid {vm.uuid})")
 
 
 @contextmanager
@@ -199,12 +207,16 @@ def run_due(ctx: Context) -> list[DueResult]:
     time has not come parks again at once). A host another process holds is skipped."""
     results = []
     for host in ctx.store.hosts():
-        record = ctx.store.active_run(host)
+        try:
+            record = ctx.store.active_run(host)
+        except UpgraderError as exc:
+            results.append(DueResult(host, None, skipped=exc.message))
+            continue
         if record is None or record.parked is None:
             continue
         try:
             results.append(DueResult(host, resume(ctx, host)))
-        except LockedError as exc:
+        except UpgraderError as exc:  # locked, corrupt state, a changed plan: that host only
             results.append(DueResult(host, None, skipped=exc.message))
     return results
 
@@ -225,6 +237,9 @@ def abort(ctx: Context, host: str) -> RunRecord | None:
             return engine.run(resumed=True)
     except LockedError:
         record = _active(ctx, host, repair=False)
+        if record.phase == Phase.ABORTED:
+            raise LockedError(f"the run {record.run_id} is aborting already in another process",
+                              hint=f"wait for it; `upgrader status {host}` shows how it ended") from None
         if record.phase not in BEFORE_CUTOVER:
             raise IllegalAction(f"cannot abort a run in phase {record.phase.value}",
                                 hint=f"after cutover use `upgrader rollback {host}`") from None
@@ -254,12 +269,14 @@ def _check_rollback_possible(engine: Engine) -> None:
     if decommission_began(engine.ctx):
         raise IllegalAction(
             f"cannot roll back: decommissioning {old} began (the old VM may be stopped or gone already)",
-            hint=f"decommission only goes forward: `upgrader decommission {host}` finishes it; the new prod keeps serving",
+            hint=f"decommission only goes forward: `upgrader decommission {host}` finishes it",
         )
     info = engine.ports.hypervisor.domain(old)
     if info is None or (engine.record.vm is not None and info.uuid != engine.record.vm.uuid):
         raise IllegalAction(f"cannot roll back: the old VM {old} is gone (or is not the VM this run recorded)",
-                            hint="the new prod keeps serving; nothing was changed")
+                            hint="nothing was changed")
+    if not info.running:
+        raise IllegalAction(f"cannot roll back: the old VM {old} is not running", hint=OLD_VM_OFF_HINT.format(old=old, host=host))
 
 
 def decommission(ctx: Context, host: str) -> RunRecord:

@@ -138,6 +138,10 @@ class Engine:
 
     def _refuse_abort(self) -> None:
         phase = self.machine.state
+        if phase in (Phase.ABORTED, Phase.ROLLING_BACK):  # already going back: the request is moot
+            self.journal.write("abort_request_dropped", phase=phase.value)
+            self._drop_abort_request()
+            return
         self.journal.write("abort_refused", phase=phase.value)
         self._drop_abort_request()
         self.emit(Notice(f"abort request refused: the run is in {phase.value}, the cutover has begun; "

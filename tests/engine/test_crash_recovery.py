@@ -34,7 +34,9 @@ ROLLBACK = Path_(setup=(START,), killed=("rollback", "mailhost"), recover=(RESUM
 AUTO_ROLLBACK = Path_(setup=(), killed=START, recover=(RESUME,), end="rolled_back", world={"faults": ["probe:prod"]})
 ABORT = Path_(setup=(), killed=START, recover=(RESUME,), end="aborted",
               world={"commands": [{"match": "labos-update install", "rc": 1}]})
-DECOMMISSION = Path_(setup=(START,), killed=("decommission", "mailhost"), recover=(RESUME,), end="decommissioned")
+# before the old VM is touched (decommission.destroy) nothing is committed: the operator asks again
+DECOMMISSION = Path_(setup=(START,), killed=("decommission", "mailhost"), recover=(RESUME, ("decommission", "mailhost")),
+                     end="decommissioned")
 
 KILL_POINTS: list[tuple[str, Path_, str]] = [
     ("begin:rollback.plan", ROLLBACK, "nothing decided yet"),
@@ -72,10 +74,9 @@ def drive(cli: Cli, plan: Path, path: Path_, point: str, reached: Path) -> None:
         done = cli.run(*_args(command, plan))
         assert done.rc == 0, done
     cli.kill_at(point, *_args(path.killed, plan), reached=reached)
-    for command in path.recover:
-        done = cli.run(*_args(command, plan))
-        assert cli.record()["phase"] == path.end, done
+    outputs = [cli.run(*_args(command, plan)) for command in path.recover]
     record = cli.record()
+    assert record["phase"] == path.end, "\n".join(map(str, outputs))
     assert record["finished"] and record["cleanup_error"] is None, record
 
 

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 
 def decommission_began(ctx: StepContext) -> bool:
-    """Once any decommission step began, the old VM may be gone: only forward from there."""
-    return any(key.startswith("decommission.") for key in ctx.journal.begun)
+    """Once stopping the old VM began, it may be gone: only forward from there. (Flattening the
+    new prod first touches nothing a rollback needs.)"""
+    return "decommission.destroy" in ctx.journal.begun
 
 
 def due_time(ctx: StepContext) -> dt.datetime:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from upgrader.steps.base import StepContext
 
 CLAIM_KEY = "claim"
+OLD_VM_OFF_HINT = ("nothing was changed; start it (`virsh start {old}`: its link is down, no client reaches it), stop its "
+                   "services (the plan's sync.quiesce commands, on its console) so the reverse sync can replace its "
+                   "spool, then `upgrader rollback {host}` again")
 
 
 def make_claim(ctx: "StepContext") -> Claim:
@@ -42,8 +45,13 @@ def claim_source(ctx: "StepContext") -> dict[str, Any]:
     hv, domain = ctx.ports.hypervisor, ctx.plan.source.domain
 
     def claim(_: dict[str, Any]) -> dict[str, Any]:
+        info = hv.domain(domain)
+        if info is None or not is_ours(ctx, domain, info):
+            raise UnsafeOperation(f"{domain} is not the VM this run was started on (its UUID changed)",
+                                  hint="nothing was changed; start a new run")
         refuse_foreign(hv, domain, ctx.run_id)
         hv.set_claim(domain, make_claim(ctx))
+        refuse_foreign(hv, domain, ctx.run_id)  # read back: another controller may have written at the same time
         return {"domain": domain}
 
     def claimed(_: dict[str, Any]) -> dict[str, Any] | None:
@@ -78,8 +86,8 @@ def is_ours(ctx: "StepContext", name: str, info: DomainInfo | None = None) -> bo
     info = info or hv.domain(name)
     if info is None:
         return False
-    if name == plan.source.domain and ctx.record.vm is not None:
-        return info.uuid == ctx.record.vm.uuid
+    if name == plan.source.domain:  # a run from before claims (no recorded identity): by name, as it was
+        return ctx.record.vm is None or info.uuid == ctx.record.vm.uuid
     if name == plan.twin_name:
         recorded = twin_uuid(ctx)
         if recorded is not None:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from upgrader.errors import InfraError, UpgraderError
+from upgrader.errors import InfraError, StepFailed, UpgraderError
 from upgrader.events import Notice
 from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
-from upgrader.steps.identity import is_ours, release_claim
+from upgrader.steps.identity import OLD_VM_OFF_HINT, is_ours
 from upgrader.steps.notices import tell_about_window
 from upgrader.steps.staging import teardown
 from upgrader.steps.sync import run_commands, sweep_sync_keys, sync_once
@@ -41,7 +41,6 @@ class RollbackPlan(BaseModel):
 
     moved: bool  # the twin was on the production segment: clients may have written to it
     reachable: bool  # the new prod answered SSH then
-    old_running: bool  # the old VM was running (kept link-down)
 
     @classmethod
     def of(cls, ctx: StepContext) -> "RollbackPlan":
@@ -61,12 +60,24 @@ def decide(ctx: StepContext) -> dict[str, Any]:
         except UpgraderError as exc:
             ctx.emit(Notice(f"the new prod ({plan.twin_name}) does not answer: {exc.message}; "
                             "giving the network back without the reverse sync", "error"))
-    old = hv.domain(plan.source.domain)
-    return RollbackPlan(moved=moved, reachable=reachable, old_running=bool(old and old.running)).model_dump()
+    return RollbackPlan(moved=moved, reachable=reachable).model_dump()
 
 
-def degrade(ctx: StepContext, why: str) -> None:
-    """The new prod was lost halfway through a full rollback: go on network-only (journaled)."""
+def twin_answers(ctx: StepContext, role: str) -> bool:
+    try:
+        ctx.ports.shells.connect(role).boot_id()
+        return True
+    except UpgraderError:
+        return False
+
+
+def degrade(ctx: StepContext, exc: InfraError, twin_role: str) -> None:
+    """A connection failed halfway through a full rollback. Only if the twin itself is lost, go
+    on network-only (journaled); if the twin answers, the failure was elsewhere (the old VM): it
+    stays the step's failure and `resume` retries - the reverse sync is never given up lightly."""
+    if twin_answers(ctx, twin_role):
+        raise exc
+    why = exc.message
     ctx.emit(Notice(f"the new prod was lost during the rollback ({why}); going on without the reverse sync", "error"))
     ctx.once(DEGRADED_KEY, "go on without the reverse sync", lambda _: {"why": why})
 
@@ -78,7 +89,9 @@ def data_on_twin_only(ctx: StepContext) -> str:
     return (f"data written to {paths} on {plan.twin_name} after the cutover"
             + (f" ({since})" if since else "")
             + f" may exist only on {plan.twin_name}'s disks: it was stopped and kept (not deleted) for recovery by hand; "
-            f"{plan.source.domain} stays on its snapshot overlay until then")
+            f"{plan.source.domain} stays on its snapshot overlay (the twin's disks depend on its base) and claimed by "
+            f"this run; once the data is recovered: `virsh undefine {plan.twin_name} --remove-all-storage`, then "
+            f"`virsh metadata {plan.source.domain} urn:x-upgrader:claim:1 --config --remove`")
 
 
 class RollingBack:
@@ -98,20 +111,22 @@ class RollingBack:
 
     def run(self, ctx: StepContext) -> Outcome:
         plan, hv = ctx.plan, ctx.ports.hypervisor
+        if PLAN_KEY not in ctx.journal.done:
+            old = hv.domain(plan.source.domain)
+            if old is not None and not old.running:  # an automatic rollback: nothing done yet, resume retries
+                raise StepFailed(f"cannot give the service back: the old VM {plan.source.domain} is not running",
+                                 hint=OLD_VM_OFF_HINT.format(old=plan.source.domain, host=ctx.record.host)
+                                 .replace("`upgrader rollback", "`upgrader resume"))
         decision = RollbackPlan.model_validate(ctx.once(PLAN_KEY, "decide how to roll back", lambda _: decide(ctx)))
 
         def full() -> bool:
             return decision.moved and decision.reachable and DEGRADED_KEY not in ctx.journal.done
 
-        if not decision.old_running:
-            ctx.once("rollback.start_old", f"start {plan.source.domain} (it was not running)",
-                     lambda _: (hv.start(plan.source.domain), {"started": True})[1],
-                     lambda _: {"probed": True} if (d := hv.domain(plan.source.domain)) and d.running else None)
         if full():
             try:
                 run_commands(ctx, "rollback.quiesce_new", "prod", list(plan.sync.quiesce), "quiesce")
             except InfraError as exc:  # includes a connection lost for good
-                degrade(ctx, exc.message)
+                degrade(ctx, exc, "prod")
         ctx.once(
             "rollback.network",
             f"network back to {plan.source.domain}",
@@ -124,7 +139,7 @@ class RollingBack:
             try:
                 stats = sync_once(ctx, "rollback.reverse_sync", "staging", "prod", final=True)
             except InfraError as exc:
-                degrade(ctx, exc.message)
+                degrade(ctx, exc, "staging")
         run_commands(ctx, "rollback.resume_old", "prod", list(plan.sync.resume), "resume services")
         out: dict[str, Any] = {"reverse_sync": stats, "moved": decision.moved}
         if decision.moved and not full():
@@ -134,8 +149,7 @@ class RollingBack:
             ctx.emit(Notice(warning, "error"))
             sweep_sync_keys(ctx, ("prod",))  # the old VM; the twin is kept as it is
             ctx.once("rollback.keep_twin", f"stop {plan.twin_name} and keep it", lambda _: self._keep_twin(ctx))
-            release_claim(ctx, "rollback.release_claim", plan.source.domain)
-            out["kept"] = plan.twin_name
+            out["kept"] = plan.twin_name  # the claim stays: the source is still on the run's overlay
         else:
             out["cleanup"] = teardown(ctx, "rollback")
         reason = ctx.record.error.message if ctx.record.error else None

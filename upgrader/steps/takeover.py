@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from upgrader.errors import StepFailed
 from upgrader.steps import guest
 from upgrader.steps.base import StepContext
+from upgrader.steps.identity import is_ours
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -31,15 +32,20 @@ def twin_mac(plan: "Plan", mac: str) -> str:
     return derived if derived != mac.lower() else "52:54:01:" + derived[9:]
 
 
-def _placement(ctx: StepContext) -> tuple[dict[str, str], dict[str, bool], dict[str, str], list[tuple[str, str]]]:
-    """(old VM's NICs, its links, the twin's NICs, [(old MAC, twin MAC)] on the production net)."""
+def _placement(ctx: StepContext, *, need_twin: bool = True
+               ) -> tuple[dict[str, str], dict[str, bool], dict[str, str], list[tuple[str, str]]]:
+    """(old VM's NICs, its links, the twin's NICs, [(old MAC, twin MAC)] on the production net).
+    Give-back works without the twin (gone, or a domain of its name that is not this run's):
+    its NICs are then {} and only the old VM's links come up."""
     hv, plan = ctx.ports.hypervisor, ctx.plan
     old, twin = hv.domain(plan.source.domain), hv.domain(plan.twin_name)
-    if old is None or twin is None:
-        raise StepFailed(f"takeover needs both {plan.source.domain} and {plan.twin_name} defined")
+    if twin is not None and not is_ours(ctx, plan.twin_name, twin):
+        twin = None
+    if old is None or (twin is None and need_twin):
+        raise StepFailed(f"takeover needs both {plan.source.domain} and {plan.twin_name} (this run's) defined")
     prod_net = plan.takeover.production_network
     pairs = sorted((m, twin_mac(plan, m)) for m, net in old.nics.items() if net == prod_net)
-    return old.nics, old.links, twin.nics, pairs
+    return old.nics, old.links, twin.nics if twin else {}, pairs
 
 
 def taken_over(ctx: StepContext) -> bool:
@@ -49,7 +55,7 @@ def taken_over(ctx: StepContext) -> bool:
 
 
 def given_back(ctx: StepContext) -> bool:
-    _, old_links, twin_nics, pairs = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx, need_twin=False)
     prod_net = ctx.plan.takeover.production_network
     return all(twin_nics.get(t) != prod_net and old_links.get(m, False) for m, t in pairs)
 
@@ -77,7 +83,7 @@ def takeover(ctx: StepContext) -> dict[str, Any]:
 
 def give_back(ctx: StepContext) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
-    _, old_links, twin_nics, pairs = _placement(ctx)
+    _, old_links, twin_nics, pairs = _placement(ctx, need_twin=False)
     prod_net = plan.takeover.production_network
     for _, mac in pairs:  # the twin leaves the segment first
         if twin_nics.get(mac) == prod_net:

@@ -22,8 +22,9 @@ from upgrader.store.journal import parse_line
 class HostLock:
     """Exclusive, non-blocking flock on <root>/<host>/.lock. The OS frees it if the process dies."""
 
-    def __init__(self, host: str, path: Path, prepare: Callable[[], None]) -> None:
+    def __init__(self, host: str, path: Path, prepare: Callable[[], None], *, what: str | None = None) -> None:
         self.host = host
+        self.what = what or f'host "{host}"'  # how messages name what is locked
         self.path = path
         self._prepare = prepare
         self._fd: int | None = None
@@ -71,13 +72,13 @@ class HostLock:
                 break
             time.sleep(0.01)
         if info is None or "pid" not in info:
-            return LockedError(f'host "{self.host}" is locked by another process (holder not recorded yet)')
+            return LockedError(f'{self.what} is locked by another process (holder not recorded yet)')
         holder = f'pid {info["pid"]} on {info.get("hostname", "?")} since {info.get("since", "?")}'
         argv = info.get("argv")
         hint = LockedError.default_hint
         if isinstance(argv, list) and argv:
             hint = f"holder runs: {' '.join(str(a) for a in argv)}; {hint}"
-        return LockedError(f'host "{self.host}" is locked by {holder}', hint=hint)
+        return LockedError(f'{self.what} is locked by {holder}', hint=hint)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
