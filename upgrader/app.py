@@ -251,7 +251,7 @@ def abort(ctx: Context, host: str) -> RunRecord | None:
 
 def rollback(ctx: Context, host: str) -> RunRecord:
     with holding(ctx, host) as record:
-        if record.phase != Phase.ROLLING_BACK:
+        if record.phase not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):  # (rolled back: only the record to finish)
             if record.phase not in AFTER_CUTOVER:
                 RunMachine(record.phase).fire("rollback")  # raises IllegalAction with a hint
             engine = _engine(ctx, record)
@@ -281,6 +281,8 @@ def _check_rollback_possible(engine: Engine) -> None:
 
 def decommission(ctx: Context, host: str) -> RunRecord:
     with holding(ctx, host) as record:
+        if record.phase == Phase.DECOMMISSIONED:  # done; killed before run.json said so: just finish the record
+            return _engine(ctx, record).run(resumed=True)
         if record.phase != Phase.COMPLETED:
             raise IllegalAction(f"cannot decommission: the run is in phase {record.phase.value}",
                                 hint="decommission follows a completed cutover")

@@ -3,6 +3,7 @@ half done, the network never moved, the old VM powered off, an abort asked for t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from upgrader.testing.crash import Cli, guest, op_counts, world_of
@@ -173,3 +174,18 @@ def test_run_due_goes_on_past_a_host_with_broken_state(tmp_path: Path, fake_worl
     (broken / "run.json").write_text("{not json")
     done = cli.run("run-due")
     assert "aaa-host" in done.out and "mailhost" in done.out, done
+
+
+def test_decommission_again_after_a_kill_between_the_journal_and_run_json(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """Found by the soak: killed after the journal's transition to decommissioned but before run.json
+    was saved, run.json still says completed/parked; the operator types decommission again."""
+    cli = completed(tmp_path, fake_world, fake_plan)
+    cli.kill_at("enter:decommissioned", "decommission", "mailhost", reached=tmp_path / "r")
+    run_dir = next(p for p in (tmp_path / "state" / "mailhost").iterdir() if p.is_dir())
+    record = json.loads((run_dir / "run.json").read_text())
+    record.update(phase="completed", finished=False, parked="old VM mailhost kept until …")
+    (run_dir / "run.json").write_text(json.dumps(record))  # as if the process died before saving it
+    done = cli.run("decommission", "mailhost")
+    assert done.rc == 0 and cli.record()["phase"] == "decommissioned" and cli.record()["finished"], done
+    assert op_counts(world_of(fake_world))["undefine"] == 1
