@@ -35,6 +35,8 @@ def main() -> int:
     for kind, (trials, kills, interrupted, failures) in result.by_kind().items():
         print(f"| {kind} | {trials} | {kills} | {interrupted} | {failures} |")
     print(f"| **all** | {len(result.trials)} | {result.kills} | {result.interrupted} | {len(result.failures)} |")
+    print("\nSIGKILLs by the command they landed in: "
+          + ", ".join(f"{verb} {n}" for verb, n in result.by_command().most_common()))
     print(f"\n{len(result.trials)} trials, {result.kills} SIGKILLs ({result.interrupted} left a run unfinished), "
           f"{len(result.failures)} failures, {result.seconds:.0f} s (seed {args.seed})")
     return 1 if result.failures else 0

@@ -53,6 +53,7 @@ class Trial:
     commands: list[str]
     ok: bool
     problem: str = ""
+    killed_in: Counter[str] = field(default_factory=Counter)  # command -> SIGKILLs that landed in it
 
 
 @dataclass
@@ -71,6 +72,12 @@ class Result:
     @property
     def failures(self) -> list[Trial]:
         return [t for t in self.trials if not t.ok]
+
+    def by_command(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for t in self.trials:
+            total.update(t.killed_in)
+        return total
 
     def by_kind(self) -> dict[str, tuple[int, int, int, int]]:
         """kind -> (trials, kills, kills that interrupted a run, failures)"""
@@ -117,7 +124,7 @@ def _unfinished(cli: Cli) -> int:
 def trial(directory: Path, kind: Kind, rng: random.Random, *, p_kill: float, max_delay: float) -> Trial:
     wf, plan = _setup(directory, kind)
     cli = Cli(directory / "state", directory / "locks")
-    kills, interrupted, typed = 0, 0, []
+    kills, interrupted, typed, killed_in = 0, 0, [], Counter[str]()
     for _ in range(MAX_COMMANDS):
         command = _next_command(cli, kind, plan)
         if command is None:
@@ -130,23 +137,24 @@ def trial(directory: Path, kind: Kind, rng: random.Random, *, p_kill: float, max
                 done = cli.kill_at_line(rng.randint(1, 30), rng.uniform(0, 0.03), *command)
             if done is None:
                 kills += 1
+                killed_in[command[0]] += 1
                 interrupted += _unfinished(cli)
             if done is not None and done.rc not in (0, 1):
-                return Trial(kind.name, kills, interrupted, typed, False, str(done))
+                return Trial(kind.name, kills, interrupted, typed, False, killed_in=killed_in, problem=str(done))
         else:
             done = cli.run(*command)
             if done.rc not in (0, 1):
-                return Trial(kind.name, kills, interrupted, typed, False, str(done))
+                return Trial(kind.name, kills, interrupted, typed, False, killed_in=killed_in, problem=str(done))
     else:
-        return Trial(kind.name, kills, interrupted, typed, False, f"not finished after {MAX_COMMANDS} commands")
+        return Trial(kind.name, kills, interrupted, typed, False, killed_in=killed_in, problem=f"not finished after {MAX_COMMANDS} commands")
     record = cli.record()
     if record["phase"] != kind.end or record["cleanup_error"] or record["warnings"]:
-        return Trial(kind.name, kills, interrupted, typed, False, f"ended {record['phase']}: {record['cleanup_error']} {record['warnings']}")
+        return Trial(kind.name, kills, interrupted, typed, False, killed_in=killed_in, problem=f"ended {record['phase']}: {record['cleanup_error']} {record['warnings']}")
     try:
         CHECKS[kind.end](world_of(wf))
     except AssertionError as exc:
-        return Trial(kind.name, kills, interrupted, typed, False, f"world: {exc}")
-    return Trial(kind.name, kills, interrupted, typed, True)
+        return Trial(kind.name, kills, interrupted, typed, False, killed_in=killed_in, problem=f"world: {exc}")
+    return Trial(kind.name, kills, interrupted, typed, True, killed_in=killed_in)
 
 
 def soak(kills: int, *, seed: int = 1, p_kill: float = 0.8, max_delay: float = 1.5,
