@@ -163,7 +163,7 @@ def soak(kills: int, *, seed: int = 1, p_kill: float = 0.8, max_delay: float = 1
     rng = random.Random(seed)
     result = Result()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="upgrader-soak-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crash-soak-") as tmp:
         base = keep or Path(tmp)
         n = 0
         while result.kills < kills:
