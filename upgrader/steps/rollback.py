@@ -42,10 +42,6 @@ class RollbackPlan(BaseModel):
     moved: bool  # the twin was on the production segment: clients may have written to it
     reachable: bool  # the new prod answered SSH then
 
-    @classmethod
-    def of(cls, ctx: StepContext) -> "RollbackPlan":
-        return cls.model_validate(ctx.journal.done[PLAN_KEY])
-
 
 def decide(ctx: StepContext) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
