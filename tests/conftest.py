@@ -37,6 +37,14 @@ def fake_plan(tmp_path: Path, fake_world: WorldFile) -> Path:
     return path
 
 
+@pytest.fixture
+def abort_plan(fake_plan: Path) -> Path:
+    """The fake plan with `on_failure: abort`: a failure before cutover removes the twin at once."""
+    path = fake_plan.with_name("fake-abort.yml")
+    path.write_text(fake_plan.read_text() + "on_failure: abort\n")
+    return path
+
+
 def _progress(msg: str) -> None:
     print(f"[lab] {msg}", flush=True)
 

@@ -19,6 +19,7 @@ from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
 from upgrader.plan import Plan, load_plan, plan_digest, resolve_plan_path
 from upgrader.config import load_settings
+from upgrader.held import skippable
 from upgrader.record import RunOptions, RunRecord, VmIdentity, new_run_id, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Ports
@@ -173,13 +174,48 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
                   force_decommission=force_decommission)
 
 
-def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False) -> RunRecord:
+def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False, who: str = "") -> RunRecord:
+    """Continue the run; a held run is retried (its failed step runs again from scratch)."""
     with holding(ctx, host) as record:
         engine = _engine(ctx, record)
         if now and not record.options.now:
             _confirm_now(engine.plan, now, yes)
             record.options.now = True
             engine.journal.write("operator", action="now", confirmed=yes)
+        if record.phase == Phase.HELD:
+            engine.leave_hold("retry", by=who, via="resume")
+        return engine.run(resumed=True)
+
+
+def retry(ctx: Context, host: str, who: str) -> RunRecord:
+    """Run a held run's failed step again from scratch (it is probed first: a step the operator
+    finished by hand counts as done), then go on."""
+    with holding(ctx, host) as record:
+        engine = _engine(ctx, record)
+        engine.leave_hold("retry", by=who)
+        return engine.run(resumed=True)
+
+
+def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
+    """Mark a held run's failed step done by hand (journaled with who and why), then go on."""
+    if not reason.strip():
+        raise InputError("skip needs a reason", hint="`--reason TEXT` is journaled with your name")
+    with holding(ctx, host) as record:
+        engine = _engine(ctx, record)
+        held = record.held
+        if record.phase != Phase.HELD or held is None:
+            raise IllegalAction(f"nothing to skip: the run is not held (phase {record.phase.value})")
+        if not skippable(held.step):
+            raise IllegalAction(
+                f"{held.step or held.phase.value} cannot be skipped: the steps after it need what it makes",
+                hint=f"fix it on the twin (`upgrader ssh {host} --twin`), then `upgrader retry {host}`; or `upgrader abort {host}`",
+            )
+        assert held.step is not None
+        if held.step not in engine.journal.done:  # a skip killed after this line is not written twice
+            outputs = {"skipped": True, "by": who, "reason": reason, "at": ctx.now().isoformat()}
+            engine.journal.write("done", key=held.step, outputs=outputs)
+            record.outputs[held.step] = outputs
+        engine.leave_hold("skip", by=who, reason=reason)
         return engine.run(resumed=True)
 
 

@@ -2,7 +2,10 @@
 events and never prints.
 
 Failure policy (docs/architecture.md):
-  * a step fails before cutover          -> abort (the aborted phase's step cleans staging up)
+  * clone, upgrade, validate_staging or presync fails
+                                         -> held (plan `on_failure: hold`, the default): the twin
+                                            is kept; `retry`/`skip`/`revert` go back in, `abort` ends
+  * any other step fails before cutover  -> abort (the aborted phase's step cleans staging up)
   * a step fails in cutover or verify    -> rollback (network back, reverse sync, old VM serves)
   * a cleanup step fails (aborted, rolling_back, completed/decommission)
                                          -> the phase stays, the error is recorded, exit 1;
@@ -17,11 +20,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from upgrader.errors import StateCorrupt, StepFailed, UpgraderError
+from upgrader.errors import IllegalAction, StateCorrupt, StepFailed, UpgraderError
 from upgrader.events import (
     Event,
+    Held,
     Listener,
     Notice,
+    OperatorAction,
     Parked,
     PhaseDone,
     PhaseFailed,
@@ -31,8 +36,8 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.machine import RunMachine
-from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, TERMINAL, UNSUCCESSFUL, Phase
-from upgrader.record import PhaseTiming, RunError, RunRecord, utcnow
+from upgrader.phases import BEFORE_CUTOVER, HOLDABLE, TERMINAL, UNSUCCESSFUL, Phase, retry_trigger
+from upgrader.record import HeldStep, PhaseTiming, RunError, RunRecord, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
 from upgrader.steps.sync import sweep_sync_keys, sync_in_doubt
@@ -90,6 +95,10 @@ class Engine:
         )
         self.machine = RunMachine(record.phase, on_change=self._on_change)
         self._trigger = ""
+        if record.phase != Phase.HELD:
+            record.held = None  # a retry killed between the journal and run.json
+        elif record.held is None:  # a hold killed between the journal and run.json
+            record.held = held_from_journal(store.journal(record.host, record.run_id))
 
     # ------------------------------------------------------------------------------ events
 
@@ -113,6 +122,8 @@ class Engine:
                 timing.status = "done"
         self.record.phase = dest
         self.record.parked = None
+        if source == Phase.HELD:
+            self.record.held = None
         if dest in TERMINAL and STEPS.get(dest) is None:
             self.record.finished = True
         self.journal.write("transition", source=source.value, dest=dest.value, trigger=self._trigger)
@@ -156,7 +167,9 @@ class Engine:
         while not record.finished:
             phase = self.machine.state
             step = STEPS.get(phase)
-            if step is None:  # a terminal phase without a step of its own
+            if phase == Phase.HELD and not self.abort_requested():  # until the operator retries, skips, reverts or aborts
+                break
+            if step is None and phase != Phase.HELD:  # a terminal phase without a step of its own
                 record.finished = True
                 self.store.save(record)
                 break
@@ -169,6 +182,7 @@ class Engine:
             record.timings.append(timing)
             self.store.save(record)
             self.emit(PhaseStarted(phase))
+            self.ctx.active.clear()
             started = time.monotonic()
             try:
                 outcome = step.run(self.ctx)
@@ -195,7 +209,7 @@ class Engine:
                 timing.ended, timing.status = self.now(), "done"
                 record.finished = True
                 self.store.save(record)
-        ok = not stopped_on_error and record.phase not in UNSUCCESSFUL
+        ok = not stopped_on_error and record.phase not in UNSUCCESSFUL and record.phase != Phase.HELD
         self.emit(RunEnded(record.phase, record.finished, ok))
         return record
 
@@ -208,7 +222,9 @@ class Engine:
             record.error = error
         self.journal.write("failed", phase=phase.value, error=exc.message, error_kind=type(exc).__name__)
         self.emit(PhaseFailed(phase, exc.message, exc.hint))
-        if phase in BEFORE_CUTOVER:
+        if phase in HOLDABLE and not isinstance(exc, AbortRequested) and self.plan.failure_policy(self._failed_step()) == "hold":
+            self._hold(phase, exc)
+        elif phase in BEFORE_CUTOVER:
             self.emit(Notice("aborting: prod was not touched; staging is being removed", "warning"))
             self.fire("abort")
             if isinstance(exc, AbortRequested):  # recorded by the transition: the request is spent
@@ -222,6 +238,52 @@ class Engine:
                 self.fire("fail")
             else:
                 self.store.save(record)
+
+    # ------------------------------------------------------------------------------ held
+
+    def _failed_step(self) -> str | None:
+        if self.ctx.active:
+            return self.ctx.active[-1][0]
+        open_keys = [k for k in self.journal.begun if k not in self.journal.done]
+        return open_keys[-1] if open_keys else None
+
+    def _hold(self, phase: Phase, exc: UpgraderError) -> None:
+        """Park in `held`: the twin stays on staging, the failure and its Result are recorded."""
+        step = self._failed_step()
+        title = dict(self.ctx.active).get(step) if step else None
+        if title is None and step is not None:
+            title = self.journal.begun.get(step, {}).get("title")
+        result = exc.result if isinstance(exc, StepFailed) else None
+        held = HeldStep(
+            phase=phase, step=step, title=title, message=exc.message, hint=exc.hint, error_kind=type(exc).__name__,
+            command=result.command if result else None, rc=result.rc if result else None,
+            tail=result.tail(20) if result else None, since=self.now(),
+        )
+        self.journal.write("held", **held.model_dump(mode="json"))  # before the transition: survives a crash
+        self.record.held = held
+        self.emit(Held(self.record.host, phase, step, exc.message, exc.hint))
+        self.fire("hold")
+
+    def leave_hold(self, action: str, **fields: object) -> HeldStep:
+        """`retry`/`skip`/`revert`/`resume` of a held run: journal who and why, back into the phase."""
+        held = self.record.held
+        if self.machine.state != Phase.HELD or held is None:
+            raise IllegalAction(f"the run is not held (phase {self.machine.state.value})",
+                                hint=f"`upgrader status {self.record.host}` shows where it is")
+        self.journal.write("operator", action=action, step=held.step, **fields)
+        self.emit(OperatorAction(action, held.step))
+        self.record.error = None
+        self.fire(retry_trigger(held.phase))
+        return held
+
+
+def held_from_journal(entries: list[dict[str, object]]) -> HeldStep | None:
+    """The last `held` entry (run.json lost it to a crash between the two writes)."""
+    for entry in reversed(entries):
+        if entry.get("kind") == "held":
+            data = {k: v for k, v in entry.items() if k in HeldStep.model_fields}
+            return HeldStep.model_validate(data)
+    return None
 
 
 def request_abort(run_dir: Path) -> None:

@@ -8,12 +8,17 @@ Exit codes (documented in docs/cli.md):
   3  locked / busy: another process holds the host
   4  state on disk is corrupt, inconsistent, unsafe or unwritable
   5  infrastructure unreachable or refused (libvirt, SSH)
+  6  the run is held: a step before cutover failed, the twin is kept for repair (`upgrader status`)
   70 internal error (a bug): a debug log is written under state/
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from upgrader.ports import Result
 
 
 class UpgraderError(Exception):
@@ -111,9 +116,14 @@ class ConnectionLost(InfraError):
 
 
 class StepFailed(UpgraderError):
-    """A phase's step failed; the engine decides between abort and rollback."""
+    """A phase's step failed; the engine decides between hold, abort and rollback. A failed
+    command carries its Result (command, rc, output tail) for the record and the operator."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, result: "Result | None" = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class CheckFailed(StepFailed):

@@ -94,6 +94,25 @@ class Parked(Event):
 
 
 @dataclass(frozen=True)
+class Held(Event):
+    """The run stopped in `held`: the twin is kept; `held` says what failed (record.held)."""
+
+    host: str
+    phase: Phase  # the phase the run was held in
+    step: str | None
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class OperatorAction(Event):
+    """An operator's retry/skip/revert of a held run is journaled; the transition comes next."""
+
+    action: str
+    step: str | None
+
+
+@dataclass(frozen=True)
 class RunEnded(Event):
     phase: Phase
     finished: bool

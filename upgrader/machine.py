@@ -6,6 +6,8 @@ Triggers:
   rollback        cutover / verify / completed -> rolling_back
   rolled_back     rolling_back -> rolled_back
   fail            rolling_back / aborted -> failed (cleanup itself failed: a human must look)
+  hold            clone / upgrade / validate_staging / presync -> held (a step failed; the twin is kept)
+  retry_<phase>   held -> the phase it was held in (`upgrader retry`, `skip`, `revert`, `resume`)
 
 `auto_transitions=False`: there is no `to_x()` that could skip a guard. The engine persists the
 state after every change through the `on_change` callback (transitions' `after_state_change`).
@@ -18,20 +20,23 @@ from typing import Callable
 from transitions import Machine, MachineError
 
 from upgrader.errors import IllegalAction
-from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
+from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, HOLDABLE, Phase, retry_trigger
 
 TRANSITIONS: list[dict[str, object]] = [
     *(
         {"trigger": "advance", "source": a, "dest": b}
         for a, b in zip(FORWARD, FORWARD[1:], strict=False)
     ),
-    {"trigger": "abort", "source": sorted(BEFORE_CUTOVER, key=FORWARD.index), "dest": Phase.ABORTED},
+    {"trigger": "abort", "source": [*FORWARD[: FORWARD.index(Phase.CUTOVER)], Phase.HELD], "dest": Phase.ABORTED},
     {"trigger": "rollback", "source": sorted(AFTER_CUTOVER, key=FORWARD.index), "dest": Phase.ROLLING_BACK},
     {"trigger": "rolled_back", "source": Phase.ROLLING_BACK, "dest": Phase.ROLLED_BACK},
     {"trigger": "fail", "source": [Phase.ROLLING_BACK, Phase.ABORTED], "dest": Phase.FAILED},
+    {"trigger": "hold", "source": list(HOLDABLE), "dest": Phase.HELD},
+    *({"trigger": retry_trigger(p), "source": Phase.HELD, "dest": p} for p in HOLDABLE),
 ]
 
-TRIGGERS: tuple[str, ...] = ("advance", "abort", "rollback", "rolled_back", "fail")
+TRIGGERS: tuple[str, ...] = ("advance", "abort", "rollback", "rolled_back", "fail", "hold",
+                             *(retry_trigger(p) for p in HOLDABLE))
 
 
 class RunMachine:
@@ -79,6 +84,8 @@ class RunMachine:
 def _hint_for(trigger: str) -> str | None:
     if trigger == "abort":
         return "abort is possible only before cutover; after it, use `upgrader rollback HOST`"
+    if trigger.startswith("retry_"):
+        return "only a held run is retried; `upgrader status HOST` shows where the run is"
     if trigger == "rollback":
         return "rollback is possible only from cutover on, while the old VM is kept; before it, use `upgrader abort HOST`"
     return None

@@ -21,6 +21,7 @@ class Phase(str, Enum):
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    HELD = "held"  # a step before cutover failed: the twin is kept for the operator to repair
 
     def __str__(self) -> str:
         return self.value
@@ -41,8 +42,12 @@ FORWARD: tuple[Phase, ...] = (
     Phase.DECOMMISSIONED,
 )
 
+# A failure in one of these holds the run (plan `on_failure: hold`, the default): the twin exists
+# and is worth repairing. Preflight and snapshot have nothing to keep; they abort.
+HOLDABLE: tuple[Phase, ...] = (Phase.CLONE, Phase.UPGRADE, Phase.VALIDATE_STAGING, Phase.PRESYNC)
+
 # Abort is legal only here: prod has not been touched yet.
-BEFORE_CUTOVER: frozenset[Phase] = frozenset(FORWARD[: FORWARD.index(Phase.CUTOVER)])
+BEFORE_CUTOVER: frozenset[Phase] = frozenset(FORWARD[: FORWARD.index(Phase.CUTOVER)]) | {Phase.HELD}
 
 # Rollback is legal only here: the twin may already serve.
 AFTER_CUTOVER: frozenset[Phase] = frozenset({Phase.CUTOVER, Phase.VERIFY, Phase.COMPLETED})
@@ -51,6 +56,13 @@ AFTER_CUTOVER: frozenset[Phase] = frozenset({Phase.CUTOVER, Phase.VERIFY, Phase.
 TERMINAL: frozenset[Phase] = frozenset(
     {Phase.DECOMMISSIONED, Phase.ABORTED, Phase.ROLLED_BACK, Phase.FAILED}
 )
+
+
+
+def retry_trigger(phase: Phase) -> str:
+    """The trigger that takes a held run back into `phase` (one per holdable phase)."""
+    return f"retry_{phase.value}"
+
 
 # Ends that mean the upgrade did not happen.
 UNSUCCESSFUL: frozenset[Phase] = frozenset({Phase.ABORTED, Phase.ROLLED_BACK, Phase.FAILED})

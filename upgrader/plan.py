@@ -369,6 +369,12 @@ class RunStep(_Model):
         description="command whose exit status 0 means the step is already done (it is then skipped)",
     )
     env: dict[StrictStr, StrictStr] = Field(default={}, description="extra environment variables for the command")
+    on_failure: Literal["hold", "abort"] | None = Field(
+        default=None, description="overrides the plan's `on_failure` for this step"
+    )
+    checkpoint: StrictBool = Field(
+        default=False, description="take a disk checkpoint of the twin before this step (`upgrader revert` goes back to it)"
+    )
 
     @property
     def label(self) -> str:
@@ -383,6 +389,12 @@ class RebootStep(_Model):
     name: StrictStr | None = Field(default=None, description="label shown in progress output and the journal")
     reboot: StrictBool = Field(description="must be true")
     timeout: PositiveDuration = Field(default=timedelta(minutes=10), json_schema_extra={"default": "10m"}, description="fail if the twin is not back after this long")
+    on_failure: Literal["hold", "abort"] | None = Field(
+        default=None, description="overrides the plan's `on_failure` for this step"
+    )
+    checkpoint: StrictBool = Field(
+        default=False, description="take a disk checkpoint of the twin before this step (`upgrader revert` goes back to it)"
+    )
 
     @model_validator(mode="after")
     def _reboot_true(self) -> RebootStep:
@@ -736,6 +748,11 @@ class Plan(_Model):
     keep_old_for: Duration = Field(
         default=timedelta(days=7), json_schema_extra={"default": "7d"}, description="keep the old VM (for rollback) this long after cutover"
     )
+    on_failure: Literal["hold", "abort"] = Field(
+        default="hold",
+        description='a failed clone, upgrade, validation or pre-sync step: "hold" keeps the twin for repair '
+        "(`upgrader ssh --twin`, then `retry`, `skip`, `revert` or `abort`); \"abort\" removes it at once",
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _path: Path | None = PrivateAttr(default=None)
@@ -760,6 +777,18 @@ class Plan(_Model):
                 got=_describe(self.twin_name),
             )
         return self
+
+    def failure_policy(self, step: str | None) -> str:
+        """`hold` or `abort` for a failure of journal key `step` ("upgrade[3]": that step's own
+        `on_failure` if it has one)."""
+        if step and step.startswith("upgrade["):
+            try:
+                own = self.upgrade[int(step[len("upgrade["):].split("]", 1)[0])].on_failure
+            except (ValueError, IndexError):
+                own = None
+            if own is not None:
+                return own
+        return self.on_failure
 
     @property
     def checks(self) -> list[Check]:

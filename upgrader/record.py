@@ -47,6 +47,23 @@ class RunError(BaseModel):
     kind: str = "StepFailed"
 
 
+class HeldStep(BaseModel):
+    """Why a run is held: the step that failed and its Result, for `status` and the operator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Phase  # the phase `retry` goes back to
+    step: str | None = None  # the journal key that failed ("upgrade[4]"), None if it failed outside one
+    title: str | None = None  # what the step does ("portupgrade -af")
+    message: str
+    hint: str | None = None
+    error_kind: str = "StepFailed"
+    command: str | None = None  # the failed command, secrets masked
+    rc: int | None = None
+    tail: str | None = None  # the last lines of its output
+    since: dt.datetime = Field(default_factory=utcnow)
+
+
 class RunOptions(BaseModel):
     """What the operator asked for when starting/resuming; recorded so a resume behaves alike."""
 
@@ -87,6 +104,7 @@ class RunRecord(BaseModel):
     cleanup_error: RunError | None = None  # a cleanup/decommission step that failed; resume retries
     # why the run is waiting, when it is (e.g. "window opens 2026-11-29T01:30+01:00")
     parked: str | None = None
+    held: HeldStep | None = None  # set while phase is held
     # what an operator must know about the end state (e.g. data left on the twin only)
     warnings: list[str] = Field(default_factory=list)
 

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from upgrader.events import (
     Event,
+    Held,
     Notice,
     Parked,
     PhaseDone,
@@ -33,7 +34,8 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.record import RunRecord
+from upgrader.held import next_commands, summary
+from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
@@ -143,6 +145,12 @@ class RunView:
         self.phase_state[e.phase] = "parked"
         self._line(f"[yellow]⏸ parked in {e.phase.value}:[/] {safe(e.reason)}")
 
+    def _on_Held(self, e: Held) -> None:
+        self.phase_state[e.phase] = "failed"
+        where = e.step or e.phase.value
+        self._line(f"[bold yellow]⏸ held at {safe(where)}[/]: the twin is kept on staging for repair, prod is untouched "
+                   f"(`upgrader status {safe(e.host)}` says what to run next)")
+
     def _on_RunEnded(self, e: RunEnded) -> None:
         if self.live is not None:
             self.live.stop()
@@ -179,6 +187,9 @@ def report(console: Console, record: RunRecord) -> None:
         console.print(f"  {label}: [bold]{safe(value)}[/]")
     if record.parked:
         console.print(f"[yellow]parked:[/] {safe(record.parked)}")
+    if record.phase == Phase.HELD and record.held is not None:
+        held_report(console, record)
+        return
     for label, error in (("error", record.error), ("cleanup error", record.cleanup_error)):
         if error is not None:
             console.print(f"[red]{label} in {error.phase.value}:[/] {safe(error.message)}")
@@ -186,6 +197,20 @@ def report(console: Console, record: RunRecord) -> None:
                 console.print(f"[dim]hint: {safe(error.hint)}[/]")
     for warning in record.warnings:
         console.print(f"[bold red]warning:[/] {safe(warning)}")
+
+
+def held_report(console: Console, record: RunRecord, checkpoints: list[str] | None = None) -> None:
+    """`held at upgrade[4] (portupgrade -af): exited 1, 3h12m ago`, the output tail, what to run next."""
+    assert record.held is not None
+    held = record.held
+    console.print(f"[bold yellow]{safe(summary(held, utcnow()))}[/]")
+    if held.command:
+        console.print(f"  command: {safe(held.command)}")
+    for line in (held.tail or held.message).splitlines()[-10:]:
+        console.print(Text.assemble("  │ ", (visible(line, newlines=False), "dim")))
+    console.print("the twin keeps running on staging; prod is untouched. Next:")
+    for command in next_commands(record.host, held, checkpoints):
+        console.print(f"  {safe(command)}")
 
 
 def figures(record: RunRecord) -> dict[str, str]:
@@ -214,7 +239,8 @@ def status_table(console: Console, records: list[RunRecord]) -> None:
     for column in ("host", "run", "phase", "state", "updated"):
         table.add_column(column)
     for r in records:
-        state = "finished" if r.finished else ("parked" if r.parked else ("error" if r.cleanup_error else "active"))
+        state = "finished" if r.finished else ("held" if r.phase == Phase.HELD else
+                                               ("parked" if r.parked else ("error" if r.cleanup_error else "active")))
         table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
     console.print(table)
 

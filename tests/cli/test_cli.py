@@ -92,11 +92,26 @@ def test_start_status_show_list(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert code == 2 and "no unfinished run" in out
 
 
-def test_failed_run_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_world, fake_plan: Path) -> None:  # type: ignore[no-untyped-def]
+def test_failed_run_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_world, abort_plan: Path) -> None:  # type: ignore[no-untyped-def]
     with fake_world.change() as world:
         world["faults"].append("probe:staging")
-    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "start", "mailhost", "--plan", str(fake_plan))
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "start", "mailhost", "--plan", str(abort_plan))
     assert code == 1 and "aborted" in out and "validate_staging" in out
+
+
+def test_held_run_exits_6_and_says_what_to_run(capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_world, fake_plan: Path) -> None:  # type: ignore[no-untyped-def]
+    with fake_world.change() as world:
+        world["commands"].insert(0, {"match": "labos-update install", "rc": 1, "stdout": "port mailfilter: build failed"})
+    state = str(tmp_path / "state")
+    code, out = run(capsys, "--state-dir", state, "start", "mailhost", "--plan", str(fake_plan))
+    assert code == 6 and "held at upgrade[1]" in out
+    code, out = run(capsys, "--state-dir", state, "status", "mailhost")
+    assert code == 0 and "held at upgrade[1] (install-1): exited 1" in out and "port mailfilter: build failed" in out
+    for command in ("upgrader ssh mailhost --twin", "upgrader retry mailhost", "upgrader skip mailhost --reason TEXT",
+                    "upgrader abort mailhost"):
+        assert command in out
+    code, out = run(capsys, "--state-dir", state, "status")
+    assert code == 0 and "held" in out
 
 
 def test_corrupt_state_exit_4(capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_plan: Path) -> None:

@@ -51,10 +51,21 @@ def test_lost_before_the_command_ran_runs_it_once(tmp_path: Path, fake_world: Wo
     assert len(journal(tmp_path, "connection_lost")) == 2
 
 
-def test_lost_every_time_aborts_with_prod_untouched(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+def test_lost_every_time_holds_with_the_twin_kept(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     with fake_world.change() as world:
         world["commands"].insert(0, {"match": "labos-update fetch", "cut": 99})
     record = start(tmp_path, fake_plan)
+    assert record.phase == Phase.HELD and record.held is not None
+    assert record.held.error_kind == "ConnectionLost" and record.held.step == "upgrade[0]"
+    assert len(journal(tmp_path, "connection_lost")) == 3
+    data = json.loads(fake_world.path.read_text())
+    assert data["domains"]["mailhost-twin"]["running"] and effects(fake_world, "set_link") == []
+
+
+def test_lost_every_time_aborts_with_prod_untouched(tmp_path: Path, fake_world: WorldFile, abort_plan: Path) -> None:
+    with fake_world.change() as world:
+        world["commands"].insert(0, {"match": "labos-update fetch", "cut": 99})
+    record = start(tmp_path, abort_plan)
     assert record.phase == Phase.ABORTED and record.error is not None
     assert record.error.kind == "ConnectionLost" and "lost" in record.error.message
     assert len(journal(tmp_path, "connection_lost")) == 3

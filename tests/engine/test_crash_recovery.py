@@ -82,11 +82,11 @@ def drive(cli: Cli, plan: Path, path: Path_, point: str, reached: Path) -> None:
 
 @pytest.mark.parametrize(("point", "path", "why"), KILL_POINTS,
                          ids=[f"{p.end}-{point}" for point, p, _ in KILL_POINTS])
-def test_recovery_path_killed_and_resumed(tmp_path: Path, fake_world: WorldFile, fake_plan: Path, point: str,
+def test_recovery_path_killed_and_resumed(tmp_path: Path, fake_world: WorldFile, abort_plan: Path, point: str,
                                           path: Path_, why: str) -> None:
     with fake_world.change() as world:
         world["commands"].insert(0, NEW_PROD_MAIL)
         for key, items in path.world.items():
             world[key] = list(items) + list(world[key])
-    drive(Cli(tmp_path / "state", tmp_path / "locks"), fake_plan, path, point, tmp_path / "reached")
+    drive(Cli(tmp_path / "state", tmp_path / "locks"), abort_plan, path, point, tmp_path / "reached")
     CHECKS[path.end](world_of(fake_world))

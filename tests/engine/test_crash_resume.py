@@ -110,11 +110,11 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert record["phase"] == "decommissioned" and record["finished"]
 
 
-def test_abort_path_killed_inside_merge_back(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+def test_abort_path_killed_inside_merge_back(tmp_path: Path, fake_world: WorldFile, abort_plan: Path) -> None:
     with fake_world.change() as world:
         world["commands"].insert(0, {"match": "labos-update install", "rc": 1})
     state, reached = tmp_path / "state", tmp_path / "reached"
-    proc = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(fake_plan),
+    proc = upgrader("--state-dir", str(state), "-q", "start", "mailhost", "--plan", str(abort_plan),
                     env={"UPGRADER_TEST_PAUSE": "after:merge_back", "UPGRADER_TEST_PAUSE_FILE": str(reached)})
     wait_for(reached, proc)
     proc.send_signal(signal.SIGKILL)

@@ -52,10 +52,10 @@ def test_keep_old_parks_then_decommission(tmp_path: Path, fake_world: WorldFile)
     assert "mailhost" not in json.loads(fake_world.path.read_text())["domains"]
 
 
-def test_upgrade_failure_aborts_and_restores_prod(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+def test_upgrade_failure_aborts_and_restores_prod(tmp_path: Path, fake_world: WorldFile, abort_plan: Path) -> None:
     with fake_world.change() as world:
         world["commands"].insert(0, {"match": "labos-update install", "rc": 1, "stdout": "fault: upgrade fails"})
-    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(abort_plan)))
     assert record.phase == Phase.ABORTED and record.finished
     assert record.error is not None and "exited 1" in record.error.message
     world = json.loads(fake_world.path.read_text())
@@ -65,10 +65,10 @@ def test_upgrade_failure_aborts_and_restores_prod(tmp_path: Path, fake_world: Wo
     assert guest_of(fake_world, "mailhost")["release"] == "1"
 
 
-def test_validation_failure_aborts(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+def test_validation_failure_aborts(tmp_path: Path, fake_world: WorldFile, abort_plan: Path) -> None:
     with fake_world.change() as world:
         world["faults"].append("probe:staging")
-    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(abort_plan)))
     assert record.phase == Phase.ABORTED and record.error is not None
     assert record.error.phase == Phase.VALIDATE_STAGING
     assert effects(fake_world, "set_link") == []  # prod never touched

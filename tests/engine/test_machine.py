@@ -6,7 +6,7 @@ import pytest
 
 from upgrader.errors import IllegalAction
 from upgrader.machine import TRIGGERS, RunMachine, legal_moves, mermaid
-from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
+from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, HOLDABLE, Phase, retry_trigger
 
 EXPECTED: dict[Phase, dict[str, Phase]] = {p: {} for p in Phase}
 for a, b in zip(FORWARD, FORWARD[1:]):
@@ -18,6 +18,9 @@ for p in AFTER_CUTOVER:
 EXPECTED[Phase.ROLLING_BACK]["rolled_back"] = Phase.ROLLED_BACK
 EXPECTED[Phase.ROLLING_BACK]["fail"] = Phase.FAILED
 EXPECTED[Phase.ABORTED]["fail"] = Phase.FAILED
+for p in HOLDABLE:
+    EXPECTED[p]["hold"] = Phase.HELD
+    EXPECTED[Phase.HELD][retry_trigger(p)] = p
 
 ALL = [(phase, trigger) for phase in Phase for trigger in TRIGGERS]
 
@@ -60,3 +63,15 @@ def test_mermaid_lists_every_phase() -> None:
     assert text.lstrip("-\n").count("stateDiagram-v2") == 1 or "stateDiagram-v2" in text
     for phase in Phase:
         assert phase.name in text
+
+
+def test_held_is_before_cutover_and_not_terminal() -> None:
+    from upgrader.phases import TERMINAL
+
+    assert Phase.HELD in BEFORE_CUTOVER and Phase.HELD not in TERMINAL
+    assert RunMachine(Phase.HELD).fire("abort") == Phase.ABORTED
+
+
+def test_preflight_and_snapshot_cannot_hold() -> None:
+    for phase in (Phase.PREFLIGHT, Phase.SNAPSHOT, Phase.AWAIT_WINDOW, Phase.CUTOVER):
+        assert not RunMachine(phase).can("hold")

@@ -56,7 +56,10 @@ def test_a_domain_of_the_twins_name_that_is_not_ours_is_never_adopted_or_destroy
                                              "nics": {"52:54:00:99:99:99": "prod-net"}, "links": {"52:54:00:99:99:99": True},
                                              "guest": "g0", "claim": None}
         world["images"]["/fake/other.qcow2"] = {"size": 1, "backing": None}
-    done = cli.run("resume", "mailhost")
+    held = cli.run("resume", "mailhost")  # clone.define fails: held, the foreign domain untouched
+    assert held.rc == 6 and cli.record()["phase"] == "held", held
+    assert world_of(fake_world)["domains"]["mailhost-twin"]["uuid"] == "0000-foreign"
+    done = cli.run("abort", "mailhost")
     assert done.rc == 1 and cli.record()["phase"] == "aborted", done
     assert "left mailhost-twin (uuid 0000-foreign) alone" in done.out
     world = world_of(fake_world)

@@ -180,7 +180,7 @@ def test_schema() -> None:
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
         "version", "description", "source", "ssh", "staging", "guest_state_dir", "upgrade", "validate",
-        "verify", "sync", "takeover", "window", "announce", "approval", "keep_old_for",
+        "verify", "sync", "takeover", "window", "announce", "approval", "keep_old_for", "on_failure",
     }  # fmt: skip
     assert set(schema["required"]) == {"source", "ssh", "staging", "upgrade", "sync", "takeover"}
     keep = schema["properties"]["keep_old_for"]

@@ -160,10 +160,9 @@ class SyncFailed(StepFailed):
     """A remote call of the sync failed; carries its Result (command, exit code, output)."""
 
     def __init__(self, what: str, where: str, result: Result, *, hint: str | None = None) -> None:
-        self.result = result
         short = " ".join(result.command.split())
         short = short if len(short) <= 100 else short[:99] + "…"
-        super().__init__(f"{what} on {where}: `{short}` exited {result.rc}:\n{result.tail()}", hint=hint)
+        super().__init__(f"{what} on {where}: `{short}` exited {result.rc}:\n{result.tail()}", hint=hint, result=result)
 
 
 class SyncKeyError(SyncFailed):

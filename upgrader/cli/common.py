@@ -17,11 +17,12 @@ from upgrader import app
 from upgrader.config import load_settings
 from upgrader.errors import PlanError, UpgraderError
 from upgrader.events import Listener
-from upgrader.phases import UNSUCCESSFUL
+from upgrader.phases import UNSUCCESSFUL, Phase
 from upgrader.record import RunRecord
 from upgrader.store import RunStore, check_dir, secure_open
 from upgrader.ui import EventLog, RunView, make_console, report, safe
 
+EXIT_HELD = 6  # the run is held: a step before cutover failed, the twin is kept for repair
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
@@ -59,6 +60,8 @@ def finish_run(console: Console, record: RunRecord | None) -> None:
     if record is None:
         return
     report(console, record)
+    if record.phase == Phase.HELD:
+        sys.exit(EXIT_HELD)
     failed = record.phase in UNSUCCESSFUL or record.cleanup_error is not None
     sys.exit(1 if failed else 0)
 

@@ -50,17 +50,20 @@ def resume(ctx: click.Context, host: str, now: bool, yes: bool) -> None:
     """Continue HOST's unfinished run from its last checkpoint.
 
     A step that had begun but not finished is probed first (is its effect already in place?)
-    and is only redone if it is not: nothing is done twice.
+    and is only redone if it is not: nothing is done twice. A held run is retried (as
+    `upgrader retry HOST`).
     """
+    import getpass
+
     context, console = app_context(ctx)
-    finish_run(console, app.resume(context, host, now=now, yes=yes))
+    finish_run(console, app.resume(context, host, now=now, yes=yes, who=getpass.getuser()))
 
 
 @click.command()
 @HOST
 @click.pass_context
 def abort(ctx: click.Context, host: str) -> None:
-    """Abort HOST's run before cutover: the twin and its disks are removed, prod's overlay is
+    """Abort HOST's run before cutover (also a held run): the twin and its disks are removed, prod's overlay is
     merged back, prod is left exactly as it was. If another process runs it, that process is
     asked to stop at its next step."""
     context, console = app_context(ctx)

@@ -91,6 +91,8 @@ class StepContext:
     force_decommission: bool = False
     interrupt: Callable[[], None] | None = None  # raises to stop before the next side effect
     state_dir: str = ""  # where this controller keeps the run (named in the VM's claim)
+    # keys begun and not yet done, innermost last: on a failure, the step that failed
+    active: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -127,7 +129,10 @@ class StepContext:
         extra = before() if before is not None else {}
         begin = self.journal.write("begin", key=key, title=title, **extra)
         self.emit(StepBegin(key, title))
-        return self._done(key, run(begin))
+        self.active.append((key, title))
+        outputs = run(begin)
+        self.active.remove((key, title))
+        return self._done(key, outputs)
 
     def once_reconnecting(
         self,

@@ -62,7 +62,9 @@ class Upgrade:
             if not result.ok:
                 raise StepFailed(
                     f"{key} `{step.label}` exited {result.rc}:\n{result.tail()}",
-                    hint="the twin is untouched otherwise; the run will abort and prod keeps serving",
+                    hint="prod keeps serving; the run is held with the twin kept for repair (plan `on_failure: hold`) "
+                         "or aborted (`on_failure: abort`)",
+                    result=result,
                 )
             return {"rc": result.rc}
 

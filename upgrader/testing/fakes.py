@@ -12,7 +12,10 @@ World shape (see `new_world`):
   commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
             first match; add_mail: mail that clients deliver once the command has run
   incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
-  faults:   ["probe:prod", "probe:staging", ...]
+  faults:   ["probe:prod", "probe:staging"  a service check fails on that role,
+             "ssh:staging"   SSH to that role does not answer,
+             "reboot:staging" a reboot there never comes back,
+             "sync:pass"     a pre-sync pass fails (rsync exits 23)]
   effects:  [{op, ...}]
 """
 
@@ -390,6 +393,9 @@ class FakeShell:
     def reboot(self, *, timeout: float) -> str:
         with self.world.change() as world:
             domain, guest = _guest_of(world, self.network)
+            if f"reboot:{self.name}" in world["faults"]:
+                _effect(world, "reboot", role=self.name, domain=domain, came_back=False)
+                raise StepFailed(f"fake: {self.name} did not come back with a new boot id within {timeout:.0f} s after reboot")
             guest["boot_id"] = str(uuidlib.uuid4())
             _effect(world, "reboot", role=self.name, domain=domain)
         maybe_pause("after:reboot")
@@ -404,6 +410,8 @@ class FakeShells:
         self.world, self.networks = world, networks
 
     def connect(self, role: str) -> FakeShell:
+        if f"ssh:{role}" in self.world.read()["faults"]:
+            raise InfraError(f"fake: SSH to {role} does not answer (fault)")
         shell = FakeShell(self.world, role, self.networks[role])
         shell.boot_id()  # fails like SSH would when nothing answers
         return shell
@@ -442,6 +450,9 @@ class FakeSyncer:
         on_output: OutputSink | None = None,
     ) -> SyncStats:
         kind = "final" if final else "pass"
+        if f"sync:{kind}" in self.world.read()["faults"]:
+            result = Result(f"rsync -a {source}:… {target}:…", 23, "", "rsync error: some files could not be transferred (code 23)")
+            raise StepFailed(f"fake: rsync from {source} to {target} exited 23:\n{result.tail()}", result=result)
         key_id = f"{self.MARKER}-{self.run_id}-{uuidlib.uuid4().hex[:8]}"
         with self.world.change() as world:
             _guest_of(world, self._network(target))

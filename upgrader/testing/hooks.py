@@ -3,7 +3,9 @@
 UPGRADER_TEST_PAUSE holds comma-separated fnmatch patterns of points; when one is reached the
 process writes the point's name to UPGRADER_TEST_PAUSE_FILE and sleeps until it is killed.
 Points: `begin:<step key>` (journaled, side effect not yet done), `done:<step key>`,
-`enter:<phase>` (after the checkpoint) from the engine's events, and `after:<op>` from inside
+`enter:<phase>` (after the checkpoint), `holding:<step key>` (held journaled, not yet the
+transition), `operator:<retry|skip|revert>` (journaled, not yet the transition) from the
+engine's events, and `after:<op>` from inside
 the fakes (the side effect happened, the journal does not know yet).
 Unset (always, outside tests) the hooks cost one environment lookup.
 """
@@ -15,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from upgrader.events import Event, StepBegin, StepDone, Transition
+from upgrader.events import Event, Held, OperatorAction, StepBegin, StepDone, Transition
 
 ENV_PATTERNS = "UPGRADER_TEST_PAUSE"
 ENV_FILE = "UPGRADER_TEST_PAUSE_FILE"
@@ -40,6 +42,10 @@ def pause_listener(event: Event) -> None:
         maybe_pause(f"done:{event.key}")
     elif isinstance(event, Transition):
         maybe_pause(f"enter:{event.dest.value}")
+    elif isinstance(event, Held):  # the `held` entry is journaled, the transition not yet
+        maybe_pause(f"holding:{event.step}")
+    elif isinstance(event, OperatorAction):  # the operator's action is journaled, the transition not yet
+        maybe_pause(f"operator:{event.action}")
 
 
 def enabled() -> bool:

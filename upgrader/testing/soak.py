@@ -98,7 +98,8 @@ def _setup(directory: Path, kind: Kind) -> tuple[WorldFile, Path]:
     wf = WorldFile(directory / "world.json")
     wf.write(world)
     plan = directory / "plan.yml"
-    plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h") + (WINDOW if kind.window else ""))
+    # `on_failure: abort`: the kinds with a fault end aborted (held runs have a soak kind of their own)
+    plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h") + "on_failure: abort\n" + (WINDOW if kind.window else ""))
     return wf, plan
 
 
