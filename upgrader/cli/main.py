@@ -41,6 +41,7 @@ from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error,
 from upgrader.cli.inspect import list_runs, show, status
 from upgrader.cli.plan import plan
 from upgrader.cli.run import abort, approve, decommission, resume, rollback, run_due, start
+from upgrader.cli.ssh import ssh
 from upgrader.config import load_settings
 from upgrader.errors import Terminated, UpgraderError
 
@@ -66,7 +67,7 @@ def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
     ctx.obj = Globals(state_dir=state_dir, quiet=quiet)
 
 
-for command in (start, resume, status, list_runs, show, abort, rollback, decommission, approve, run_due, plan):
+for command in (start, resume, status, list_runs, show, abort, rollback, decommission, approve, run_due, ssh, plan):
     cli.add_command(command)
 
 try:
