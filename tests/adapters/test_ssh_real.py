@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +61,7 @@ def parked(tmp_path: Path, fake_world: WorldFile, guests: tuple[Server, Server],
     proxy command that logs each use) and ssh.prod at the other; returns the state dir."""
     twin, prod = guests
     proxy = tmp_path / "proxy.sh"
-    proxy.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/proxy.log\n'
+    proxy.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/proxy.log\ntrap "" INT\n'  # Ctrl-C: for ssh to handle
                      f"PYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} -m upgrader.lab.proxy \"$@\"\n")
     proxy.chmod(0o755)
     section = (f"ssh:\n"
@@ -158,3 +159,49 @@ def test_interactive_shell_on_a_terminal_gets_a_pty(parked: Path) -> None:
     text = seen.decode(errors="replace")
     assert rc == 4 and "ON-A-PTY" in text and "the twin\r\n" in text, text
     assert journaled(parked) == [("ssh", None), ("ssh_end", 4)]
+
+
+def test_ctrl_c_is_left_to_ssh_and_the_end_still_journaled(parked: Path, guests: tuple[Server, Server]) -> None:
+    """Ctrl-C reaches the whole foreground group: ssh ends the command, upgrader itself is not
+    interrupted (no `resume` hint) and journals the end with ssh's exit code."""
+    twin, _ = guests
+    proc = subprocess.Popen([sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(parked), "ssh", "mailhost",
+                             "--", "sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 30
+        while not remote_sleep(twin):  # the command runs on the twin
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 255 and "interrupted" not in err and "Traceback" not in err, err
+    assert journaled(parked) == [("ssh", "sleep 30"), ("ssh_end", 255)]
+
+
+def remote_sleep(server: Server) -> bool:
+    """A `sleep 30` below the server's process (its sshd's session child)."""
+    parents: dict[int, int] = {}
+    sleeping: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat_fields[1])
+        if cmdline == b"sleep\x0030\x00":
+            sleeping.append(int(entry.name))
+    assert server.proc is not None
+    for pid in sleeping:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == server.proc.pid:
+                return True
+    return False
