@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,24 @@ def test_long_journal_tail_cut(store: RunStore) -> None:
         f.write(b'{"big":"' + b"x" * 50000)
     store.append("mailhost", RUN, {"n": 2})
     assert [json.loads(line)["n"] for line in jpath(store).read_text().splitlines()] == [1, 2]
+
+
+def test_append_waits_for_another_writers_half_written_line(store: RunStore) -> None:
+    """`upgrader ssh` appends beside the engine without the host lock: an append that finds
+    another writer's line half-written (that writer holds the journal's flock) waits for it,
+    instead of cutting it off as a torn tail."""
+    store.append("mailhost", RUN, {"kind": "begin", "key": "snapshot"})
+    fd = os.open(jpath(store), os.O_RDWR | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b'{"key":"snapshot","kind":')  # the engine, mid-line
+        appender = threading.Thread(target=store.append, args=("mailhost", RUN, {"kind": "ssh", "by": "alice"}))
+        appender.start()
+        appender.join(0.3)
+        assert appender.is_alive()  # waiting for the lock, the half line untouched
+        os.write(fd, b'"done"}\n')
+    finally:
+        os.close(fd)  # releases the flock
+    appender.join(10)
+    kinds = [(e["kind"], e.get("key")) for e in store.journal("mailhost", RUN)]
+    assert kinds == [("begin", "snapshot"), ("done", "snapshot"), ("ssh", None)]

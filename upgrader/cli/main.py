@@ -42,6 +42,7 @@ from upgrader.cli.inspect import list_runs, show, status
 from upgrader.cli.plan import plan
 from upgrader.cli.repair import retry, skip
 from upgrader.cli.run import abort, approve, decommission, resume, rollback, run_due, start
+from upgrader.cli.ssh import ssh
 from upgrader.config import load_settings
 from upgrader.errors import Terminated, UpgraderError
 
@@ -67,7 +68,8 @@ def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
     ctx.obj = Globals(state_dir=state_dir, quiet=quiet)
 
 
-for command in (start, resume, retry, skip, status, list_runs, show, abort, rollback, decommission, approve, run_due, plan):
+for command in (start, resume, retry, skip, ssh, status, list_runs, show, abort, rollback, decommission, approve, run_due,
+                plan):
     cli.add_command(command)
 
 try:

@@ -1,11 +1,14 @@
 """journal.jsonl: one compact JSON object per line, appended with O_APPEND and fsynced.
 
 A torn last line (the process died mid-write) is ignored on read and cut off by the next append;
-a bad line in the middle is corrupt state (file:line)."""
+a bad line in the middle is corrupt state (file:line). Appends hold an flock on the journal itself
+(not the host lock): `upgrader ssh` journals beside the process that runs the run, and one
+writer's tail check must never see, and cut, the other's line half-written."""
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -32,6 +35,7 @@ def append_line(path: Path, line: bytes, *, create: bool = True) -> None:
     flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
     fd = secure_open(path, flags)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close; held for one line and its fsync
         cut_torn_tail(fd)
         write_all(fd, line)
         os.fsync(fd)
