@@ -56,8 +56,10 @@ def test_recovery_killed_and_resumed_on_the_lab(lab: Lab, tmp_path: Path, path: 
         if path == "rollback":
             assert upgrader(state, "start", "mailhost", "--plan", str(PLAN)).returncode == 0
             proc = subprocess.Popen([*base, "rollback", "mailhost"], text=True, stdout=subprocess.DEVNULL)
-        else:  # the upgrade fails: the run aborts by itself
-            proc = subprocess.Popen([*base, "start", "mailhost", "--plan", str(PLAN)], text=True, stdout=subprocess.DEVNULL)
+        else:  # the upgrade fails: with `on_failure: abort` the run aborts by itself
+            plan = tmp_path / "abort.yml"
+            plan.write_text(PLAN.read_text() + "on_failure: abort\n")
+            proc = subprocess.Popen([*base, "start", "mailhost", "--plan", str(plan)], text=True, stdout=subprocess.DEVNULL)
         assert wait_journal(state, event, key, proc), f"{event}:{key} never reached (rc {proc.poll()})"
         time.sleep(delay)
         if proc.poll() is None:

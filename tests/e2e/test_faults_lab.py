@@ -120,7 +120,7 @@ def test_ssh_to_the_twin_dropped_mid_upgrade(lab: Lab, tmp_path: Path) -> None:
 def test_twin_not_back_after_reboot_aborts_with_prod_untouched(lab: Lab, tmp_path: Path) -> None:
     fresh(lab, ("no-return-after-reboot",))
     state = tmp_path / "state"
-    plan = plan_variant(tmp_path, "  - reboot: true\n    timeout: 5m", "  - reboot: true\n    timeout: 40s")
+    plan = plan_variant(tmp_path, "  - reboot: true\n    timeout: 5m", "  - reboot: true\n    timeout: 40s\n    on_failure: abort")
     started = time.monotonic()
     done = upgrader(state, "start", "mailhost", "--plan", str(plan))
     took = time.monotonic() - started

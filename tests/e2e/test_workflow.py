@@ -110,10 +110,16 @@ def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
     assert lab.smtp_probe()["ok"]
 
 
-def test_upgrade_fails_midway_aborts_prod_untouched(lab: Lab, tmp_path: Path) -> None:
+def test_upgrade_fails_midway_holds_then_abort_leaves_prod_untouched(lab: Lab, tmp_path: Path) -> None:
     fresh(lab, ("upgrade-fails",))
     state = tmp_path / "state"
     done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
+    assert done.returncode == 6, done.stdout  # held: the twin is kept for repair
+    record = status(state)
+    assert record["phase"] == "held" and record["held"]["step"] == "upgrade[4]" and record["held"]["rc"] == 1
+    assert "lab fault upgrade-fails" in record["held"]["tail"]
+    assert {info.name for info, _ in lab.domains()} == {"mailhost", "mailhost-twin"}
+    done = upgrader(state, "abort", "mailhost")
     assert done.returncode == 1
     record = status(state)
     assert record["phase"] == "aborted" and record["error"]["phase"] == "upgrade"
@@ -127,7 +133,9 @@ def test_mail_broken_after_upgrade_fails_validation(lab: Lab, tmp_path: Path) ->
     fresh(lab, ("mail-broken-after-upgrade",))
     state = tmp_path / "state"
     done = upgrader(state, "start", "mailhost", "--plan", str(PLAN))
-    assert done.returncode == 1
+    assert done.returncode == 6, done.stdout
+    assert status(state)["held"]["step"] == "validate_staging"
+    assert upgrader(state, "abort", "mailhost").returncode == 1
     record = status(state)
     assert record["phase"] == "aborted" and record["error"]["phase"] == "validate_staging"
     assert "release 1" in lab.guest_exec("prod", "cat /etc/labos-release").stdout

@@ -78,6 +78,8 @@ class Fault(str, Enum):
     UPGRADE_FAILS = "upgrade-fails"  # `labos-update install` phase 2 exits non-zero midway
     MAIL_BROKEN_AFTER_UPGRADE = "mail-broken-after-upgrade"  # smtpd refuses to start at release 2
     NO_RETURN_AFTER_REBOOT = "no-return-after-reboot"  # boot stalls after the upgrade reboot
+    # the ports rebuild fails until a person adds `mailfilter: LIBMILTER=6` to /etc/labos-ports.conf
+    PORT_BROKEN = "port-broken"
 
     def __str__(self) -> str:
         return self.value
