@@ -120,11 +120,13 @@ def render() -> str:
         "unquoted numbers. Durations are seconds as an integer or strings like `90s`, `15m`, `2h`, "
         "`7d`, `1w`, `1h30m`; sizes are bytes or strings like `500k`, `16MiB`, `1GiB`. YAML aliases "
         "(`*name`) and merge keys (`<<`) are not allowed. Relative paths (ssh keys, known_hosts, "
-        "template_dir) are relative to the plan file. `upgrader plan schema` prints the JSON Schema.",
+        "template_dir, secret_file) are relative to the plan file. `upgrader plan schema` prints the JSON Schema.",
         "",
         "An upgrade step is either a [RunStep](#runstep) (has `run`) or a [RebootStep](#rebootstep) "
         "(has `reboot: true`). A [Check](#check) has exactly one of `tcp`, `smtp`, `http`, `command`. "
-        "A [Window](#window) has exactly one of `start`, `weekly`, `rrule`.",
+        "A [Window](#window) has exactly one of `start`, `weekly`, `rrule`. An [Operator](#operator) block has "
+        "`email`, `webhook` or both; its webhook has exactly one of `secret_env`, `secret_file` (a secret is never "
+        "written in the plan).",
         "",
     ]
     lines += _section("Plan (top level)", schema, "##", describe=False)

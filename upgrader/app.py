@@ -124,6 +124,8 @@ def start(ctx: Context, options: StartOptions) -> RunRecord:
             )
         run_id = new_run_id(ctx.now())
         ports = ctx.ports_factory(plan, run_id)
+        if ports.operator is not None:  # a missing webhook secret is found now, not when a run is held
+            ports.operator.check()
         source = ports.hypervisor.domain(plan.source.domain)  # None: preflight says so, nothing to claim
         vm = VmIdentity(uri=plan.source.libvirt_uri, domain=source.name, uuid=source.uuid) if source else None
         if vm is not None:

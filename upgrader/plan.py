@@ -64,7 +64,8 @@ from upgrader.durations import (
     parse_duration,
 )
 from upgrader.errors import InputError, PlanError
-from upgrader.plan_checks import PlanCheckError, check_sync_paths, lone_surrogates, normalise_sync_path, printable, rrule_problem
+from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
+                                  lone_surrogates, normalise_sync_path, printable, rrule_problem)
 
 __all__ = [
     "MAX_PLAN_BYTES",
@@ -74,6 +75,8 @@ __all__ = [
     "CommandCheck",
     "Duration",
     "HttpCheck",
+    "Operator",
+    "OperatorWebhook",
     "Plan",
     "PresyncPolicy",
     "Prompt",
@@ -699,6 +702,50 @@ class Announce(_Model):
     )
 
 
+class OperatorWebhook(_Model):
+    """Where operator notices are POSTed as JSON, signed with HMAC-SHA256 (X-Upgrader-Signature).
+    The secret is never written in the plan: exactly one of secret_env, secret_file."""
+
+    url: Annotated[StrictStr, AfterValidator(_checked(check_webhook_url)), Field(json_schema_extra={"format": "uri"})] = Field(
+        description="http:// or https:// URL the notices are POSTed to (no user:password@)"
+    )
+    secret_env: Annotated[StrictStr, AfterValidator(_checked(check_env_name))] | None = Field(
+        default=None, description="environment variable that holds the signing secret"
+    )
+    secret_file: NonEmptyStr | None = Field(
+        default=None, description="file whose first line is the signing secret; relative to the plan file"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "secret" in data:
+            raise _fail(
+                "a secret is never written in the plan (plans are copied, mailed and kept in run records): "
+                "put it in an environment variable (secret_env) or a file (secret_file)",
+                at=("secret",),
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> OperatorWebhook:
+        if self.secret_env is None and self.secret_file is None:
+            raise _fail('needs the signing secret: "secret_env" (a variable name) or "secret_file" (a path)')
+        if self.secret_env is not None and self.secret_file is not None:
+            raise _fail('give one of "secret_env", "secret_file", not both', at=("secret_file",))
+        return self
+
+
+class Operator(_Model):
+    """Tell the operators - never the customers - when a run is held, waits for approval, is
+    rolled back or fails: host, step, the error's last lines and the commands to run next. Mail
+    goes through the same SMTP settings (UPGRADER_SMTP_*) as the announce block's."""
+
+    email: Annotated[list[Email], Field(min_length=1)] | None = Field(default=None, description="operator addresses")
+    sender: Email | None = Field(default=None, description="From: address of operator mail (default: announce.sender)")
+    webhook: OperatorWebhook | None = Field(default=None, description="POST each notice as signed JSON")
+
+
 # The `validate` field shadows pydantic's deprecated BaseModel.validate() classmethod; the plan
 # format's key name wins (use Plan.model_validate). Silence pydantic's warning about it.
 _quiet = warnings.catch_warnings()
@@ -742,6 +789,9 @@ class Plan(_Model):
     takeover: Takeover = Field(description="how the twin becomes production")
     window: Window | None = Field(default=None, description="maintenance window for the cutover")
     announce: Announce | None = Field(default=None, description="mail to users before the cutover")
+    operator: Operator | None = Field(
+        default=None, description="tell the operators (mail, webhook) when a run is held, waits for approval, is rolled back or fails"
+    )
     approval: Literal["none", "required"] = Field(
         default="none", description='"required": wait for `upgrader approve` before cutover'
     )
@@ -766,6 +816,17 @@ class Plan(_Model):
                 at=("keep_old_for",),
                 got=_describe(self.keep_old_for),
             )
+        return self
+
+    @model_validator(mode="after")
+    def _operator_channels(self) -> Plan:
+        op, announce = self.operator, self.announce
+        if op is not None:
+            try:
+                check_operator(op.email or [], op.sender, op.webhook is not None,
+                               announce.sender if announce else None, announce.to if announce else [])
+            except PlanCheckError as exc:
+                raise _fail("{why}", at=("operator", *exc.at), why=exc.message) from None
         return self
 
     @model_validator(mode="after")

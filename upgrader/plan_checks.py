@@ -1,16 +1,21 @@
-"""Plan checks that need more than a type: sync paths, lone surrogates, and whether a window's
-rrule ever fires. Pure functions; each refusal is a PlanCheckError carrying the message and the
-key path below the validated value it is about, which upgrader.plan reports in its usual
+"""Plan checks that need more than a type: sync paths, lone surrogates, whether a window's
+rrule ever fires, and the operator block (webhook URL, who sends, who must not get it). Pure
+functions; each refusal is a PlanCheckError carrying the message and the key path below the
+validated value it is about, which upgrader.plan reports in its usual
 `file:line:col: key.path: message` form.
 
     normalise_sync_path("/var//mail/./")   # -> "/var/mail/"
     check_sync_paths(["/var/mail/", "/"], allow_dangerous=False)   # PlanCheckError at paths[1].path
     rrule_problem("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", "UTC")     # -> "the rule has no occurrence ..."
+    check_webhook_url("https://hooks.example.org/upgrader")         # -> the URL, or PlanCheckError
 """
 
 from __future__ import annotations
 
+import json
+import re
 import unicodedata
+import urllib.parse
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +27,10 @@ __all__ = [
     "RRULE_HORIZON",
     "SYSTEM_DIRECTORIES",
     "PlanCheckError",
+    "check_env_name",
+    "check_operator",
     "check_sync_paths",
+    "check_webhook_url",
     "lone_surrogates",
     "normalise_sync_path",
     "printable",
@@ -239,3 +247,67 @@ def rrule_problem(text: str, timezone: str, now: datetime | None = None) -> str 
     except ValueError as exc:  # dateutil: e.g. "Invalid combination of interval and byhour ..."
         return f"the rule can never fire: {exc}"
     return why if found is None else None
+
+
+# --------------------------------------------------------------------------------------------
+# The operator block: a webhook URL, who sends, and that no customer gets an operator notice
+# --------------------------------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def check_webhook_url(url: str) -> str:
+    """`url` unchanged if it is http:// or https:// with a host and nothing that would put a
+    secret into the plan (`user:password@`; the HMAC signature is what authenticates upgrader)
+    or break a request line (whitespace, control characters)."""
+    if any(ch.isspace() or _is_control(ch) for ch in url):
+        raise PlanCheckError("a URL must not contain whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError as exc:
+        raise PlanCheckError(f"not a valid URL ({exc}): {_quoted(url)}") from None
+    if parts.scheme not in ("http", "https"):
+        raise PlanCheckError(f"must be an http:// or https:// URL, got {_quoted(url)}")
+    if not parts.hostname:
+        raise PlanCheckError(f"the URL has no host: {_quoted(url)}")
+    if "@" in parts.netloc:
+        raise PlanCheckError(
+            "no user:password@ in the URL: the plan must not hold a secret; the receiver checks the "
+            "X-Upgrader-Signature made with secret_env or secret_file"
+        )
+    return url
+
+
+def check_env_name(name: str) -> str:
+    """An environment variable name (letters, digits, _; not starting with a digit)."""
+    if not _ENV_NAME.match(name):
+        raise PlanCheckError(f"expected an environment variable name like UPGRADER_WEBHOOK_SECRET, got {_quoted(name)}")
+    return name
+
+
+def check_operator(email: Sequence[str], sender: str | None, webhook: bool, announce_sender: str | None,
+                   customers: Sequence[str]) -> None:
+    """The operator block as a whole: at least one channel; a From: address for its mail (its
+    own `sender`, else the announce block's); and no address that is also a customer's
+    (`announce.to`): operator notices carry error output, which customers never get. Errors point
+    below `operator`."""
+    if not email and not webhook:
+        raise PlanCheckError('an operator block needs "email", "webhook" or both')
+    if email and sender is None and announce_sender is None:
+        raise PlanCheckError(
+            'operator mail needs a From: address: add "sender" here (or an announce block, whose sender is used)',
+            ("sender",),
+        )
+    told = {c.casefold() for c in customers}
+    for i, address in enumerate(email):
+        if address.casefold() in told:
+            raise PlanCheckError(
+                f"{address} is also in announce.to: operator notices carry error output and commands, which "
+                "customers never get; use an address of the operators only",
+                ("email", i),
+            )

@@ -1,8 +1,10 @@
-"""Shared values and the SMTP inbox for the notify tests (imported by conftest and the tests)."""
+"""Shared values, the SMTP inbox and the webhook receiver's record for the notify tests
+(imported by conftest and the tests)."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
@@ -18,6 +20,7 @@ USER, PASSWORD = "upgrader", "s3cret-pw"
 START = datetime(2024, 6, 1, 1, 0, tzinfo=timezone.utc)
 END = datetime(2024, 6, 1, 3, 0, tzinfo=timezone.utc)
 NOW = datetime(2024, 5, 20, 12, 0, tzinfo=timezone.utc)
+SECRET = b"webhook-secret"
 
 
 def free_port() -> int:
@@ -49,3 +52,26 @@ class Inbox:
 
     def settings(self, **kw: Any) -> SmtpSettings:
         return SmtpSettings(host=LOOPBACK, port=self.port, timeout=5, local_hostname="client.test", **kw)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One POST as it arrived: the raw body and the two signing headers."""
+
+    body: bytes
+    timestamp: str
+    signature: str
+
+
+@dataclass
+class Receiver:
+    """What the local webhook receiver (conftest `receiver`) accepted. `on_post` runs as a
+    request arrives, before it is answered."""
+
+    url: str
+    status: int = 204
+    bodies: list[dict[str, object]] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    bad_signatures: int = 0
+    on_post: Callable[[], None] | None = None

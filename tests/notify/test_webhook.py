@@ -4,70 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from notify_helpers import END, LOOPBACK, NOW, START, free_port
+from notify_helpers import END, LOOPBACK, NOW, SECRET, START, Receiver, free_port
 
 from upgrader.errors import InfraError, InputError
 from upgrader.notify import DeliveryRefused, Kind, Notice, WebhookNotifier, render, send_with_retry
 from upgrader.notify.webhook import signature, verify_signature
 from upgrader.plan import Announce
-
-SECRET = b"webhook-secret"
-
-
-@dataclass
-class Receiver:
-    url: str
-    status: int = 204
-    bodies: list[dict[str, object]] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    bad_signatures: int = 0
-
-
-@pytest.fixture
-def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)  # the request must go straight to 127.0.0.1
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            # what a receiver does, written out here independently of verify_signature
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            stamp = self.headers.get("X-Upgrader-Timestamp", "")
-            expected = "sha256=" + hmac.new(SECRET, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-            fresh = stamp.isdigit() and abs(time.time() - int(stamp)) <= 300
-            if not (fresh and hmac.compare_digest(expected, self.headers.get("X-Upgrader-Signature", ""))):
-                state.bad_signatures += 1
-                self.send_response(401)
-            else:
-                assert self.headers["Content-Type"] == "application/json"
-                state.bodies.append(json.loads(body))
-                state.timestamps.append(int(stamp))
-                self.send_response(state.status)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    state.url = f"http://{LOOPBACK}:{server.server_address[1]}/hooks/upgrader?token=t0ken"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -180,7 +180,7 @@ def test_schema() -> None:
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert set(schema["properties"]) == {
         "version", "description", "source", "ssh", "staging", "guest_state_dir", "upgrade", "validate",
-        "verify", "sync", "takeover", "window", "announce", "approval", "keep_old_for", "on_failure",
+        "verify", "sync", "takeover", "window", "announce", "operator", "approval", "keep_old_for", "on_failure",
     }  # fmt: skip
     assert set(schema["required"]) == {"source", "ssh", "staging", "upgrade", "sync", "takeover"}
     keep = schema["properties"]["keep_old_for"]
@@ -188,6 +188,9 @@ def test_schema() -> None:
     port = schema["$defs"]["SshTarget"]["properties"]["port"]
     assert (port["minimum"], port["maximum"]) == (1, 65535)
     assert "base_dir" not in text and "_base_dir" not in text
+    hook = schema["$defs"]["OperatorWebhook"]["properties"]
+    assert set(hook) == {"url", "secret_env", "secret_file"}  # no inline secret
+    assert hook["url"]["format"] == "uri"
 
     def walk(node: object) -> None:  # every property of every model has a description
         if isinstance(node, dict):

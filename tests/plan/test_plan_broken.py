@@ -20,7 +20,7 @@ EXPECTED: dict[str, list[str]] = {
     "port_range": ["10:11: ssh.staging.port: must be between 1 and 65535, got 70000"],
     "unknown_top": [
         "20:1: rollback_after: unknown key (allowed: version, description, source, ssh, staging, "
-        "guest_state_dir, upgrade, validate, verify, sync, takeover, window, announce, approval, keep_old_for, on_failure)"
+        "guest_state_dir, upgrade, validate, verify, sync, takeover, window, announce, operator, approval, keep_old_for, on_failure)"
     ],
     "unknown_nested": ["12:3: staging.netwrok: unknown key (allowed: network, twin_name)"],
     "missing_key": ['3:3: source.domain: missing required key "domain"'],

@@ -239,3 +239,69 @@ def test_rrule_problem_is_none_for_a_good_rule_and_fast_for_every_frequency() ->
         started = time.perf_counter()
         assert rrule_problem(f"FREQ={freq};BYMONTH=2;BYMONTHDAY=30", "UTC", NOW) is not None
         assert time.perf_counter() - started < 2.5, freq
+
+
+# -- the operator block ---------------------------------------------------------------------------
+
+OPERATOR = """\
+operator:
+  email: [oncall@example.org]
+  sender: upgrader@example.org
+  webhook:
+    url: https://hooks.example.org/upgrader
+    secret_env: UPGRADER_HOOK_SECRET
+"""
+ANNOUNCE = "announce:\n  sender: ops@example.org\n  to: [customers@example.com]\n"
+
+
+def test_an_operator_block_is_read() -> None:
+    plan = parse_plan(MINIMAL + OPERATOR, "p.yml")
+    assert plan.operator is not None and plan.operator.email == ["oncall@example.org"]
+    assert plan.operator.webhook is not None and plan.operator.webhook.secret_env == "UPGRADER_HOOK_SECRET"
+    with_announce = parse_plan(MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org]\n", "p.yml")
+    assert with_announce.operator is not None and with_announce.operator.sender is None  # announce.sender is used
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ("operator: {}\n", '20:11: operator: an operator block needs "email", "webhook" or both'),
+        ("operator:\n  email: [oncall@example.org]\n",
+         '21:3: operator.sender: operator mail needs a From: address: add "sender" here (or an announce block, '
+         "whose sender is used)"),
+        ("operator:\n  email: []\n  sender: u@example.org\n", "21:10: operator.email: needs at least 1 item, got none"),
+        ("operator:\n  email: [oncall]\n  sender: u@example.org\n",
+         '21:11: operator.email[0]: expected an email address like ops@example.org, got "oncall"'),
+        ("operator:\n  webhook:\n    url: ftp://hooks.example.org/x\n    secret_env: S\n",
+         '22:10: operator.webhook.url: must be an http:// or https:// URL, got "ftp://hooks.example.org/x"'),
+        ("operator:\n  webhook:\n    url: https:///x\n    secret_env: S\n",
+         '22:10: operator.webhook.url: the URL has no host: "https:///x"'),
+        ("operator:\n  webhook:\n    url: 'https://hooks.example.org:99999/x'\n    secret_env: S\n",
+         '22:10: operator.webhook.url: not a valid URL (Port out of range 0-65535): "https://hooks.example.org:99999/x"'),
+        ("operator:\n  webhook:\n    url: https://bot:hunter2@hooks.example.org/x\n    secret_env: S\n",
+         "22:10: operator.webhook.url: no user:password@ in the URL: the plan must not hold a secret; the receiver "
+         "checks the X-Upgrader-Signature made with secret_env or secret_file"),
+        ("operator:\n  webhook:\n    url: https://hooks.example.org/x\n    secret: hunter2\n",
+         "23:13: operator.webhook.secret: a secret is never written in the plan (plans are copied, mailed and kept "
+         "in run records): put it in an environment variable (secret_env) or a file (secret_file)"),
+        ("operator:\n  webhook:\n    url: https://hooks.example.org/x\n",
+         '22:5: operator.webhook: needs the signing secret: "secret_env" (a variable name) or "secret_file" (a path)'),
+        ("operator:\n  webhook:\n    url: https://hooks.example.org/x\n    secret_env: S\n    secret_file: s.txt\n",
+         '24:18: operator.webhook.secret_file: give one of "secret_env", "secret_file", not both'),
+        ("operator:\n  webhook:\n    url: https://hooks.example.org/x\n    secret_env: HOOK-SECRET\n",
+         '23:17: operator.webhook.secret_env: expected an environment variable name like UPGRADER_WEBHOOK_SECRET, '
+         'got "HOOK-SECRET"'),
+        ("operator:\n  email: [oncall@example.org]\n  smtp_host: mx\n",
+         "22:3: operator.smtp_host: unknown key (allowed: email, sender, webhook)"),
+    ],
+)
+def test_a_bad_operator_block_is_refused_with_its_position(block: str, expected: str) -> None:
+    assert problems(MINIMAL + block) == [f"p.yml:{expected}"]
+
+
+def test_a_customer_address_is_refused_as_an_operator_address() -> None:
+    text = MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org, Customers@Example.com]\n"
+    assert problems(text) == [
+        "p.yml:24:31: operator.email[1]: Customers@Example.com is also in announce.to: operator notices carry error "
+        "output and commands, which customers never get; use an address of the operators only"
+    ]

@@ -25,4 +25,8 @@ def build_ports(plan: "Plan", run_id: str) -> Ports:
         from upgrader.notify import SmtpNotifier, SmtpSettings
 
         ports.notifier = SmtpNotifier(SmtpSettings.from_env())
+    if plan.operator is not None:  # operators: mail through the same SMTP settings, and the webhook
+        from upgrader.notify.operator import channels_from_plan
+
+        ports.operator = channels_from_plan(plan)
     return ports

@@ -5,6 +5,7 @@ refusal or, worse, mail the recipients that did get it once more."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Protocol
 
@@ -31,6 +32,11 @@ def send_with_retry(notifier: Notifier, message: EmailMessage, attempts: int = 5
     """notifier.send(message), retried with exponential backoff (1 s, 2 s, 4 s ... capped at
     max_wait) while it raises InfraError; after the last attempt an InfraError with a hint.
     DeliveryRefused and every other error are raised at once."""
+    return retry_delivery(lambda: notifier.send(message), f"the notice {message.get('Subject', '')!r}", attempts, max_wait)
+
+
+def retry_delivery(deliver: Callable[[], str], what: str, attempts: int = 5, max_wait: float = 30) -> str:
+    """deliver(), retried like send_with_retry; `what` names the notice in the final error."""
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     retrying = tenacity.Retrying(
@@ -40,11 +46,11 @@ def send_with_retry(notifier: Notifier, message: EmailMessage, attempts: int = 5
         reraise=False,
     )
     try:
-        return retrying(notifier.send, message)
+        return retrying(deliver)
     except tenacity.RetryError as exc:
         last = exc.last_attempt.exception()
         hint = last.hint if isinstance(last, InfraError) and last.hint else None
         raise InfraError(
-            f"could not deliver the notice {message.get('Subject', '')!r} after {attempts} attempts: {last}",
+            f"could not deliver {what} after {attempts} attempts: {last}",
             hint=hint or "check that the mail server (UPGRADER_SMTP_HOST/PORT) or webhook is reachable; the run itself is not affected",
         ) from last

@@ -1,6 +1,7 @@
 """Delivery by webhook (urllib): POST the notice as JSON, signed with HMAC-SHA256 so the
-receiver can check it came from us. Same port as SmtpNotifier: it takes the rendered message and
-reads the notice from its X-Upgrader-* headers (set by render).
+receiver can check it came from us. Same port as SmtpNotifier: `send` takes the rendered message
+and reads the notice from its X-Upgrader-* headers (set by render); `post` sends any JSON object
+the same way (the operator notices, notify/operator.py).
 
 The signature covers a timestamp as well as the body (as Stripe and Slack sign theirs), so a
 captured request cannot be replayed later:
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 
 from upgrader.errors import InfraError, InputError
@@ -106,8 +107,15 @@ class WebhookNotifier:
 
     def send(self, message: EmailMessage) -> str:
         data = payload(message)
+        self.post(data)
+        return str(data["message_id"] or "")
+
+    def post(self, data: Mapping[str, object]) -> None:
+        """POST `data` as JSON, signed (a retry is signed anew, with its own time). InfraError when
+        the receiver is unreachable or answers 5xx/408/429 (worth retrying), DeliveryRefused for
+        any other 4xx."""
         body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        sent = int(self.clock())  # a retry is signed anew, with its own time
+        sent = int(self.clock())
         request = urllib.request.Request(
             self.url,
             data=body,
@@ -127,4 +135,3 @@ class WebhookNotifier:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise InfraError(f"cannot reach webhook {self.shown_url}: {reason}", hint="check the URL and that the receiver runs") from None
-        return str(data["message_id"] or "")

@@ -22,6 +22,7 @@ from upgrader.record import RunRecord, utcnow
 
 if TYPE_CHECKING:
     from upgrader.notify import Notifier
+    from upgrader.notify.operator import OperatorChannels
     from upgrader.plan import Plan
 
 Outputs = dict[str, Any]
@@ -34,7 +35,8 @@ class Ports:
     shells: ShellFactory
     syncer: Syncer
     prober: Prober
-    notifier: "Notifier | None" = None  # only when the plan announces
+    notifier: "Notifier | None" = None  # customers: only when the plan announces
+    operator: "OperatorChannels | None" = None  # operators: only when the plan has an operator block
 
 
 class JournalIO(Protocol):

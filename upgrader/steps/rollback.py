@@ -26,6 +26,7 @@ from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.identity import OLD_VM_OFF_HINT, is_ours
 from upgrader.steps.notices import tell_about_window
+from upgrader.steps.operator_notice import ROLLED_BACK_KEY, rolled_back_event, tell_operator
 from upgrader.steps.staging import teardown
 from upgrader.steps.sync import run_commands, sweep_sync_keys, sync_once
 
@@ -103,7 +104,7 @@ class RollingBack:
             f"destroy {plan.twin_name}, merge {plan.source.domain}'s overlay back",
             f"if the new prod does not answer: network and services back without the reverse sync; "
             f"{plan.twin_name} is stopped and kept with its disks, and the run says so",
-        ]
+        ] + (["tell the operators: rolled back, why, and what to run next"] if plan.operator else [])
 
     def run(self, ctx: StepContext) -> Outcome:
         plan, hv = ctx.plan, ctx.ports.hypervisor
@@ -150,6 +151,7 @@ class RollingBack:
             out["cleanup"] = teardown(ctx, "rollback")
         reason = ctx.record.error.message if ctx.record.error else None
         tell_about_window(ctx, Kind.ROLLED_BACK, "notice.rolled_back", reason)
+        tell_operator(ctx, ROLLED_BACK_KEY, rolled_back_event(ctx.record, state_dir=ctx.state_dir))
         return Outcome(out, trigger="rolled_back")
 
     @staticmethod

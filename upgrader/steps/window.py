@@ -17,6 +17,7 @@ from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_seconds, tell
+from upgrader.steps.operator_notice import APPROVAL_KEY, approval_event, tell_operator
 from upgrader.windows import Slot, describe, next_slot
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class AwaitWindow:
         if plan.announce:
             lines.append(f"tell {', '.join(plan.announce.to)}: announcement now, reminder {plan.announce.reminder_before} before")
         if plan.approval == "required":
-            lines.append("wait for `upgrader approve HOST`")
+            lines.append("wait for `upgrader approve HOST`" + (" (the operators are told once)" if plan.operator else ""))
         lines.append("postpone to the next window if this one closes or cannot hold the forecast downtime")
         return lines
 
@@ -84,6 +85,8 @@ class AwaitWindow:
         if ctx.record.options.now:
             return Outcome(ctx.once("await_window", "operator: cut over now", lambda _: {"decision": "now (operator)"}))
         if plan.approval == "required" and "approval" not in ctx.journal.done:
+            when = f"window {seq}: opens {local(ctx, slot.start)}, closes {local(ctx, slot.end)}"
+            tell_operator(ctx, APPROVAL_KEY, approval_event(ctx.record, when, state_dir=ctx.state_dir))
             return Outcome(park="waiting for approval: `upgrader approve HOST`")
         if now < slot.start:
             if plan.announce is not None and now >= slot.start - plan.announce.reminder_before:
