@@ -40,10 +40,13 @@ from upgrader.phases import BEFORE_CUTOVER, HOLDABLE, TERMINAL, UNSUCCESSFUL, Ph
 from upgrader.record import HeldStep, PhaseTiming, RunError, RunRecord, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
+from upgrader.held import revert_targets
+from upgrader.steps.operator_notice import FAILED_KEY, held_event, held_key, operator_event_for_failure, tell_operator
 from upgrader.steps.sync import sweep_sync_keys, sync_in_doubt
 from upgrader.store import touch_private
 
 if TYPE_CHECKING:
+    from upgrader.notify.operator import OperatorEvent
     from upgrader.plan import Plan
     from upgrader.store import RunStore
 
@@ -235,6 +238,8 @@ class Engine:
         else:
             failures = sum(1 for e in self.store.journal(record.host, record.run_id) if e.get("kind") == "failed" and e.get("phase") == phase.value)
             if phase in (Phase.ABORTED, Phase.ROLLING_BACK) and failures >= MAX_CLEANUP_ATTEMPTS:
+                # before the transition: `failed` is terminal, a crash after it would lose the notice
+                self._tell_operator(FAILED_KEY, operator_event_for_failure(record, self.plan, state_dir=self.ctx.state_dir))
                 self.fire("fail")
             else:
                 self.store.save(record)
@@ -262,7 +267,20 @@ class Engine:
         self.journal.write("held", **held.model_dump(mode="json"))  # before the transition: survives a crash
         self.record.held = held
         self.emit(Held(self.record.host, phase, step, exc.message, exc.hint))
+        failures = sum(1 for e in self.store.journal(self.record.host, self.record.run_id) if e.get("kind") == "failed")
+        self._tell_operator(held_key(failures), held_event(self.record, self.plan, step, exc.message, held.tail,
+                                                           checkpoints=revert_targets(self.journal.done),
+                                                           state_dir=self.ctx.state_dir))
         self.fire("hold")
+
+    def _tell_operator(self, key: str, event: "OperatorEvent") -> None:
+        """Operator notices from the engine's own decisions: never stopped by an abort request
+        (that is honoured at the next step), never raising (a failed delivery is journaled)."""
+        interrupt, self.ctx.interrupt = self.ctx.interrupt, None
+        try:
+            tell_operator(self.ctx, key, event)
+        finally:
+            self.ctx.interrupt = interrupt
 
     def leave_hold(self, action: str, **fields: object) -> HeldStep:
         """`retry`/`skip`/`revert`/`resume` of a held run: journal who and why, back into the phase."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
+from typing import Iterable
 
 from upgrader.durations import format_duration
 from upgrader.record import HeldStep
@@ -33,13 +34,32 @@ def summary(held: HeldStep, now: dt.datetime) -> str:
     return f"held at {where}{title}: {what}, {ago} ago"
 
 
-def next_commands(host: str, held: HeldStep, checkpoints: list[str] | None = None) -> list[str]:
-    """The commands an operator runs next, in the order they are usually needed."""
-    h = shlex.quote(host)
-    commands = [f"upgrader ssh {h} --twin", f"upgrader retry {h}"]
-    if skippable(held.step):
-        commands.append(f"upgrader skip {h} --reason TEXT")
-    for name in checkpoints or []:
-        commands.append(f"upgrader revert {h} --to {shlex.quote(name)}")
-    commands.append(f"upgrader abort {h}")
+def command(state_dir: str, *words: str) -> str:
+    """`upgrader [--state-dir DIR] WORDS...`, every word shell-quoted (a step key like upgrade[4]
+    is a glob to the shell)."""
+    prefix = ["upgrader", "--state-dir", state_dir] if state_dir else ["upgrader"]
+    return " ".join(shlex.quote(word) for word in (*prefix, *words))
+
+
+def next_commands(host: str, step: str | None, checkpoints: list[str] | None = None, *, state_dir: str = "") -> list[str]:
+    """What an operator runs next on a run held at `step`, in the order it is usually needed;
+    `checkpoints`: the step keys `revert --to` can go back to."""
+    commands = [command(state_dir, "ssh", host, "--twin"), command(state_dir, "retry", host)]
+    if skippable(step):
+        commands.append(command(state_dir, "skip", host, "--reason", "TEXT"))
+    commands += [command(state_dir, "revert", host, "--to", key) for key in checkpoints or []]
+    commands.append(command(state_dir, "abort", host))
     return commands
+
+
+CHECKPOINT_PREFIX = "checkpoint."
+
+
+def checkpoint_key(step: str) -> str:
+    """The journal key of the checkpoint taken before `step` ("upgrade[3]")."""
+    return CHECKPOINT_PREFIX + step
+
+
+def revert_targets(done: Iterable[str]) -> list[str]:
+    """The steps `revert --to` can go back to: those a checkpoint was taken before."""
+    return [key[len(CHECKPOINT_PREFIX):] for key in done if key.startswith(CHECKPOINT_PREFIX)]

@@ -209,7 +209,7 @@ def held_report(console: Console, record: RunRecord, checkpoints: list[str] | No
     for line in (held.tail or held.message).splitlines()[-10:]:
         console.print(Text.assemble("  │ ", (visible(line, newlines=False), "dim")))
     console.print("the twin keeps running on staging; prod is untouched. Next:")
-    for command in next_commands(record.host, held, checkpoints):
+    for command in next_commands(record.host, held.step, checkpoints):
         console.print(f"  {safe(command)}")
 
 

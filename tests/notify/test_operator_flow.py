@@ -21,14 +21,12 @@ from notify_helpers import LOOPBACK, SECRET, Inbox, Received, Receiver, free_por
 
 from upgrader import app
 from upgrader.adapters.factory import build_ports
-from upgrader.engine import Engine
 from upgrader.errors import InputError
 from upgrader.events import Event, Notice
 from upgrader.notify.webhook import verify_signature
 from upgrader.phases import Phase
 from upgrader.plan import Plan, load_plan
 from upgrader.steps.base import Ports
-from upgrader.steps.operator_notice import FAILED_KEY, operator_event_for_failure, tell_operator
 from upgrader.store import RunStore
 from upgrader.testing.fakes import WorldFile
 from upgrader.testing.scenario import FAKE_PLAN
@@ -215,12 +213,11 @@ def test_killed_while_the_webhook_is_delivered_it_is_not_delivered_again(
     assert len(receiver.requests) == 1 and len(for_operators(smtp_server)) == 1
 
 
-def test_a_failed_run_has_its_operator_notice_ready_for_the_engine(
+def test_a_failed_run_tells_the_operators(
     tmp_path: Path, fake_world: WorldFile, smtp_server: Inbox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rollback whose restart of the services on the old VM fails three times ends `failed`.
-    engine._fail does not send the notice yet (engine.py is another change's); this runs the line
-    it needs, with the engine's own context, against the real SMTP server and receiver."""
+    """A rollback whose restart of the services on the old VM fails three times ends `failed`:
+    the engine tells the operators once, right before the transition."""
     use(monkeypatch, smtp_server.port)
     with fake_world.change() as world:
         world["commands"][:0] = [{"match": "smtpd stop", "role": "prod", "rc": 1, "stdout": "busy"},
@@ -234,10 +231,6 @@ def test_a_failed_run_has_its_operator_notice_ready_for_the_engine(
     rolled_back_notices = [r for r in for_operators(smtp_server) if r.message["X-Upgrader-Kind"] == "rolled_back"]
     assert rolled_back_notices == []  # the rollback never ended
 
-    engine = Engine(ctx.store, record, load_plan(plan), build_ports(load_plan(plan), record.run_id), [])
-    self = engine  # the line for engine._fail, right before self.fire("fail"):
-    tell_operator(self.ctx, FAILED_KEY, operator_event_for_failure(self.record, self.plan, state_dir=self.ctx.state_dir))
-
     [mail] = for_operators(smtp_server)
     assert mail.message["Subject"] == "[upgrader] mailhost failed in rolling_back: a human must look"
     body = mail.message.get_content()
@@ -247,3 +240,31 @@ def test_a_failed_run_has_its_operator_notice_ready_for_the_engine(
     state = tmp_path / "state"
     assert hook["commands"] == [f"upgrader --state-dir {state} status mailhost", f"upgrader --state-dir {state} show mailhost",
                                 f"virsh -c fake://{fake_world.path} list --all"]
+
+
+def test_a_held_run_tells_the_operators_each_time_it_is_held(
+    tmp_path: Path, fake_world: WorldFile, smtp_server: Inbox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use(monkeypatch, smtp_server.port)
+    with fake_world.change() as world:
+        world["commands"].insert(0, {"match": "labos-update install", "rc": 1, "stdout": "port mailfilter: DB_PASSWORD=hunter2"})
+    plan = write_plan(tmp_path, fake_world, ANNOUNCE, operator_block(receiver.url))
+    ctx = app.Context(RunStore(tmp_path / "state"), now=lambda: T0)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.HELD
+    [mail] = for_operators(smtp_server)
+    assert mail.message["Subject"] == "[upgrader] mailhost held at upgrade[1]"
+    body = mail.message.get_content()
+    state = tmp_path / "state"
+    assert f"upgrader --state-dir {state} retry mailhost" in body and "DB_PASSWORD=***" in body and "hunter2" not in body
+    [hook] = receiver.bodies
+    assert hook["kind"] == "held" and hook["step"] == "upgrade[1]"
+    assert f"upgrader --state-dir {state} ssh mailhost --twin" in hook["commands"]
+    assert for_customers(smtp_server) == []  # customers hear nothing of a held run
+    record = app.retry(ctx, "mailhost", "alice")  # not fixed: held again, told again
+    assert record.phase == Phase.HELD
+    assert len(for_operators(smtp_server)) == 2 and len(receiver.requests) == 2
+    with fake_world.change() as world:
+        world["commands"] = [c for c in world["commands"] if c.get("rc") != 1]
+    assert app.retry(ctx, "mailhost", "alice").phase == Phase.COMPLETED
+    assert len(for_operators(smtp_server)) == 2  # a good run tells no operator

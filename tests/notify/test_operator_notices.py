@@ -98,7 +98,8 @@ def plan(tmp_path: Path, fake_world: WorldFile) -> Plan:
 
 def event() -> OperatorEvent:
     return held_event(record(error=RunError(phase=Phase.UPGRADE, message="x")), PLAN,
-                      "upgrade[4]", "`labos-update install` exited 1:\n" + GUEST_OUTPUT, None, state_dir=STATE_DIR)
+                      "upgrade[4]", "`labos-update install` exited 1:\n" + GUEST_OUTPUT, None,
+                      checkpoints=["upgrade[0]", "upgrade[4]"], state_dir=STATE_DIR)
 
 
 def warnings(events: list[Event]) -> list[str]:
@@ -210,7 +211,8 @@ def test_a_held_event_gives_the_step_the_cleaned_error_and_exact_commands() -> N
         "upgrader --state-dir /var/lib/upgrader ssh mailhost --twin",
         "upgrader --state-dir /var/lib/upgrader retry mailhost",
         "upgrader --state-dir /var/lib/upgrader skip mailhost --reason TEXT",
-        "upgrader --state-dir /var/lib/upgrader revert mailhost --to 'upgrade[4]'",  # quoted: a glob to the shell
+        "upgrader --state-dir /var/lib/upgrader revert mailhost --to 'upgrade[0]'",  # quoted: a glob to the shell
+        "upgrader --state-dir /var/lib/upgrader revert mailhost --to 'upgrade[4]'",
         "upgrader --state-dir /var/lib/upgrader abort mailhost",
     )
     validate = held_event(record(), PLAN, "validate.smtp", "check failed", "banner: 554")

@@ -16,6 +16,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import UpgraderError
+from upgrader.held import command, next_commands
 from upgrader.events import Notice as UiNotice
 from upgrader.notify.delivery import retry_delivery
 from upgrader.notify.operator import OperatorChannel, OperatorChannels, OperatorEvent, OperatorKind
@@ -83,13 +84,6 @@ def _deliver(ctx: StepContext, key: str, name: str, channel: OperatorChannel, ch
 # --------------------------------------------------------------------------------------------
 
 
-def command(state_dir: str, *words: str) -> str:
-    """`upgrader [--state-dir DIR] WORDS...`, every word shell-quoted (a step key like upgrade[4]
-    is a glob to the shell)."""
-    prefix = ["upgrader", "--state-dir", state_dir] if state_dir else ["upgrader"]
-    return " ".join(shlex.quote(word) for word in (*prefix, *words))
-
-
 def _error_text(message: str | None, tail: str | None = None) -> tuple[str | None, str | None]:
     """(first line, last lines) of an error for an operator, cleaned by operator_tail; the last
     lines are `tail` if given (e.g. the command's output), else those of the message after its
@@ -101,17 +95,12 @@ def _error_text(message: str | None, tail: str | None = None) -> tuple[str | Non
 
 
 def held_event(record: RunRecord, plan: "Plan", step_key: str | None, message: str | None, tail: str | None,
-               *, state_dir: str = "") -> OperatorEvent:
+               *, checkpoints: list[str] | None = None, state_dir: str = "") -> OperatorEvent:
     """A run held after `step_key` failed before the cutover: the twin is kept for a look.
-    Commands: status, ssh to the twin, retry, skip, revert (upgrade steps), abort."""
+    Commands: status, then what `upgrader status` lists (ssh to the twin, retry, skip where it
+    makes sense, revert to each checkpoint, abort)."""
     host = record.host
-    commands = [command(state_dir, "status", host), command(state_dir, "ssh", host, "--twin"),
-                command(state_dir, "retry", host)]
-    if step_key:
-        commands.append(command(state_dir, "skip", host, "--reason", "TEXT"))
-    if step_key and step_key.startswith("upgrade["):
-        commands.append(command(state_dir, "revert", host, "--to", step_key))
-    commands.append(command(state_dir, "abort", host))
+    commands = [command(state_dir, "status", host), *next_commands(host, step_key, checkpoints, state_dir=state_dir)]
     error, last = _error_text(message, tail)
     phase = record.error.phase if record.error else record.phase  # the phase that failed, not `held`
     twin = f"the twin {plan.twin_name} is on {plan.staging.network}; production ({plan.source.domain}) was not touched"
