@@ -25,7 +25,7 @@ from upgrader.errors import InputError
 from upgrader.events import Event, Notice
 from upgrader.notify.webhook import verify_signature
 from upgrader.phases import Phase
-from upgrader.plan import Plan, load_plan
+from upgrader.plan import Plan
 from upgrader.steps.base import Ports
 from upgrader.store import RunStore
 from upgrader.testing.fakes import WorldFile
