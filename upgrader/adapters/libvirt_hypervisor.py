@@ -14,13 +14,13 @@ import os
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 from urllib.parse import urlsplit
 
 import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from upgrader.adapters.libvirt_common import chain_of, disk_elements, esc, libvirt_errors, source_file
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import Claim, DomainInfo, SnapshotInfo
 
@@ -28,64 +28,7 @@ JOB_POLL = 0.2
 # The run's claim lives in the domain's <metadata> under this namespace (a name, never fetched).
 CLAIM_NS = "urn:x-upgrader:claim:1"
 CLAIM_PREFIX = "upgrader"
-
-
-def _silence(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; we turn them into UpgraderErrors."""
-
-
-libvirt.registerErrorHandler(_silence, None)
-
 RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
-
-_INFRA_CODES = {
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_AUTH_FAILED,
-    libvirt.VIR_ERR_AUTH_CANCELLED,
-    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-}
-
-
-@contextmanager
-def libvirt_errors(what: str) -> Iterator[None]:
-    """libvirt errors become UpgraderErrors by error code, with a hint."""
-    try:
-        yield
-    except libvirt.libvirtError as exc:
-        code = exc.get_error_code()
-        text = f"{what}: {exc.get_error_message() or exc}"
-        if code in _INFRA_CODES:
-            raise InfraError(text, hint="is libvirtd running and the URI right? `virsh -c URI list` tells") from exc
-        if code == libvirt.VIR_ERR_NO_DOMAIN:
-            raise StepFailed(text, hint="`virsh -c URI list --all` shows the defined domains") from exc
-        if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
-            raise StepFailed(text, hint="the domain is not in a state that allows this; check `virsh domstate`") from exc
-        if code == libvirt.VIR_ERR_NO_SUPPORT:
-            raise StepFailed(text, hint="this hypervisor/libvirt version does not support the operation") from exc
-        raise StepFailed(text) from exc
-
-
-def _disk_elements(root: ET.Element) -> list[ET.Element]:
-    return [d for d in root.findall("./devices/disk") if d.get("device", "disk") == "disk" and d.find("source") is not None]
-
-
-def _source_file(disk: ET.Element) -> str | None:
-    source = disk.find("source")
-    return None if source is None else source.get("file")
-
-
-def _chain(disk: ET.Element) -> list[str]:
-    """Active image first, then its backing files as libvirt reports them."""
-    paths: list[str] = []
-    node: ET.Element | None = disk
-    while node is not None:
-        source = node.find("source")
-        if source is not None and source.get("file"):
-            paths.append(source.get("file", ""))
-        node = node.find("backingStore")
-    return paths
 
 
 class LibvirtHypervisor:
@@ -147,7 +90,7 @@ class LibvirtHypervisor:
         if dom is None:
             return None
         root = self._xml(dom)
-        disks = {d.find("target").get("dev", "?"): _source_file(d) or "" for d in _disk_elements(root)}  # type: ignore[union-attr]
+        disks = {d.find("target").get("dev", "?"): source_file(d) or "" for d in disk_elements(root)}  # type: ignore[union-attr]
         nics: dict[str, str] = {}
         links: dict[str, bool] = {}
         for iface in root.findall("./devices/interface"):
@@ -189,7 +132,7 @@ class LibvirtHypervisor:
                     pool.refresh()
                     return pool
             name = "upgrader-" + hashlib.sha256(directory.encode()).hexdigest()[:10]
-            xml = f"<pool type='dir'><name>{name}</name><target><path>{_esc(directory)}</path></target></pool>"
+            xml = f"<pool type='dir'><name>{name}</name><target><path>{esc(directory)}</path></target></pool>"
             pool = self.conn.storagePoolCreateXML(xml, 0)  # transient: gone when libvirtd restarts
             pool.refresh()
             return pool
@@ -228,8 +171,8 @@ class LibvirtHypervisor:
             for dom in self.conn.listAllDomains():
                 for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
                     root = ET.fromstring(dom.XMLDesc(flags))
-                    for disk in _disk_elements(root):
-                        chain = _chain(disk)
+                    for disk in disk_elements(root):
+                        chain = chain_of(disk)
                         if path in chain[1:]:
                             found.add(f"{chain[0]} (disk of {dom.name()})")
             for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
@@ -249,17 +192,17 @@ class LibvirtHypervisor:
         dom = self._dom(domain)
         root = self._xml(dom)
         disks_xml, overlays, bases = [], {}, {}
-        for disk in _disk_elements(root):
+        for disk in disk_elements(root):
             target = disk.find("target").get("dev")  # type: ignore[union-attr]
-            base = _source_file(disk)
+            base = source_file(disk)
             if not base or not target:
                 raise StepFailed(f"{domain}: disk {target} is not file-backed; only file disks can be snapshotted here")
             folder = directory or os.path.dirname(base)
             stem = os.path.splitext(os.path.basename(base))[0]
             overlay = os.path.join(folder, f"{stem}.{name}.qcow2")
-            disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{_esc(overlay)}'/></disk>")
+            disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{esc(overlay)}'/></disk>")
             overlays[target], bases[target] = overlay, base
-        xml = f"<domainsnapshot><name>{_esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
+        xml = f"<domainsnapshot><name>{esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
         flags = (
             libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
             | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
@@ -276,9 +219,9 @@ class LibvirtHypervisor:
         if dom is None:
             return None
         overlays, bases = {}, {}
-        for disk in _disk_elements(self._xml(dom)):
+        for disk in disk_elements(self._xml(dom)):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
-            chain = _chain(disk)
+            chain = chain_of(disk)
             if not chain or not os.path.basename(chain[0]).endswith(f".{name}.qcow2"):
                 return None
             overlays[target] = chain[0]
@@ -302,7 +245,7 @@ class LibvirtHypervisor:
         uuid = root.find("uuid")
         if uuid is not None:
             uuid.text = str(uuidlib.uuid4())
-        for disk in _disk_elements(root):
+        for disk in disk_elements(root):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
             base = snapshot.bases.get(target)
             if base is None:
@@ -361,9 +304,9 @@ class LibvirtHypervisor:
             base_format = ET.fromstring(base_vol.XMLDesc()).find("./target/format")
             fmt = base_format.get("type", "qcow2") if base_format is not None else "qcow2"
             xml = (
-                f"<volume><name>{_esc(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
+                f"<volume><name>{esc(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
                 "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
-                f"<backingStore><path>{_esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
+                f"<backingStore><path>{esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
             )
             return str(pool.createXML(xml, 0).path())
 
@@ -402,8 +345,8 @@ class LibvirtHypervisor:
         if dom is None:
             return []
         chains = []
-        for disk in _disk_elements(self._xml(dom, inactive=True)):
-            chain = _chain(disk)[:1]
+        for disk in disk_elements(self._xml(dom, inactive=True)):
+            chain = chain_of(disk)[:1]
             while chain and len(chain) < 64:
                 backing = self._backing_of(chain[-1])
                 if not backing:
@@ -426,7 +369,7 @@ class LibvirtHypervisor:
     def _disk_users(self, path: str) -> list[str]:
         with libvirt_errors("scanning domains"):
             return [d.name() for d in self.conn.listAllDomains()
-                    if any(path == _source_file(x) for x in _disk_elements(self._xml(d, inactive=True)))]
+                    if any(path == source_file(x) for x in disk_elements(self._xml(d, inactive=True)))]
 
     # ------------------------------------------------------------------------ network
 
@@ -483,7 +426,7 @@ class LibvirtHypervisor:
                     f"refusing to commit {overlay} into {base}: {', '.join(others)} still depend(s) on that base; "
                     "committing would corrupt it"
                 )
-            current = {d.find('target').get('dev'): _source_file(d) for d in _disk_elements(self._xml(dom))}  # type: ignore[union-attr]
+            current = {d.find('target').get('dev'): source_file(d) for d in disk_elements(self._xml(dom))}  # type: ignore[union-attr]
             if current.get(target) == base:
                 continue  # already merged
             if current.get(target) != overlay:
@@ -502,9 +445,9 @@ class LibvirtHypervisor:
 
     def flatten(self, domain: str) -> None:
         dom = self._dom(domain)
-        for disk in _disk_elements(self._xml(dom)):
+        for disk in disk_elements(self._xml(dom)):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
-            if len(_chain(disk)) < 2 and not self._backing_of(_source_file(disk) or ""):
+            if len(chain_of(disk)) < 2 and not self._backing_of(source_file(disk) or ""):
                 continue  # already standalone
             if not dom.isActive():
                 raise StepFailed(f"{domain} is not running; flattening offline is not supported")
@@ -571,8 +514,8 @@ class LibvirtHypervisor:
         if not dom.isPersistent():
             return
         root = self._xml(dom, inactive=True)
-        for disk in _disk_elements(root):
-            if disk.find("target").get("dev") == target and _source_file(disk) != path:  # type: ignore[union-attr]
+        for disk in disk_elements(root):
+            if disk.find("target").get("dev") == target and source_file(disk) != path:  # type: ignore[union-attr]
                 disk.find("source").set("file", path)  # type: ignore[union-attr]
                 for backing in disk.findall("backingStore"):
                     disk.remove(backing)
@@ -601,8 +544,3 @@ def _retarget(iface: ET.Element, kind: str, name: str) -> None:
 def _suffixed(path: str, twin: str) -> str:
     folder, base = os.path.split(path)
     return os.path.join(folder, f"{twin}.{base}")
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
-
