@@ -5,7 +5,8 @@ being killed (the crash tests kill the orchestrator and resume in a new process)
 Every side effect is appended to `effects` so a test can assert it happened exactly once.
 Fakes fail loudly: an unknown domain, an unsafe merge or an unexpected command shape raises.
 
-The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py.
+The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py;
+checkpoints of the fake hypervisor in fake_checkpoints.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from upgrader.errors import CheckFailed, ConnectionLost, InfraError, StepFailed,
 from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
+from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.hooks import maybe_pause
-from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, new_world
+from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -41,7 +43,7 @@ def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- hypervisor
 
 
-class FakeHypervisor:
+class FakeHypervisor(FakeCheckpoints):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
@@ -150,7 +152,9 @@ class FakeHypervisor:
             del world["domains"][name]
             effect(world, "undefine", domain=name)
         maybe_pause("after:undefine_domain")  # like libvirt: the domain is gone, its images not yet
-        freed = self.delete_unused(chains)
+        with self.world.change() as world:  # its checkpoint overlays, and a killed revert's leftovers on the chain
+            freed = collect_checkpoints(world, name)
+        freed += self.delete_unused(chains)
         maybe_pause("after:undefine")
         return freed
 
@@ -164,11 +168,10 @@ class FakeHypervisor:
 
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         with self.world.change() as world:
-            freed = 0
+            freed = collect_checkpoints(world, owner)  # they sit on the overlay: they go first
             for base in bases.values():
                 path = f"{base.rsplit('.', 1)[0]}.{owner}.qcow2"
-                used = any(path in d["disks"].values() for d in world["domains"].values())
-                if path in world["images"] and not used:
+                if path in world["images"] and not is_used(world, path):
                     freed += world["images"].pop(path)["size"]
                     effect(world, "remove_orphan", path=path)
             return freed
@@ -206,6 +209,7 @@ class FakeHypervisor:
         return freed
 
     def flatten(self, domain: str) -> None:
+        self.merge_checkpoints(domain)  # like the adapter: no checkpoint image is stranded
         with self.world.change() as world:
             dom = domain_of(world, domain)
             changed = False

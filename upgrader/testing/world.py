@@ -3,7 +3,8 @@ the orchestrator and resume in a new process), changed under an flock and replac
 
 World shape (see `new_world`):
   domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
-  images:   path -> {size, backing}
+  images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
+            the guest's state when it was taken (what a revert to it restores)
   guests:   id -> {boot_id, files[], mail[], release, services}
   commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
             first match; add_mail: mail that clients deliver once the command has run
@@ -98,3 +99,7 @@ def chains_of(world: World, name: str) -> list[list[str]]:
         chains.append(chain)
     return chains
 
+
+def is_used(world: World, path: str) -> bool:
+    return any(path in d["disks"].values() for d in world["domains"].values()) or any(
+        img["backing"] == path for img in world["images"].values())
