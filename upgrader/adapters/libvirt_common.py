@@ -1,8 +1,9 @@
-"""What the libvirt adapters share: libvirt errors turned into UpgraderErrors, and reading disks
-and backing chains out of a domain's XML."""
+"""What the libvirt adapters share: libvirt errors turned into UpgraderErrors, reading disks and
+backing chains out of a domain's XML, snapshot flags, and waiting for block jobs."""
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from typing import Iterator
@@ -10,6 +11,8 @@ from typing import Iterator
 import libvirt
 
 from upgrader.errors import InfraError, StepFailed
+
+JOB_POLL = 0.2
 
 
 def _silence(_ctx: object, _err: object) -> None:
@@ -66,6 +69,49 @@ def chain_of(disk: ET.Element) -> list[str]:
             paths.append(source.get("file", ""))
         node = node.find("backingStore")
     return paths
+
+
+def disk_only_flags(root: ET.Element, *, running: bool) -> int:
+    """An external, disk-only, atomic snapshot without libvirt metadata; quiesced (fsfreeze
+    through the guest agent) when the domain has an agent channel and runs."""
+    flags = (
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+    )
+    if running and root.find("./devices/channel/target[@name='org.qemu.guest_agent.0']") is not None:
+        flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE
+    return flags
+
+
+def running_job(dom: libvirt.virDomain, disk: str, kind: int) -> bool:
+    """A block job of `kind` still runs on the disk (QEMU keeps it going when the orchestrator
+    that started it is killed): it is adopted, not started twice. Another kind is refused."""
+    info = dom.blockJobInfo(disk, 0)
+    if not info:
+        return False
+    if info.get("type") != kind:
+        raise StepFailed(f"{dom.name()} {disk} has another block job running (type {info.get('type')})",
+                         hint="`virsh blockjob DOMAIN DISK --info` shows it; wait for it or abort it, then resume")
+    return True
+
+
+def wait_job(dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
+    """Poll the disk's block job until it ends; with `pivot`, until it is ready, then pivot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = dom.blockJobInfo(disk, 0)
+        if not info:
+            if pivot:
+                raise StepFailed(f"block job on {dom.name()} {disk} ended before it could pivot")
+            return
+        if pivot and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
+            dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            while dom.blockJobInfo(disk, 0):
+                time.sleep(JOB_POLL)
+            return
+        time.sleep(JOB_POLL)
+    raise StepFailed(f"block job on {dom.name()} {disk} did not finish in {timeout:.0f} s")
 
 
 def esc(text: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Callable
@@ -20,11 +19,12 @@ from urllib.parse import urlsplit
 import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from upgrader.adapters.libvirt_common import chain_of, disk_elements, esc, libvirt_errors, source_file
+from upgrader.adapters.libvirt_checkpoints import LibvirtCheckpoints
+from upgrader.adapters.libvirt_common import (chain_of, disk_elements, disk_only_flags, esc, libvirt_errors, running_job,
+                                              source_file, wait_job)
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import Claim, DomainInfo, SnapshotInfo
+from upgrader.ports import Checkpoint, Claim, DomainInfo, SnapshotInfo
 
-JOB_POLL = 0.2
 # The run's claim lives in the domain's <metadata> under this namespace (a name, never fetched).
 CLAIM_NS = "urn:x-upgrader:claim:1"
 CLAIM_PREFIX = "upgrader"
@@ -35,6 +35,7 @@ class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
+        self._checkpoints = LibvirtCheckpoints(self)
 
     # ------------------------------------------------------------------------ connection
 
@@ -203,15 +204,8 @@ class LibvirtHypervisor:
             disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{esc(overlay)}'/></disk>")
             overlays[target], bases[target] = overlay, base
         xml = f"<domainsnapshot><name>{esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
-        flags = (
-            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-        )
-        if root.find("./devices/channel/target[@name='org.qemu.guest_agent.0']") is not None:
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE  # fsfreeze through the guest agent
         with libvirt_errors(f"snapshot of {domain}"):
-            dom.snapshotCreateXML(xml, flags)
+            dom.snapshotCreateXML(xml, disk_only_flags(root, running=bool(dom.isActive())))
         return SnapshotInfo(name=name, overlays=overlays, bases=bases)
 
     def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
@@ -285,7 +279,7 @@ class LibvirtHypervisor:
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         """Delete `owner`'s overlays over `bases` that no domain uses — left by a clone that was
         killed between creating its overlay and defining the domain. Returns bytes freed."""
-        freed = 0
+        freed = self._checkpoints.collect(owner, {os.path.dirname(b) for b in bases.values()})  # on the overlay: first
         for base in bases.values():
             path = self._overlay_path(base, owner)
             if self._volume(path) is not None and not self._disk_users(path) and not self._dependents(path):
@@ -294,11 +288,17 @@ class LibvirtHypervisor:
 
     def _create_overlay(self, base: str, owner: str) -> str:
         self.remove_orphans(owner, {"disk": base})  # an interrupted earlier attempt's leftover
-        name = os.path.basename(self._overlay_path(base, owner))
-        pool = self._pool_for(os.path.dirname(base))
+        if self._volume(base) is None:
+            raise StepFailed(f"base image {base} not found", hint="was the snapshot taken? `upgrader show HOST`")
+        return self._new_overlay(self._overlay_path(base, owner), base)
+
+    def _new_overlay(self, path: str, base: str) -> str:
+        """A new qcow2 volume at `path` over `base`, through the storage API."""
+        name = os.path.basename(path)
+        pool = self._pool_for(os.path.dirname(path))
         base_vol = self._volume(base)
         if base_vol is None:
-            raise StepFailed(f"base image {base} not found", hint="was the snapshot taken? `upgrader show HOST`")
+            raise StepFailed(f"image {base} not found: cannot put an overlay on it")
         with libvirt_errors(f"creating overlay {name}"):
             capacity = base_vol.info()[1]
             base_format = ET.fromstring(base_vol.XMLDesc()).find("./target/format")
@@ -338,22 +338,25 @@ class LibvirtHypervisor:
             if dom.isActive():
                 raise StepFailed(f"{name} is running; it must be stopped before it is undefined")
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-        return self.delete_unused(chains)
+        # its checkpoint overlays first: with them goes what a killed revert or merge left on the chain
+        freed = self._checkpoints.collect(name, {os.path.dirname(c[0]) for c in chains if c})
+        return freed + self.delete_unused(chains)
 
     def disk_chains(self, name: str) -> list[list[str]]:
         dom = self._lookup(name)
         if dom is None:
             return []
-        chains = []
-        for disk in disk_elements(self._xml(dom, inactive=True)):
-            chain = chain_of(disk)[:1]
-            while chain and len(chain) < 64:
-                backing = self._backing_of(chain[-1])
-                if not backing:
-                    break
-                chain.append(backing)
-            chains.append(chain)
-        return chains
+        return [self._walk(chain_of(disk)[:1]) for disk in disk_elements(self._xml(dom, inactive=True))]
+
+    def _walk(self, chain: list[str]) -> list[str]:
+        """The chain from its top image down, read from the images' backing files."""
+        chain = list(chain)
+        while chain and len(chain) < 64:
+            backing = self._backing_of(chain[-1])
+            if not backing:
+                break
+            chain.append(backing)
+        return chain
 
     def delete_unused(self, chains: list[list[str]]) -> int:
         freed = 0
@@ -435,15 +438,16 @@ class LibvirtHypervisor:
                 raise StepFailed(f"{domain} is not running; merging an offline overlay is not supported",
                                  hint="start it, then `upgrader resume HOST`")
             with libvirt_errors(f"committing {overlay} into {base}"):
-                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT):
+                if not running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT):
                     dom.blockCommit(target, None, None, 0,
                                     libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
-                self._wait_job(dom, target, pivot=True)
+                wait_job(dom, target, pivot=True)
             self._sync_config_disk(dom, target, base)
             freed += self._delete(overlay)
         return freed
 
     def flatten(self, domain: str) -> None:
+        self.merge_checkpoints(domain)  # else their images would be left behind, still on the base
         dom = self._dom(domain)
         for disk in disk_elements(self._xml(dom)):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
@@ -452,9 +456,26 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 raise StepFailed(f"{domain} is not running; flattening offline is not supported")
             with libvirt_errors(f"flattening {domain} {target}"):
-                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL):
+                if not running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL):
                     dom.blockPull(target, 0, 0)
-                self._wait_job(dom, target, pivot=False)
+                wait_job(dom, target, pivot=False)
+
+    # ------------------------------------------------------------------------ checkpoints (libvirt_checkpoints.py)
+
+    def checkpoint(self, domain: str, name: str) -> Checkpoint:
+        return self._checkpoints.checkpoint(domain, name)
+
+    def find_checkpoint(self, domain: str, name: str) -> Checkpoint | None:
+        return next((c for c in self.checkpoints(domain) if c.name == name), None)
+
+    def checkpoints(self, domain: str) -> list[Checkpoint]:
+        return self._checkpoints.list(domain)
+
+    def revert_checkpoint(self, domain: str, name: str) -> int:
+        return self._checkpoints.revert(domain, name)
+
+    def merge_checkpoints(self, domain: str) -> int:
+        return self._checkpoints.merge(domain)
 
     # ------------------------------------------------------------------------ claims
 
@@ -480,34 +501,6 @@ class LibvirtHypervisor:
             if claim is not None:
                 text = ET.tostring(ET.Element("claim", {k: str(v) for k, v in vars(claim).items()}), encoding="unicode")
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, CLAIM_PREFIX if text else None, CLAIM_NS, flags)
-
-    @staticmethod
-    def _running_job(dom: libvirt.virDomain, disk: str, kind: int) -> bool:
-        """A block job of `kind` still runs on the disk (QEMU keeps it going when the orchestrator
-        that started it is killed): it is adopted, not started twice. Another kind is refused."""
-        info = dom.blockJobInfo(disk, 0)
-        if not info:
-            return False
-        if info.get("type") != kind:
-            raise StepFailed(f"{dom.name()} {disk} has another block job running (type {info.get('type')})",
-                             hint="`virsh blockjob DOMAIN DISK --info` shows it; wait for it or abort it, then resume")
-        return True
-
-    def _wait_job(self, dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = dom.blockJobInfo(disk, 0)
-            if not info:
-                if pivot:
-                    raise StepFailed(f"block job on {dom.name()} {disk} ended before it could pivot")
-                return
-            if pivot and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
-                dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                while dom.blockJobInfo(disk, 0):
-                    time.sleep(JOB_POLL)
-                return
-            time.sleep(JOB_POLL)
-        raise StepFailed(f"block job on {dom.name()} {disk} did not finish in {timeout:.0f} s")
 
     def _sync_config_disk(self, dom: libvirt.virDomain, target: str, path: str) -> None:
         """After a pivot the live definition points at `path`; make the persistent one agree."""
