@@ -4,7 +4,9 @@ UPGRADER_TEST_PAUSE holds comma-separated fnmatch patterns of points; when one i
 process writes the point's name to UPGRADER_TEST_PAUSE_FILE and sleeps until it is killed.
 Points: `begin:<step key>` (journaled, side effect not yet done), `done:<step key>`,
 `enter:<phase>` (after the checkpoint) from the engine's events, and `after:<op>` from inside
-the fakes (the side effect happened, the journal does not know yet).
+the fakes (the side effect happened, the journal does not know yet) or `during:<op>` (half of
+it happened: e.g. `during:revert_checkpoint:NAME`, the disks switched, the old images not yet
+deleted).
 Unset (always, outside tests) the hooks cost one environment lookup.
 """
 
