@@ -10,12 +10,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from upgrader.errors import UnsafeOperation
 from upgrader.lab import Lab
 from upgrader.lab import config as C
+
+if TYPE_CHECKING:
+    from upgrader.adapters.libvirt_hypervisor import LibvirtHypervisor
 
 pytestmark = pytest.mark.lab
 
@@ -48,8 +52,8 @@ def leftover(path: Path, backing: Path) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(path)], check=True)
 
 
-def boot(lab: Lab, hv: object) -> None:
-    hv.start(TWIN)  # type: ignore[attr-defined]
+def boot(lab: Lab, hv: "LibvirtHypervisor") -> None:
+    hv.start(TWIN)
     lab.wait_ssh("staging", timeout=180)
 
 
