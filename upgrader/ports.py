@@ -111,6 +111,16 @@ class Claim:
         return f"run {self.run_id} of host {self.host!r} (controller {self.controller}, state dir {self.state_dir}, since {self.since})"
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point of a twin's disks one can revert to: each disk's image at that moment, frozen
+    (read-only from then on: an overlay took its place as the active image)."""
+
+    name: str
+    disks: dict[str, str]  # disk target -> frozen image path
+    bytes: int = 0  # written since: the allocation of every image above the frozen ones
+
+
 class Hypervisor(Protocol):
     def check(self) -> str:
         """Reachability: returns a description (hypervisor + version). Raises InfraError."""
@@ -161,7 +171,34 @@ class Hypervisor(Protocol):
         another image still depends on the base. Returns bytes freed."""
 
     def flatten(self, domain: str) -> None:
-        """Make the domain's disks independent of their backing files (blockpull)."""
+        """Make the domain's disks independent of their backing files (blockpull). Checkpoints
+        are merged first (merge_checkpoints), so that none of their images is stranded."""
+
+    def checkpoint(self, domain: str, name: str) -> Checkpoint:
+        """O(1), disk-only, no snapshot metadata: every disk of the (running or shut off) domain
+        goes on a new overlay (DOMAIN.TARGET.ckpt-NAME.qcow2) over its current image, which is
+        frozen as the checkpoint. A name already in the domain's chain is returned as it is; a
+        leftover overlay of that name that the domain does not use is removed first."""
+
+    def find_checkpoint(self, domain: str, name: str) -> Checkpoint | None:
+        """The checkpoint if the domain's current chain contains it (its overlay is in use)."""
+
+    def checkpoints(self, domain: str) -> list[Checkpoint]:
+        """The domain's checkpoints in chain order, oldest first, each with the bytes written
+        since ([] if none, or the domain does not exist)."""
+
+    def revert_checkpoint(self, domain: str, name: str) -> int:
+        """Put the shut-off domain back to checkpoint `name`: each disk's active image becomes a
+        new empty overlay over the checkpoint's frozen image; every image above it (later
+        checkpoints, the old active overlay) is deleted. The checkpoint stays; later ones are
+        gone. Refused (UnsafeOperation) while the domain runs. Killed at any point, calling it
+        again finishes the job (it reverts again: the same disk content while the domain was not
+        started in between). Returns bytes freed."""
+
+    def merge_checkpoints(self, domain: str) -> int:
+        """Fold every checkpoint overlay back (block commit with pivot when running, an offline
+        commit when shut off) so the chain is again as clone left it; delete the merged images.
+        Idempotent (0 when there is nothing to merge). Returns bytes freed."""
 
     def claim_of(self, domain: str) -> Claim | None:
         """The claim recorded on the domain (None if none, or the domain does not exist)."""

@@ -11,87 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 from urllib.parse import urlsplit
 
 import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from upgrader.adapters.libvirt_checkpoints import LibvirtCheckpoints
+from upgrader.adapters.libvirt_common import (chain_of, disk_elements, disk_only_flags, esc, libvirt_errors, running_job,
+                                              source_file, wait_job)
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import Claim, DomainInfo, SnapshotInfo
+from upgrader.ports import Checkpoint, Claim, DomainInfo, SnapshotInfo
 
-JOB_POLL = 0.2
 # The run's claim lives in the domain's <metadata> under this namespace (a name, never fetched).
 CLAIM_NS = "urn:x-upgrader:claim:1"
 CLAIM_PREFIX = "upgrader"
-
-
-def _silence(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; we turn them into UpgraderErrors."""
-
-
-libvirt.registerErrorHandler(_silence, None)
-
 RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
-
-_INFRA_CODES = {
-    libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
-    libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_AUTH_FAILED,
-    libvirt.VIR_ERR_AUTH_CANCELLED,
-    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-}
-
-
-@contextmanager
-def libvirt_errors(what: str) -> Iterator[None]:
-    """libvirt errors become UpgraderErrors by error code, with a hint."""
-    try:
-        yield
-    except libvirt.libvirtError as exc:
-        code = exc.get_error_code()
-        text = f"{what}: {exc.get_error_message() or exc}"
-        if code in _INFRA_CODES:
-            raise InfraError(text, hint="is libvirtd running and the URI right? `virsh -c URI list` tells") from exc
-        if code == libvirt.VIR_ERR_NO_DOMAIN:
-            raise StepFailed(text, hint="`virsh -c URI list --all` shows the defined domains") from exc
-        if code in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
-            raise StepFailed(text, hint="the domain is not in a state that allows this; check `virsh domstate`") from exc
-        if code == libvirt.VIR_ERR_NO_SUPPORT:
-            raise StepFailed(text, hint="this hypervisor/libvirt version does not support the operation") from exc
-        raise StepFailed(text) from exc
-
-
-def _disk_elements(root: ET.Element) -> list[ET.Element]:
-    return [d for d in root.findall("./devices/disk") if d.get("device", "disk") == "disk" and d.find("source") is not None]
-
-
-def _source_file(disk: ET.Element) -> str | None:
-    source = disk.find("source")
-    return None if source is None else source.get("file")
-
-
-def _chain(disk: ET.Element) -> list[str]:
-    """Active image first, then its backing files as libvirt reports them."""
-    paths: list[str] = []
-    node: ET.Element | None = disk
-    while node is not None:
-        source = node.find("source")
-        if source is not None and source.get("file"):
-            paths.append(source.get("file", ""))
-        node = node.find("backingStore")
-    return paths
 
 
 class LibvirtHypervisor:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
+        self._checkpoints = LibvirtCheckpoints(self)
 
     # ------------------------------------------------------------------------ connection
 
@@ -147,7 +91,7 @@ class LibvirtHypervisor:
         if dom is None:
             return None
         root = self._xml(dom)
-        disks = {d.find("target").get("dev", "?"): _source_file(d) or "" for d in _disk_elements(root)}  # type: ignore[union-attr]
+        disks = {d.find("target").get("dev", "?"): source_file(d) or "" for d in disk_elements(root)}  # type: ignore[union-attr]
         nics: dict[str, str] = {}
         links: dict[str, bool] = {}
         for iface in root.findall("./devices/interface"):
@@ -189,7 +133,7 @@ class LibvirtHypervisor:
                     pool.refresh()
                     return pool
             name = "upgrader-" + hashlib.sha256(directory.encode()).hexdigest()[:10]
-            xml = f"<pool type='dir'><name>{name}</name><target><path>{_esc(directory)}</path></target></pool>"
+            xml = f"<pool type='dir'><name>{name}</name><target><path>{esc(directory)}</path></target></pool>"
             pool = self.conn.storagePoolCreateXML(xml, 0)  # transient: gone when libvirtd restarts
             pool.refresh()
             return pool
@@ -228,8 +172,8 @@ class LibvirtHypervisor:
             for dom in self.conn.listAllDomains():
                 for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
                     root = ET.fromstring(dom.XMLDesc(flags))
-                    for disk in _disk_elements(root):
-                        chain = _chain(disk)
+                    for disk in disk_elements(root):
+                        chain = chain_of(disk)
                         if path in chain[1:]:
                             found.add(f"{chain[0]} (disk of {dom.name()})")
             for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
@@ -249,26 +193,19 @@ class LibvirtHypervisor:
         dom = self._dom(domain)
         root = self._xml(dom)
         disks_xml, overlays, bases = [], {}, {}
-        for disk in _disk_elements(root):
+        for disk in disk_elements(root):
             target = disk.find("target").get("dev")  # type: ignore[union-attr]
-            base = _source_file(disk)
+            base = source_file(disk)
             if not base or not target:
                 raise StepFailed(f"{domain}: disk {target} is not file-backed; only file disks can be snapshotted here")
             folder = directory or os.path.dirname(base)
             stem = os.path.splitext(os.path.basename(base))[0]
             overlay = os.path.join(folder, f"{stem}.{name}.qcow2")
-            disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{_esc(overlay)}'/></disk>")
+            disks_xml.append(f"<disk name='{target}' snapshot='external'><driver type='qcow2'/><source file='{esc(overlay)}'/></disk>")
             overlays[target], bases[target] = overlay, base
-        xml = f"<domainsnapshot><name>{_esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
-        flags = (
-            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
-            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
-            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
-        )
-        if root.find("./devices/channel/target[@name='org.qemu.guest_agent.0']") is not None:
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE  # fsfreeze through the guest agent
+        xml = f"<domainsnapshot><name>{esc(name)}</name><disks>{''.join(disks_xml)}</disks></domainsnapshot>"
         with libvirt_errors(f"snapshot of {domain}"):
-            dom.snapshotCreateXML(xml, flags)
+            dom.snapshotCreateXML(xml, disk_only_flags(root, running=bool(dom.isActive())))
         return SnapshotInfo(name=name, overlays=overlays, bases=bases)
 
     def find_snapshot(self, domain: str, name: str) -> SnapshotInfo | None:
@@ -276,9 +213,9 @@ class LibvirtHypervisor:
         if dom is None:
             return None
         overlays, bases = {}, {}
-        for disk in _disk_elements(self._xml(dom)):
+        for disk in disk_elements(self._xml(dom)):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
-            chain = _chain(disk)
+            chain = chain_of(disk)
             if not chain or not os.path.basename(chain[0]).endswith(f".{name}.qcow2"):
                 return None
             overlays[target] = chain[0]
@@ -302,7 +239,7 @@ class LibvirtHypervisor:
         uuid = root.find("uuid")
         if uuid is not None:
             uuid.text = str(uuidlib.uuid4())
-        for disk in _disk_elements(root):
+        for disk in disk_elements(root):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
             base = snapshot.bases.get(target)
             if base is None:
@@ -342,7 +279,7 @@ class LibvirtHypervisor:
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         """Delete `owner`'s overlays over `bases` that no domain uses — left by a clone that was
         killed between creating its overlay and defining the domain. Returns bytes freed."""
-        freed = 0
+        freed = self._checkpoints.collect(owner, {os.path.dirname(b) for b in bases.values()})  # on the overlay: first
         for base in bases.values():
             path = self._overlay_path(base, owner)
             if self._volume(path) is not None and not self._disk_users(path) and not self._dependents(path):
@@ -351,19 +288,25 @@ class LibvirtHypervisor:
 
     def _create_overlay(self, base: str, owner: str) -> str:
         self.remove_orphans(owner, {"disk": base})  # an interrupted earlier attempt's leftover
-        name = os.path.basename(self._overlay_path(base, owner))
-        pool = self._pool_for(os.path.dirname(base))
+        if self._volume(base) is None:
+            raise StepFailed(f"base image {base} not found", hint="was the snapshot taken? `upgrader show HOST`")
+        return self._new_overlay(self._overlay_path(base, owner), base)
+
+    def _new_overlay(self, path: str, base: str) -> str:
+        """A new qcow2 volume at `path` over `base`, through the storage API."""
+        name = os.path.basename(path)
+        pool = self._pool_for(os.path.dirname(path))
         base_vol = self._volume(base)
         if base_vol is None:
-            raise StepFailed(f"base image {base} not found", hint="was the snapshot taken? `upgrader show HOST`")
+            raise StepFailed(f"image {base} not found: cannot put an overlay on it")
         with libvirt_errors(f"creating overlay {name}"):
             capacity = base_vol.info()[1]
             base_format = ET.fromstring(base_vol.XMLDesc()).find("./target/format")
             fmt = base_format.get("type", "qcow2") if base_format is not None else "qcow2"
             xml = (
-                f"<volume><name>{_esc(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
+                f"<volume><name>{esc(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
                 "<target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>"
-                f"<backingStore><path>{_esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
+                f"<backingStore><path>{esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
             )
             return str(pool.createXML(xml, 0).path())
 
@@ -395,22 +338,25 @@ class LibvirtHypervisor:
             if dom.isActive():
                 raise StepFailed(f"{name} is running; it must be stopped before it is undefined")
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-        return self.delete_unused(chains)
+        # its checkpoint overlays first: with them goes what a killed revert or merge left on the chain
+        freed = self._checkpoints.collect(name, {os.path.dirname(c[0]) for c in chains if c})
+        return freed + self.delete_unused(chains)
 
     def disk_chains(self, name: str) -> list[list[str]]:
         dom = self._lookup(name)
         if dom is None:
             return []
-        chains = []
-        for disk in _disk_elements(self._xml(dom, inactive=True)):
-            chain = _chain(disk)[:1]
-            while chain and len(chain) < 64:
-                backing = self._backing_of(chain[-1])
-                if not backing:
-                    break
-                chain.append(backing)
-            chains.append(chain)
-        return chains
+        return [self._walk(chain_of(disk)[:1]) for disk in disk_elements(self._xml(dom, inactive=True))]
+
+    def _walk(self, chain: list[str]) -> list[str]:
+        """The chain from its top image down, read from the images' backing files."""
+        chain = list(chain)
+        while chain and len(chain) < 64:
+            backing = self._backing_of(chain[-1])
+            if not backing:
+                break
+            chain.append(backing)
+        return chain
 
     def delete_unused(self, chains: list[list[str]]) -> int:
         freed = 0
@@ -426,7 +372,7 @@ class LibvirtHypervisor:
     def _disk_users(self, path: str) -> list[str]:
         with libvirt_errors("scanning domains"):
             return [d.name() for d in self.conn.listAllDomains()
-                    if any(path == _source_file(x) for x in _disk_elements(self._xml(d, inactive=True)))]
+                    if any(path == source_file(x) for x in disk_elements(self._xml(d, inactive=True)))]
 
     # ------------------------------------------------------------------------ network
 
@@ -483,7 +429,7 @@ class LibvirtHypervisor:
                     f"refusing to commit {overlay} into {base}: {', '.join(others)} still depend(s) on that base; "
                     "committing would corrupt it"
                 )
-            current = {d.find('target').get('dev'): _source_file(d) for d in _disk_elements(self._xml(dom))}  # type: ignore[union-attr]
+            current = {d.find('target').get('dev'): source_file(d) for d in disk_elements(self._xml(dom))}  # type: ignore[union-attr]
             if current.get(target) == base:
                 continue  # already merged
             if current.get(target) != overlay:
@@ -492,26 +438,44 @@ class LibvirtHypervisor:
                 raise StepFailed(f"{domain} is not running; merging an offline overlay is not supported",
                                  hint="start it, then `upgrader resume HOST`")
             with libvirt_errors(f"committing {overlay} into {base}"):
-                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT):
+                if not running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT):
                     dom.blockCommit(target, None, None, 0,
                                     libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
-                self._wait_job(dom, target, pivot=True)
+                wait_job(dom, target, pivot=True)
             self._sync_config_disk(dom, target, base)
             freed += self._delete(overlay)
         return freed
 
     def flatten(self, domain: str) -> None:
+        self.merge_checkpoints(domain)  # else their images would be left behind, still on the base
         dom = self._dom(domain)
-        for disk in _disk_elements(self._xml(dom)):
+        for disk in disk_elements(self._xml(dom)):
             target = disk.find("target").get("dev", "")  # type: ignore[union-attr]
-            if len(_chain(disk)) < 2 and not self._backing_of(_source_file(disk) or ""):
+            if len(chain_of(disk)) < 2 and not self._backing_of(source_file(disk) or ""):
                 continue  # already standalone
             if not dom.isActive():
                 raise StepFailed(f"{domain} is not running; flattening offline is not supported")
             with libvirt_errors(f"flattening {domain} {target}"):
-                if not self._running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL):
+                if not running_job(dom, target, libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL):
                     dom.blockPull(target, 0, 0)
-                self._wait_job(dom, target, pivot=False)
+                wait_job(dom, target, pivot=False)
+
+    # ------------------------------------------------------------------------ checkpoints (libvirt_checkpoints.py)
+
+    def checkpoint(self, domain: str, name: str) -> Checkpoint:
+        return self._checkpoints.checkpoint(domain, name)
+
+    def find_checkpoint(self, domain: str, name: str) -> Checkpoint | None:
+        return next((c for c in self.checkpoints(domain) if c.name == name), None)
+
+    def checkpoints(self, domain: str) -> list[Checkpoint]:
+        return self._checkpoints.list(domain)
+
+    def revert_checkpoint(self, domain: str, name: str) -> int:
+        return self._checkpoints.revert(domain, name)
+
+    def merge_checkpoints(self, domain: str) -> int:
+        return self._checkpoints.merge(domain)
 
     # ------------------------------------------------------------------------ claims
 
@@ -538,41 +502,13 @@ class LibvirtHypervisor:
                 text = ET.tostring(ET.Element("claim", {k: str(v) for k, v in vars(claim).items()}), encoding="unicode")
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, CLAIM_PREFIX if text else None, CLAIM_NS, flags)
 
-    @staticmethod
-    def _running_job(dom: libvirt.virDomain, disk: str, kind: int) -> bool:
-        """A block job of `kind` still runs on the disk (QEMU keeps it going when the orchestrator
-        that started it is killed): it is adopted, not started twice. Another kind is refused."""
-        info = dom.blockJobInfo(disk, 0)
-        if not info:
-            return False
-        if info.get("type") != kind:
-            raise StepFailed(f"{dom.name()} {disk} has another block job running (type {info.get('type')})",
-                             hint="`virsh blockjob DOMAIN DISK --info` shows it; wait for it or abort it, then resume")
-        return True
-
-    def _wait_job(self, dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float = 6 * 3600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = dom.blockJobInfo(disk, 0)
-            if not info:
-                if pivot:
-                    raise StepFailed(f"block job on {dom.name()} {disk} ended before it could pivot")
-                return
-            if pivot and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
-                dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                while dom.blockJobInfo(disk, 0):
-                    time.sleep(JOB_POLL)
-                return
-            time.sleep(JOB_POLL)
-        raise StepFailed(f"block job on {dom.name()} {disk} did not finish in {timeout:.0f} s")
-
     def _sync_config_disk(self, dom: libvirt.virDomain, target: str, path: str) -> None:
         """After a pivot the live definition points at `path`; make the persistent one agree."""
         if not dom.isPersistent():
             return
         root = self._xml(dom, inactive=True)
-        for disk in _disk_elements(root):
-            if disk.find("target").get("dev") == target and _source_file(disk) != path:  # type: ignore[union-attr]
+        for disk in disk_elements(root):
+            if disk.find("target").get("dev") == target and source_file(disk) != path:  # type: ignore[union-attr]
                 disk.find("source").set("file", path)  # type: ignore[union-attr]
                 for backing in disk.findall("backingStore"):
                     disk.remove(backing)
@@ -601,8 +537,3 @@ def _retarget(iface: ET.Element, kind: str, name: str) -> None:
 def _suffixed(path: str, twin: str) -> str:
     folder, base = os.path.split(path)
     return os.path.join(folder, f"{twin}.{base}")
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&apos;")
-

@@ -5,105 +5,32 @@ being killed (the crash tests kill the orchestrator and resume in a new process)
 Every side effect is appended to `effects` so a test can assert it happened exactly once.
 Fakes fail loudly: an unknown domain, an unsafe merge or an unexpected command shape raises.
 
-World shape (see `new_world`):
-  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
-  images:   path -> {size, backing}
-  guests:   id -> {boot_id, files[], mail[], release, services}
-  commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
-            first match; add_mail: mail that clients deliver once the command has run
-  incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
-  faults:   ["probe:prod", "probe:staging"  a service check fails on that role,
-             "ssh:staging"   SSH to that role does not answer,
-             "reboot:staging" a reboot there never comes back,
-             "sync:pass"     a pre-sync pass fails (rsync exits 23)]
-  effects:  [{op, ...}]
+The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py;
+checkpoints of the fake hypervisor in fake_checkpoints.py.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import json
-import os
 import re
 import uuid as uuidlib
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from upgrader.errors import CheckFailed, ConnectionLost, InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
+from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.hooks import maybe_pause
+from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-World = dict[str, Any]
-
-
-def new_world(
-    domain: str = "mailhost",
-    production_network: str = "prod-net",
-    mac: str = "52:54:00:12:34:56",
-    mails: int = 20,
-) -> World:
-    guest = {"boot_id": str(uuidlib.uuid4()), "files": [], "mail": [f"m{i}" for i in range(mails)], "release": "1", "services": True}
-    return {
-        "hypervisor": "fake-hypervisor 1.0",
-        "free_bytes": 50 * 2**30,
-        "domains": {
-            domain: {
-                "uuid": str(uuidlib.uuid4()),
-                "running": True,
-                "disks": {"vda": f"/fake/{domain}.qcow2"},
-                "nics": {mac: production_network},
-                "links": {mac: True},
-                "guest": "g0",
-            }
-        },
-        "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
-        "guests": {"g0": guest},
-        "commands": [],
-        "incoming": [40, 8, 1],
-        "faults": [],
-        "effects": [],
-    }
-
-
-class WorldFile:
-    """The world JSON, read-modify-written under an flock, replaced atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> World:
-        return json.loads(self.path.read_text())
-
-    @contextmanager
-    def change(self) -> Iterator[World]:
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            world = self.read()
-            yield world
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(world, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-
-    def write(self, world: World) -> None:
-        self.path.write_text(json.dumps(world, indent=1, sort_keys=True))
-
-
-def _effect(world: World, op: str, **fields: Any) -> None:
-    world["effects"].append({"op": op, **fields})
-
-
-def _domain(world: World, name: str) -> dict[str, Any]:
-    if name not in world["domains"]:
-        raise InfraError(f"fake: domain {name} not found")
-    return world["domains"][name]
+__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "World", "WorldFile", "build",
+           "new_world"]
 
 
 def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
@@ -116,7 +43,7 @@ def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- hypervisor
 
 
-class FakeHypervisor:
+class FakeHypervisor(FakeCheckpoints):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
@@ -134,7 +61,7 @@ class FakeHypervisor:
 
     def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
         with self.world.change() as world:
-            dom = _domain(world, domain)
+            dom = domain_of(world, domain)
             overlays, bases = {}, {}
             for target, base in dom["disks"].items():
                 overlay = f"{base.rsplit('.', 1)[0]}.{name}.qcow2"
@@ -149,7 +76,7 @@ class FakeHypervisor:
                 "bases": bases,
                 "guest": copy.deepcopy(world["guests"][dom["guest"]]),
             }
-            _effect(world, "snapshot", domain=domain, name=name)
+            effect(world, "snapshot", domain=domain, name=name)
         maybe_pause("after:snapshot")
         return SnapshotInfo(name, overlays, bases)
 
@@ -170,7 +97,7 @@ class FakeHypervisor:
         with self.world.change() as world:
             if twin in world["domains"]:
                 raise StepFailed(f"fake: domain {twin} exists already")
-            _domain(world, source)
+            domain_of(world, source)
             for target, base in snapshot.bases.items():
                 overlay = f"{base.rsplit('.', 1)[0]}.{twin}.qcow2"
                 if overlay in world["images"]:
@@ -179,7 +106,7 @@ class FakeHypervisor:
                 disks[target] = overlay
         maybe_pause("after:clone_overlays")
         with self.world.change() as world:
-            src = _domain(world, source)
+            src = domain_of(world, source)
             snap = world["snapshots"][snapshot.name]
             guest_id = f"g{len(world['guests'])}"
             world["guests"][guest_id] = copy.deepcopy(snap["guest"])
@@ -192,7 +119,7 @@ class FakeHypervisor:
                 "guest": guest_id,
                 "claim": copy.deepcopy(src.get("claim")),  # like libvirt: <metadata> comes with the XML
             }
-            _effect(world, "clone", source=source, twin=twin)
+            effect(world, "clone", source=source, twin=twin)
         maybe_pause("after:clone")
         info = self.domain(twin)
         assert info is not None
@@ -200,38 +127,40 @@ class FakeHypervisor:
 
     def start(self, name: str) -> None:
         with self.world.change() as world:
-            dom = _domain(world, name)
+            dom = domain_of(world, name)
             if dom["running"]:
                 raise StepFailed(f"fake: {name} is running already")
             dom["running"] = True
             world["guests"][dom["guest"]]["boot_id"] = str(uuidlib.uuid4())
-            _effect(world, "start", domain=name)
+            effect(world, "start", domain=name)
         maybe_pause("after:start")
 
     def destroy(self, name: str) -> None:
         with self.world.change() as world:
-            dom = _domain(world, name)
+            dom = domain_of(world, name)
             if dom["running"]:
                 dom["running"] = False
-                _effect(world, "destroy", domain=name)
+                effect(world, "destroy", domain=name)
         maybe_pause(f"after:destroy:{name}")
 
     def undefine(self, name: str) -> int:
         with self.world.change() as world:
-            dom = _domain(world, name)
+            dom = domain_of(world, name)
             if dom["running"]:
                 raise StepFailed(f"fake: {name} is running; destroy it first")
-            chains = _chains(world, name)
+            chains = chains_of(world, name)
             del world["domains"][name]
-            _effect(world, "undefine", domain=name)
+            effect(world, "undefine", domain=name)
         maybe_pause("after:undefine_domain")  # like libvirt: the domain is gone, its images not yet
-        freed = self.delete_unused(chains)
+        with self.world.change() as world:  # its checkpoint overlays, and a killed revert's leftovers on the chain
+            freed = collect_checkpoints(world, name)
+        freed += self.delete_unused(chains)
         maybe_pause("after:undefine")
         return freed
 
     def disk_chains(self, name: str) -> list[list[str]]:
         world = self.world.read()
-        return _chains(world, name) if name in world["domains"] else []
+        return chains_of(world, name) if name in world["domains"] else []
 
     def delete_unused(self, chains: list[list[str]]) -> int:
         with self.world.change() as world:
@@ -239,33 +168,32 @@ class FakeHypervisor:
 
     def remove_orphans(self, owner: str, bases: dict[str, str]) -> int:
         with self.world.change() as world:
-            freed = 0
+            freed = collect_checkpoints(world, owner)  # they sit on the overlay: they go first
             for base in bases.values():
                 path = f"{base.rsplit('.', 1)[0]}.{owner}.qcow2"
-                used = any(path in d["disks"].values() for d in world["domains"].values())
-                if path in world["images"] and not used:
+                if path in world["images"] and not is_used(world, path):
                     freed += world["images"].pop(path)["size"]
-                    _effect(world, "remove_orphan", path=path)
+                    effect(world, "remove_orphan", path=path)
             return freed
 
     def set_link(self, domain: str, mac: str, up: bool) -> None:
         with self.world.change() as world:
-            _domain(world, domain)["links"][mac] = up
-            _effect(world, "set_link", domain=domain, mac=mac, up=up)
+            domain_of(world, domain)["links"][mac] = up
+            effect(world, "set_link", domain=domain, mac=mac, up=up)
         maybe_pause(f"after:set_link:{domain}")
 
     def move_nic(self, domain: str, mac: str, network: str) -> None:
         with self.world.change() as world:
-            dom = _domain(world, domain)
+            dom = domain_of(world, domain)
             if mac not in dom["nics"]:
                 raise StepFailed(f"fake: {domain} has no NIC {mac}")
             dom["nics"][mac] = network
-            _effect(world, "move_nic", domain=domain, mac=mac, network=network)
+            effect(world, "move_nic", domain=domain, mac=mac, network=network)
         maybe_pause(f"after:move_nic:{network}")
 
     def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
         with self.world.change() as world:
-            dom = _domain(world, domain)
+            dom = domain_of(world, domain)
             freed = 0
             for target, overlay in snapshot.overlays.items():
                 base = snapshot.bases[target]
@@ -276,13 +204,14 @@ class FakeHypervisor:
                     raise StepFailed(f"fake: {domain} {target} is not on {overlay}")
                 freed += world["images"].pop(overlay)["size"]
                 dom["disks"][target] = base
-            _effect(world, "merge_back", domain=domain)
+            effect(world, "merge_back", domain=domain)
         maybe_pause("after:merge_back")
         return freed
 
     def flatten(self, domain: str) -> None:
+        self.merge_checkpoints(domain)  # like the adapter: no checkpoint image is stranded
         with self.world.change() as world:
-            dom = _domain(world, domain)
+            dom = domain_of(world, domain)
             changed = False
             for path in dom["disks"].values():
                 image = world["images"][path]
@@ -292,7 +221,7 @@ class FakeHypervisor:
                     image["backing"] = base["backing"]
                     changed = True
             if changed:  # like blockpull on a flat image: nothing to do, nothing happens
-                _effect(world, "flatten", domain=domain)
+                effect(world, "flatten", domain=domain)
         maybe_pause("after:flatten")
 
     def claim_of(self, domain: str) -> Claim | None:
@@ -302,19 +231,9 @@ class FakeHypervisor:
 
     def set_claim(self, domain: str, claim: Claim | None) -> None:
         with self.world.change() as world:
-            _domain(world, domain)["claim"] = asdict(claim) if claim else None
-            _effect(world, "set_claim" if claim else "release_claim", domain=domain)
+            domain_of(world, domain)["claim"] = asdict(claim) if claim else None
+            effect(world, "set_claim" if claim else "release_claim", domain=domain)
         maybe_pause(f"after:{'set' if claim else 'release'}_claim:{domain}")
-
-
-def _chains(world: World, name: str) -> list[list[str]]:
-    chains = []
-    for path in _domain(world, name)["disks"].values():
-        chain = [path]
-        while chain[-1] in world["images"] and world["images"][chain[-1]]["backing"]:
-            chain.append(world["images"][chain[-1]]["backing"])
-        chains.append(chain)
-    return chains
 
 
 def _delete_unused_chains(world: World, chains: list[list[str]]) -> int:
@@ -373,7 +292,7 @@ class FakeShell:
             if not cut:
                 if mark and rc == 0:
                     guest["files"].append(mark)
-                _effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
+                effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
                 # `drop: N`: the first N matching runs lose the connection after the command ran
                 if canned is not None and int(canned.get("drop", 0)) > int(canned.get("dropped", 0)):
                     canned["dropped"] = int(canned.get("dropped", 0)) + 1
@@ -394,10 +313,10 @@ class FakeShell:
         with self.world.change() as world:
             domain, guest = _guest_of(world, self.network)
             if f"reboot:{self.name}" in world["faults"]:
-                _effect(world, "reboot", role=self.name, domain=domain, came_back=False)
+                effect(world, "reboot", role=self.name, domain=domain, came_back=False)
                 raise StepFailed(f"fake: {self.name} did not come back with a new boot id within {timeout:.0f} s after reboot")
             guest["boot_id"] = str(uuidlib.uuid4())
-            _effect(world, "reboot", role=self.name, domain=domain)
+            effect(world, "reboot", role=self.name, domain=domain)
         maybe_pause("after:reboot")
         return str(guest["boot_id"])
 
@@ -418,7 +337,7 @@ class FakeShells:
 
     def reset(self) -> None:
         with self.world.change() as world:  # recorded: tests check takeover forgets connections
-            _effect(world, "reset_connections")
+            effect(world, "reset_connections")
 
 
 # ---------------------------------------------------------------------------------------- sync
@@ -472,7 +391,7 @@ class FakeSyncer:
                 gone = set(dst["mail"]) - set(src["mail"])
                 dst["mail"] = list(src["mail"])
                 files = len(new) + len(gone)
-                _effect(world, "sync", source=source, target=target, final=final, files=files)
+                effect(world, "sync", source=source, target=target, final=final, files=files)
                 drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
                 lost = kind in drops
                 if lost:
@@ -505,7 +424,7 @@ class FakeSyncer:
                 keys = guest.get("authorized_sync_keys", [])
                 guest["authorized_sync_keys"] = [k for k in keys if not k.startswith(prefix)]
                 removed += len(keys) - len(guest["authorized_sync_keys"])
-            _effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
+            effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
         return removed
 
 

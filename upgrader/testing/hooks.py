@@ -5,8 +5,9 @@ process writes the point's name to UPGRADER_TEST_PAUSE_FILE and sleeps until it 
 Points: `begin:<step key>` (journaled, side effect not yet done), `done:<step key>`,
 `enter:<phase>` (after the checkpoint), `holding:<step key>` (held journaled, not yet the
 transition), `operator:<retry|skip|revert>` (journaled, not yet the transition) from the
-engine's events, and `after:<op>` from inside
-the fakes (the side effect happened, the journal does not know yet).
+engine's events, and `after:<op>` from inside the fakes (the side effect happened, the journal
+does not know yet) or `during:<op>` (half of it happened: e.g. `during:revert_checkpoint:NAME`,
+the disks switched, the old images not yet deleted).
 Unset (always, outside tests) the hooks cost one environment lookup.
 """
 

@@ -1,0 +1,108 @@
+"""The fakes' world: one JSON file that survives the process being killed (the crash tests kill
+the orchestrator and resume in a new process), changed under an flock and replaced atomically.
+
+World shape (see `new_world`):
+  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
+  images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
+            the guest's state when it was taken (what a revert to it restores)
+  guests:   id -> {boot_id, files[], mail[], release, services}
+  commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
+            first match; add_mail: mail that clients deliver once the command has run
+  incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
+  faults:   ["probe:prod", "probe:staging"  a service check fails on that role,
+             "ssh:staging"   SSH to that role does not answer,
+             "reboot:staging" a reboot there never comes back,
+             "sync:pass"     a pre-sync pass fails (rsync exits 23)]
+  effects:  [{op, ...}]
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import uuid as uuidlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from upgrader.errors import InfraError
+
+World = dict[str, Any]
+
+
+def new_world(
+    domain: str = "mailhost",
+    production_network: str = "prod-net",
+    mac: str = "52:54:00:12:34:56",
+    mails: int = 20,
+) -> World:
+    guest = {"boot_id": str(uuidlib.uuid4()), "files": [], "mail": [f"m{i}" for i in range(mails)], "release": "1", "services": True}
+    return {
+        "hypervisor": "fake-hypervisor 1.0",
+        "free_bytes": 50 * 2**30,
+        "domains": {
+            domain: {
+                "uuid": str(uuidlib.uuid4()),
+                "running": True,
+                "disks": {"vda": f"/fake/{domain}.qcow2"},
+                "nics": {mac: production_network},
+                "links": {mac: True},
+                "guest": "g0",
+            }
+        },
+        "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
+        "guests": {"g0": guest},
+        "commands": [],
+        "incoming": [40, 8, 1],
+        "faults": [],
+        "effects": [],
+    }
+
+
+class WorldFile:
+    """The world JSON, read-modify-written under an flock, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> World:
+        return json.loads(self.path.read_text())
+
+    @contextmanager
+    def change(self) -> Iterator[World]:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            world = self.read()
+            yield world
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(world, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    def write(self, world: World) -> None:
+        self.path.write_text(json.dumps(world, indent=1, sort_keys=True))
+
+
+def effect(world: World, op: str, **fields: Any) -> None:
+    world["effects"].append({"op": op, **fields})
+
+
+def domain_of(world: World, name: str) -> dict[str, Any]:
+    if name not in world["domains"]:
+        raise InfraError(f"fake: domain {name} not found")
+    return world["domains"][name]
+
+
+def chains_of(world: World, name: str) -> list[list[str]]:
+    chains = []
+    for path in domain_of(world, name)["disks"].values():
+        chain = [path]
+        while chain[-1] in world["images"] and world["images"][chain[-1]]["backing"]:
+            chain.append(world["images"][chain[-1]]["backing"])
+        chains.append(chain)
+    return chains
+
+
+def is_used(world: World, path: str) -> bool:
+    return any(path in d["disks"].values() for d in world["domains"].values()) or any(
+        img["backing"] == path for img in world["images"].values())
