@@ -25,6 +25,8 @@ from upgrader.steps import STEPS
 from upgrader.steps.base import Ports
 from upgrader.steps.decommission import decommission_began
 from upgrader.steps.identity import OLD_VM_OFF_HINT, refuse_foreign
+from upgrader.steps.revert import pending as pending_revert
+from upgrader.steps.revert import revert_twin
 from upgrader.store import HostLock, RunStore
 
 PortsFactory = Callable[[Plan, str], Ports]
@@ -185,7 +187,7 @@ def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False, who
             record.options.now = True
             engine.journal.write("operator", action="now", confirmed=yes)
         if record.phase == Phase.HELD:
-            engine.leave_hold("retry", by=who, via="resume")
+            go_on(engine, "retry", by=who, via="resume")
         return engine.run(resumed=True)
 
 
@@ -194,8 +196,21 @@ def retry(ctx: Context, host: str, who: str) -> RunRecord:
     finished by hand counts as done), then go on."""
     with holding(ctx, host) as record:
         engine = _engine(ctx, record)
-        engine.leave_hold("retry", by=who)
+        go_on(engine, "retry", by=who)
         return engine.run(resumed=True)
+
+
+def go_on(engine: Engine, action: str, **fields: object) -> None:
+    """Leave a held run's hold; a revert that was interrupted is finished first (to the target
+    it journaled): its twin may be stopped or half reverted, nothing else may run on it."""
+    engine.require_held()
+    going = pending_revert(engine.ctx)
+    if going is not None:
+        engine.emit(Notice(f"finishing the interrupted revert to {going} first", "warning"))
+        revert_twin(engine.ctx, going)
+        engine.leave_hold("revert", into=Phase.UPGRADE, to=going, finished_by=action, **fields)
+        return
+    engine.leave_hold(action, **fields)
 
 
 def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
@@ -212,6 +227,9 @@ def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
                 f"{held.step or held.phase.value} cannot be skipped: the steps after it need what it makes",
                 hint=f"fix it on the twin (`upgrader ssh {host} --twin`), then `upgrader retry {host}`; or `upgrader abort {host}`",
             )
+        if pending_revert(engine.ctx) is not None or engine.journal.unapplied_rewind is not None:
+            raise IllegalAction("a revert of the twin is not finished: the failed step is to run again, not to be skipped",
+                                hint=f"`upgrader retry {host}` finishes the revert and runs the steps again")
         assert held.step is not None
         if held.step not in engine.journal.done:  # a skip killed after this line is not written twice
             outputs = {"skipped": True, "by": who, "reason": reason, "at": ctx.now().isoformat()}

@@ -85,6 +85,8 @@ class Engine:
         self.journal = Journal.from_entries(_StoreJournal(store, record), store.journal(record.host, record.run_id))
         # run.json is a summary; the journal is the truth about steps.
         record.outputs.update(self.journal.done)
+        for key in self.journal.rewound:  # a revert killed before run.json was saved
+            record.outputs.pop(key, None)
         self.ctx = StepContext(
             plan=plan,
             record=record,
@@ -282,16 +284,25 @@ class Engine:
         finally:
             self.ctx.interrupt = interrupt
 
-    def leave_hold(self, action: str, **fields: object) -> HeldStep:
-        """`retry`/`skip`/`revert`/`resume` of a held run: journal who and why, back into the phase."""
+    def require_held(self) -> HeldStep:
         held = self.record.held
         if self.machine.state != Phase.HELD or held is None:
             raise IllegalAction(f"the run is not held (phase {self.machine.state.value})",
                                 hint=f"`upgrader status {self.record.host}` shows where it is")
+        return held
+
+    def leave_hold(self, action: str, *, into: Phase | None = None, **fields: object) -> HeldStep:
+        """`retry`/`skip`/`revert`/`resume` of a held run: journal who and why, back into the
+        phase it was held in (`into`: the upgrade, for a revert)."""
+        held = self.require_held()
+        if self.journal.unapplied_rewind is not None:  # reverted, killed before the transition
+            into = Phase.UPGRADE
         self.journal.write("operator", action=action, step=held.step, **fields)
         self.emit(OperatorAction(action, held.step))
         self.record.error = None
-        self.fire(retry_trigger(held.phase))
+        for key in self.journal.rewound:
+            self.record.outputs.pop(key, None)
+        self.fire(retry_trigger(into or held.phase))
         return held
 
 

@@ -34,7 +34,7 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.held import next_commands, summary
+from upgrader.held import next_commands, revert_targets, summary
 from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
@@ -188,7 +188,7 @@ def report(console: Console, record: RunRecord) -> None:
     if record.parked:
         console.print(f"[yellow]parked:[/] {safe(record.parked)}")
     if record.phase == Phase.HELD and record.held is not None:
-        held_report(console, record)
+        held_report(console, record, revert_targets(record.outputs))
         return
     for label, error in (("error", record.error), ("cleanup error", record.cleanup_error)):
         if error is not None:

@@ -34,8 +34,8 @@ def test_broken_port_held_fixed_over_ssh_and_retried(lab: Lab, tmp_path: Path) -
         assert "held at upgrade[4] (install world and rebuild ports): exited 1" in shown.stdout
         assert "upgrader retry mailhost" in shown.stdout
         # the twin runs on staging; prod serves, untouched
-        running = {info.name: info for info, _ in lab.domains()}
-        assert running["mailhost-twin"].running and running["mailhost"].running
+        states = {info.name: state for info, state in lab.domains()}
+        assert states == {"mailhost": "running", "mailhost-twin": "running"}, states
         assert "release 1" in lab.guest_exec("prod", "cat /etc/labos-release").stdout
         assert lab.smtp_probe()["ok"]
         # the operator gets in through the run's own pinned path

@@ -1,4 +1,5 @@
-"""`upgrader retry`, `skip`: going on from a held run after the operator repaired the twin."""
+"""`upgrader retry`, `skip`, `revert`, `checkpoints`: going on from a held run after the operator
+repaired the twin (or going back to a checkpoint of it)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import getpass
 
 import click
 
-from upgrader import app
+from rich.table import Table
+
+from upgrader import app, repair
 from upgrader.cli.common import app_context, finish_run
+from upgrader.ui import safe
 
 HOST = click.argument("host", metavar="HOST")
 BY = click.option("--by", "who", default=None, help="who does it, for the journal (default: the login name)")
@@ -44,3 +48,49 @@ def skip(ctx: click.Context, host: str, reason: str, who: str | None) -> None:
     clone cannot be skipped: `retry` or `abort` it."""
     context, console = app_context(ctx)
     finish_run(console, app.skip(context, host, who or getpass.getuser(), reason))
+
+
+@click.command()
+@HOST
+@click.option("--to", "to", required=True, metavar="upgrade[N]",
+              help="the step whose checkpoint to go back to (`upgrader checkpoints HOST` lists them)")
+@click.option("--yes", is_flag=True, help="do not ask: discard what the twin got since that checkpoint")
+@BY
+@click.pass_context
+def revert(ctx: click.Context, host: str, to: str, yes: bool, who: str | None) -> None:
+    """Put the twin of HOST's held run back to the checkpoint taken before upgrade step N, then
+    run step N and every step after it again.
+
+    \b
+    A checkpoint is taken before the first upgrade step and before every step with
+    `checkpoint: true`. The twin is stopped, its disks go back exactly to that moment (a file
+    written by step N or later is gone), it is started again and the run goes on from step N.
+    Prod is not touched. Quote the step for the shell: --to 'upgrade[3]'."""
+    if not yes:
+        click.confirm(f"discard everything {host}'s twin got since the checkpoint before {to} "
+                      "(upgrade steps from there run again)?", abort=True)
+    context, console = app_context(ctx)
+    finish_run(console, repair.revert(context, host, to, who or getpass.getuser()))
+
+
+@click.command()
+@HOST
+@click.pass_context
+def checkpoints(ctx: click.Context, host: str) -> None:
+    """The checkpoints of HOST's twin that `upgrader revert` can go back to, with how much the
+    twin wrote since each. They exist while the run is before its cutover window; they are
+    merged back into the twin's disk before the cutover."""
+    context, console = app_context(ctx, with_view=False)
+    record, rows = repair.checkpoints(context, host)
+    if not rows:
+        console.print(f"{safe(host)}: no checkpoints (run {record.run_id}, phase {record.phase.value}); "
+                      "one is taken before the first upgrade step")
+        return
+    table = Table(title=f"checkpoints of {host}'s twin (run {record.run_id})", title_justify="left")
+    for column in ("before step", "taken", "written since", "revert with"):
+        table.add_column(column)
+    for row in rows:
+        taken = row.taken.isoformat(timespec="seconds") if row.taken else "?"
+        size = f"{row.bytes_since:,} bytes" if row.bytes_since is not None else "gone?"
+        table.add_row(row.step, taken, size, f"upgrader revert {host} --to '{row.step}'")
+    console.print(table)

@@ -50,26 +50,38 @@ class Journal:
     io: JournalIO
     begun: dict[str, dict[str, Any]] = field(default_factory=dict)
     done: dict[str, Outputs] = field(default_factory=dict)
+    rewound: set[str] = field(default_factory=set)  # forgotten by a `rewind` (a revert) and not begun since
+    rewinds: int = 0  # reverts finished so far (each journals one `rewind`)
+    unapplied_rewind: str | None = None  # a revert's target whose rewind no transition followed yet
 
     @classmethod
     def from_entries(cls, io: JournalIO, entries: list[dict[str, Any]]) -> "Journal":
         journal = cls(io)
         for entry in entries:
-            kind, key = entry.get("kind"), entry.get("key")
-            if kind == "begin" and isinstance(key, str):
-                journal.begun[key] = entry
-            elif kind == "done" and isinstance(key, str):
-                journal.done[key] = dict(entry.get("outputs") or {})
+            journal._index(entry)
         return journal
+
+    def _index(self, entry: dict[str, Any]) -> None:
+        kind, key = entry.get("kind"), entry.get("key")
+        if kind == "begin" and isinstance(key, str):
+            self.begun[key] = entry
+            self.rewound.discard(key)
+        elif kind == "done" and isinstance(key, str):
+            self.done[key] = dict(entry.get("outputs") or {})
+        elif kind == "transition":
+            self.unapplied_rewind = None
+        elif kind == "rewind":  # a revert: these steps are to run again, as if never begun
+            self.rewinds += 1
+            self.unapplied_rewind = str(entry.get("to"))
+            for forgotten in entry.get("keys") or []:
+                self.begun.pop(forgotten, None)
+                self.done.pop(forgotten, None)
+                self.rewound.add(forgotten)
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         entry = {"kind": kind, "ts": utcnow().isoformat(), **fields}
         self.io.append(entry)
-        key = fields.get("key")
-        if kind == "begin" and isinstance(key, str):
-            self.begun[key] = entry
-        elif kind == "done" and isinstance(key, str):
-            self.done[key] = dict(fields.get("outputs") or {})
+        self._index(entry)
         return entry
 
 

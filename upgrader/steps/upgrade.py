@@ -2,13 +2,19 @@
 done-marker on the guest right after it succeeds (or the plan gives its own `probe`), a reboot
 records the boot id before and is done when the boot id changed. A connection lost mid-step is
 handled like a crash there (`once_reconnecting`): reconnect, wait for a command still running,
-probe, and redo only what did not finish."""
+probe, and redo only what did not finish.
+
+Before the first step, and before every step marked `checkpoint: true`, the twin's disks get a
+checkpoint (an O(1) disk-only external snapshot, journaled as `checkpoint.upgrade[N]`): a held
+run can `upgrader revert HOST --to upgrade[N]`. They are merged back before the cutover
+(`merge_checkpoints`, at the start of await_window)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
+from upgrader.held import checkpoint_key, revert_targets
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
@@ -22,12 +28,45 @@ def step_key(index: int) -> str:
     return f"upgrade[{index}]"
 
 
+def takes_checkpoint(plan: "Plan", index: int) -> bool:
+    return index == 0 or bool(getattr(plan.upgrade[index], "checkpoint", False))
+
+
+def take_checkpoint(ctx: StepContext, key: str) -> None:
+    """The twin's disks as they are before step `key`: the guest's buffers flushed first (a
+    revert then finds what the steps before wrote on disk), then an O(1) external snapshot."""
+    hv, twin = ctx.ports.hypervisor, ctx.plan.twin_name
+
+    def take(_: dict[str, Any]) -> dict[str, Any]:
+        ctx.ports.shells.connect("staging").run(Command.raw("sync"), timeout=300)
+        made = hv.checkpoint(twin, key)
+        return {"name": made.name, "disks": made.disks}
+
+    def taken(_: dict[str, Any]) -> dict[str, Any] | None:
+        found = hv.find_checkpoint(twin, key)
+        return {"name": found.name, "disks": found.disks, "probed": True} if found else None
+
+    ctx.once(checkpoint_key(key), f"checkpoint {twin}'s disks before {key}", take, taken)
+
+
+def merge_checkpoints(ctx: StepContext) -> None:
+    """Before the cutover: fold the twin's checkpoints back, so its chain is the one clone made
+    (what rollback and decommission expect). Reverting is not possible after this."""
+    if not revert_targets(ctx.journal.done):
+        return
+    hv, twin = ctx.ports.hypervisor, ctx.plan.twin_name
+    ctx.once("checkpoints.merge", f"merge {twin}'s checkpoints back before the cutover",
+             lambda _: {"bytes_freed": hv.merge_checkpoints(twin)})
+
+
 class Upgrade:
     phase = Phase.UPGRADE
 
     def describe(self, plan: "Plan") -> list[str]:
         lines = []
         for i, step in enumerate(plan.upgrade):
+            if takes_checkpoint(plan, i):
+                lines.append(f"[{i}] checkpoint {plan.twin_name}'s disks first (`upgrader revert HOST --to {step_key(i)}`)")
             if getattr(step, "reboot", False):
                 lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {step.timeout})")
             else:
@@ -38,6 +77,8 @@ class Upgrade:
     def run(self, ctx: StepContext) -> Outcome:
         shell = ctx.ports.shells.connect("staging")
         for i, step in enumerate(ctx.plan.upgrade):
+            if takes_checkpoint(ctx.plan, i):
+                take_checkpoint(ctx, step_key(i))
             if getattr(step, "reboot", False):
                 self._reboot(ctx, i, step)  # type: ignore[arg-type]
                 shell = ctx.ports.shells.connect("staging")
