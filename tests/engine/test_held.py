@@ -190,3 +190,22 @@ def test_preflight_failure_still_aborts(tmp_path: Path, fake_world: WorldFile, f
     _break(fake_world, {"faults": ["ssh:prod"]})
     record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
     assert record.phase == Phase.ABORTED and record.error is not None and record.error.phase == Phase.PREFLIGHT
+
+
+def test_run_due_leaves_a_held_run_alone_and_it_never_cuts_over(tmp_path: Path, fake_world: WorldFile,
+                                                                  fake_plan: Path) -> None:
+    """A held run has no fixed window yet (that happens in await_window, after every holdable
+    step): run-due passes it by, whatever the time, and nothing moves to prod."""
+    import datetime as dt
+
+    fake_plan.write_text(fake_plan.read_text() + "window: {start: 2026-11-27T12:00:00, duration: 1h, timezone: UTC}\n")
+    _break(fake_world, FAILURES["upgrade command fails"][0])
+    clock = [dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.timezone.utc)]
+    ctx = app.Context(RunStore(tmp_path / "state"), [], now=lambda: clock[0])
+    assert app.start(ctx, app.StartOptions("mailhost", str(fake_plan))).phase == Phase.HELD
+    for hours in (2, 3, 24 * 8):  # in the window, after it, a week later
+        clock[0] = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.timezone.utc) + dt.timedelta(hours=hours)
+        assert app.run_due(ctx) == []
+    record = RunStore(tmp_path / "state").latest("mailhost")
+    assert record is not None and record.phase == Phase.HELD
+    assert effects(fake_world, "set_link") == [] and effects(fake_world, "move_nic") == []
