@@ -24,7 +24,7 @@ from upgrader.record import RunOptions, RunRecord, VmIdentity, new_run_id, utcno
 from upgrader.steps import STEPS
 from upgrader.steps.base import Ports
 from upgrader.steps.decommission import decommission_began
-from upgrader.steps.identity import OLD_VM_OFF_HINT, refuse_foreign
+from upgrader.steps.identity import OLD_VM_OFF_HINT, refuse_foreign, require_ours
 from upgrader.steps.revert import pending as pending_revert
 from upgrader.steps.revert import revert_twin
 from upgrader.store import HostLock, RunStore
@@ -210,7 +210,22 @@ def go_on(engine: Engine, action: str, **fields: object) -> None:
         revert_twin(engine.ctx, going)
         engine.leave_hold("revert", into=Phase.UPGRADE, to=going, finished_by=action, **fields)
         return
+    twin_up(engine)
     engine.leave_hold(action, **fields)
+
+
+def twin_up(engine: Engine) -> None:
+    """A held twin found stopped (the hypervisor rebooted in the days it was held, someone shut
+    it down) is started before the run goes on; probed by its state, so never started twice."""
+    held = engine.require_held()
+    if held.phase == Phase.CLONE:  # the clone's own steps define and start it
+        return
+    twin = engine.plan.twin_name
+    info = require_ours(engine.ctx, twin, "start")
+    if info is not None and not info.running:
+        engine.journal.write("operator", action="start_twin", domain=twin)
+        engine.emit(Notice(f"{twin} was not running: starting it before going on", "warning"))
+        engine.ports.hypervisor.start(twin)
 
 
 def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
@@ -235,6 +250,7 @@ def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
             outputs = {"skipped": True, "by": who, "reason": reason, "at": ctx.now().isoformat()}
             engine.journal.write("done", key=held.step, outputs=outputs)
             record.outputs[held.step] = outputs
+        twin_up(engine)
         engine.leave_hold("skip", by=who, reason=reason)
         return engine.run(resumed=True)
 

@@ -37,7 +37,7 @@ from upgrader.events import (
 )
 from upgrader.machine import RunMachine
 from upgrader.phases import BEFORE_CUTOVER, HOLDABLE, TERMINAL, UNSUCCESSFUL, Phase, retry_trigger
-from upgrader.record import HeldStep, PhaseTiming, RunError, RunRecord, utcnow
+from upgrader.record import HeldStep, PhaseTiming, RunError, RunRecord, held_from_journal, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
 from upgrader.held import revert_targets
@@ -249,8 +249,9 @@ class Engine:
     # ------------------------------------------------------------------------------ held
 
     def _failed_step(self) -> str | None:
-        if self.ctx.active:
-            return self.ctx.active[-1][0]
+        for key, _ in reversed(self.ctx.active):  # innermost first; a step that raised and was redone is done
+            if key not in self.journal.done:
+                return key
         open_keys = [k for k in self.journal.begun if k not in self.journal.done]
         return open_keys[-1] if open_keys else None
 
@@ -304,15 +305,6 @@ class Engine:
             self.record.outputs.pop(key, None)
         self.fire(retry_trigger(into or held.phase))
         return held
-
-
-def held_from_journal(entries: list[dict[str, object]]) -> HeldStep | None:
-    """The last `held` entry (run.json lost it to a crash between the two writes)."""
-    for entry in reversed(entries):
-        if entry.get("kind") == "held":
-            data = {k: v for k, v in entry.items() if k in HeldStep.model_fields}
-            return HeldStep.model_validate(data)
-    return None
 
 
 def request_abort(run_dir: Path) -> None:

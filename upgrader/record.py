@@ -114,3 +114,12 @@ class RunRecord(BaseModel):
     @property
     def active(self) -> bool:
         return not self.finished
+
+
+def held_from_journal(entries: list[dict[str, Any]]) -> HeldStep | None:
+    """The last `held` journal entry (written before the transition to held): what run.json
+    lost when a crash came between the transition's journal line and its save."""
+    for entry in reversed(entries):
+        if entry.get("kind") == "held":
+            return HeldStep.model_validate({k: v for k, v in entry.items() if k in HeldStep.model_fields})
+    return None

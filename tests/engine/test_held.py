@@ -209,3 +209,31 @@ def test_run_due_leaves_a_held_run_alone_and_it_never_cuts_over(tmp_path: Path, 
     record = RunStore(tmp_path / "state").latest("mailhost")
     assert record is not None and record.phase == Phase.HELD
     assert effects(fake_world, "set_link") == [] and effects(fake_world, "move_nic") == []
+
+
+def test_retry_starts_a_twin_found_stopped(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    change = FAILURES["upgrade command fails"][0]
+    _break(fake_world, change)
+    ctx = context(tmp_path)
+    app.start(ctx, app.StartOptions("mailhost", str(fake_plan)))
+    with fake_world.change() as world:  # days later: the hypervisor was rebooted, the twin is off
+        world["domains"]["mailhost-twin"]["running"] = False
+    _mend(fake_world, change)
+    record = app.retry(ctx, "mailhost", "alice")
+    assert record.phase == Phase.COMPLETED
+    assert op_counts(world_of(fake_world))["start"] == 2  # the clone's, and the one retry needed
+
+
+def test_a_hold_whose_run_json_was_not_saved_is_reconciled_with_its_details(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """A crash between the transition's journal line and run.json: the journal's `held` entry
+    gives the details back (status and retry see them)."""
+    _break(fake_world, FAILURES["upgrade command fails"][0])
+    ctx = context(tmp_path)
+    held = app.start(ctx, app.StartOptions("mailhost", str(fake_plan)))
+    store = RunStore(tmp_path / "state")
+    stale = held.model_copy(update={"phase": Phase.UPGRADE, "held": None})
+    store.save(stale)
+    [record] = app.status(ctx, "mailhost")
+    assert record.phase == Phase.HELD and record.held is not None and record.held.step == "upgrade[1]"
+    assert record.held.rc == 1

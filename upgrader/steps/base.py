@@ -143,6 +143,7 @@ class StepContext:
         extra = before() if before is not None else {}
         begin = self.journal.write("begin", key=key, title=title, **extra)
         self.emit(StepBegin(key, title))
+        self.active[:] = [a for a in self.active if a[0] != key]  # an earlier attempt that raised
         self.active.append((key, title))
         outputs = run(begin)
         self.active.remove((key, title))

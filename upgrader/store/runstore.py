@@ -26,7 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from upgrader.errors import InputError, NoRun, StateCorrupt
-from upgrader.record import RunRecord, utcnow
+from upgrader.phases import Phase
+from upgrader.record import RunRecord, held_from_journal, utcnow
 from upgrader.store import journal as jfile
 from upgrader.store.files import DIR_MODE, check_dir, fsync_dir, read_private, secure_open, write_all, writing
 from upgrader.store.lock import HostLock
@@ -197,6 +198,7 @@ class RunStore:
         note = {"kind": "reconciled", "file": RUN_FILE, "phase_was": record.phase.value, "phase": dest.value,
                 "why": "the journal was one transition ahead of run.json (a crash between the two writes)"}
         record.phase, record.parked = dest, None
+        record.held = held_from_journal(entries) if dest == Phase.HELD else None
         if repair:
             self.append(host, run_id, note)
             entries = self.journal(host, run_id)
