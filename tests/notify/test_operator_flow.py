@@ -268,3 +268,24 @@ def test_a_held_run_tells_the_operators_each_time_it_is_held(
         world["commands"] = [c for c in world["commands"] if c.get("rc") != 1]
     assert app.retry(ctx, "mailhost", "alice").phase == Phase.COMPLETED
     assert len(for_operators(smtp_server)) == 2  # a good run tells no operator
+
+
+def test_a_network_only_rollback_tells_the_operators_where_the_data_may_be(
+    tmp_path: Path, fake_world: WorldFile, smtp_server: Inbox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new prod died: the rollback gives the network back without the reverse sync and keeps
+    the twin; the operators' notice says which data may exist only on the twin."""
+    use(monkeypatch, smtp_server.port)
+    plan = write_plan(tmp_path, fake_world, operator_block(receiver.url))
+    ctx = app.Context(RunStore(tmp_path / "state"), now=lambda: T0)
+    assert app.start(ctx, app.StartOptions("mailhost", str(plan))).phase == Phase.COMPLETED
+    with fake_world.change() as world:  # the new prod crashed
+        world["domains"]["mailhost-twin"]["running"] = False
+    record = app.rollback(ctx, "mailhost")
+    assert record.phase == Phase.ROLLED_BACK and record.warnings
+    [mail] = for_operators(smtp_server)
+    body = mail.message.get_content()
+    assert mail.message["Subject"] == "[upgrader] mailhost rolled back"
+    assert "may exist only on mailhost-twin" in body and "/var/mail/" in body
+    [hook] = receiver.bodies
+    assert hook["kind"] == "rolled_back" and any("may exist only on mailhost-twin" in n for n in hook["notes"])
