@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from upgrader.adapters.factory import build_ports
-from upgrader.engine import Engine, request_abort
+from upgrader.engine import AbortRequested, Engine, request_abort
 from upgrader.errors import (BusyError, IllegalAction, InputError, LockedError, NoRun, StateUnwritable, UnknownHost,
                              UpgraderError)
 from upgrader.events import Listener, Notice
@@ -19,10 +19,11 @@ from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
 from upgrader.plan import Plan, load_plan, plan_digest, resolve_plan_path
 from upgrader.config import load_settings
-from upgrader.held import skippable
+from upgrader.held import HeldView
+from upgrader.step_keys import revert_targets, skippable
 from upgrader.record import RunOptions, RunRecord, VmIdentity, new_run_id, utcnow
 from upgrader.steps import STEPS
-from upgrader.steps.base import Ports
+from upgrader.steps.base import Journal, Ports, ReadOnlyJournal
 from upgrader.steps.decommission import decommission_began
 from upgrader.steps.identity import OLD_VM_OFF_HINT, refuse_foreign, require_ours
 from upgrader.steps.revert import pending as pending_revert
@@ -204,13 +205,19 @@ def go_on(engine: Engine, action: str, **fields: object) -> None:
     """Leave a held run's hold; a revert that was interrupted is finished first (to the target
     it journaled): its twin may be stopped or half reverted, nothing else may run on it."""
     engine.require_held()
-    going = pending_revert(engine.ctx)
-    if going is not None:
-        engine.emit(Notice(f"finishing the interrupted revert to {going} first", "warning"))
-        revert_twin(engine.ctx, going)
-        engine.leave_hold("revert", into=Phase.UPGRADE, to=going, finished_by=action, **fields)
+    if engine.abort_requested():  # `upgrader abort` came first: engine.run aborts
         return
-    twin_up(engine)
+    going = pending_revert(engine.journal)
+    try:
+        if going is not None:
+            engine.emit(Notice(f"finishing the interrupted revert to {going} first", "warning"))
+            revert_twin(engine.ctx, going)
+            engine.leave_hold("revert", into=Phase.UPGRADE, to=going, finished_by=action, **fields)
+            return
+        twin_up(engine)
+    except AbortRequested as exc:  # asked while the twin was being reverted or started
+        engine.abort_held(exc)
+        return
     engine.leave_hold(action, **fields)
 
 
@@ -242,7 +249,7 @@ def skip(ctx: Context, host: str, who: str, reason: str) -> RunRecord:
                 f"{held.step or held.phase.value} cannot be skipped: the steps after it need what it makes",
                 hint=f"fix it on the twin (`upgrader ssh {host} --twin`), then `upgrader retry {host}`; or `upgrader abort {host}`",
             )
-        if pending_revert(engine.ctx) is not None or engine.journal.unapplied_rewind is not None:
+        if pending_revert(engine.journal) is not None or engine.journal.unapplied_rewind is not None:
             raise IllegalAction("a revert of the twin is not finished: the failed step is to run again, not to be skipped",
                                 hint=f"`upgrader retry {host}` finishes the revert and runs the steps again")
         assert held.step is not None
@@ -361,6 +368,15 @@ def decommission(ctx: Context, host: str) -> RunRecord:
         engine = _engine(ctx, record, force_decommission=True)
         engine.journal.write("operator", action="decommission")
         return engine.run(resumed=True)
+
+
+def held_view(ctx: Context, record: RunRecord) -> HeldView:
+    """What `status` says about a held run besides run.json: a revert interrupted or done but not
+    gone on from (the journal knows), and the checkpoints left."""
+    journal = Journal.from_entries(ReadOnlyJournal(), ctx.store.journal(record.host, record.run_id))
+    going = pending_revert(journal)
+    reverted = journal.unapplied_rewind if going is None else None
+    return HeldView(reverting=going, reverted=reverted, checkpoints=revert_targets(journal.done))
 
 
 def status(ctx: Context, host: str | None) -> list[RunRecord]:

@@ -40,7 +40,7 @@ from upgrader.phases import BEFORE_CUTOVER, HOLDABLE, TERMINAL, UNSUCCESSFUL, Ph
 from upgrader.record import HeldStep, PhaseTiming, RunError, RunRecord, held_from_journal, utcnow
 from upgrader.steps import STEPS
 from upgrader.steps.base import Journal, Ports, StepContext
-from upgrader.held import revert_targets
+from upgrader.step_keys import revert_targets
 from upgrader.steps.operator_notice import FAILED_KEY, held_event, held_key, operator_event_for_failure, tell_operator
 from upgrader.steps.sync import sweep_sync_keys, sync_in_doubt
 from upgrader.store import touch_private
@@ -168,6 +168,8 @@ class Engine:
         self.emit(RunStarted(record.host, record.run_id, record.phase, resumed))
         if resumed and not record.finished and sync_in_doubt(self.ctx):
             sweep_sync_keys(self.ctx)  # a killed sync's key goes now, not only when that sync is redone
+        if resumed and not record.finished:
+            self.complete_pending_hold()
         stopped_on_error = False
         while not record.finished:
             phase = self.machine.state
@@ -270,10 +272,7 @@ class Engine:
         self.journal.write("held", **held.model_dump(mode="json"))  # before the transition: survives a crash
         self.record.held = held
         self.emit(Held(self.record.host, phase, step, exc.message, exc.hint))
-        failures = sum(1 for e in self.store.journal(self.record.host, self.record.run_id) if e.get("kind") == "failed")
-        self._tell_operator(held_key(failures), held_event(self.record, self.plan, step, exc.message, held.tail,
-                                                           checkpoints=revert_targets(self.journal.done),
-                                                           state_dir=self.ctx.state_dir))
+        self._tell_held(held)
         self.fire("hold")
 
     def _tell_operator(self, key: str, event: "OperatorEvent") -> None:
@@ -285,7 +284,30 @@ class Engine:
         finally:
             self.ctx.interrupt = interrupt
 
+    def complete_pending_hold(self) -> None:
+        """A process killed after journaling `held` (and telling the operators) but before the
+        transition: the run is held, not to be run on (its failed step would run again unfixed)."""
+        entry = self.journal.pending_hold
+        if entry is None or self.machine.state not in HOLDABLE:
+            return
+        held = HeldStep.model_validate({k: v for k, v in entry.items() if k in HeldStep.model_fields})
+        self.record.held = held
+        self.emit(Held(self.record.host, held.phase, held.step, held.message, held.hint))
+        self._tell_held(held)
+        self.fire("hold")
+
+    def _tell_held(self, held: HeldStep) -> None:
+        failures = sum(1 for e in self.store.journal(self.record.host, self.record.run_id) if e.get("kind") == "failed")
+        self._tell_operator(held_key(failures), held_event(self.record, self.plan, held.step, held.message, held.tail,
+                                                          checkpoints=revert_targets(self.journal.done),
+                                                          state_dir=self.ctx.state_dir))
+
+    def abort_held(self, exc: "AbortRequested") -> None:
+        """`upgrader abort` asked while a retry/skip/revert was at work on the held twin."""
+        self._fail(self.machine.state, exc)
+
     def require_held(self) -> HeldStep:
+        self.complete_pending_hold()
         held = self.record.held
         if self.machine.state != Phase.HELD or held is None:
             raise IllegalAction(f"the run is not held (phase {self.machine.state.value})",

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-from typing import Iterable
+from dataclasses import dataclass, field
 
 from upgrader.durations import format_duration
 from upgrader.record import HeldStep
+from upgrader.step_keys import skippable
 
-SKIPPABLE_PREFIXES = ("upgrade[", "validate_staging", "presync.")
-
-
-def skippable(step: str | None) -> bool:
-    """A step whose effect the operator can stand in for by hand: an upgrade command, the
-    validation, a pre-sync pass. Not the clone (later steps need the twin it defines)."""
-    return step is not None and step.startswith(SKIPPABLE_PREFIXES)
 
 
 def summary(held: HeldStep, now: dt.datetime) -> str:
@@ -26,7 +20,7 @@ def summary(held: HeldStep, now: dt.datetime) -> str:
     if held.rc is not None:
         what = f"exited {held.rc}"
     else:
-        what = held.message.splitlines()[0] if held.message else "failed"
+        what = held.message.splitlines()[0].rstrip(": ") if held.message else "failed"
     age = max(now - held.since, dt.timedelta(0))
     if age >= dt.timedelta(hours=1):  # "3h12m", not "3h12m5s"
         age = dt.timedelta(minutes=int(age.total_seconds() // 60))
@@ -52,14 +46,25 @@ def next_commands(host: str, step: str | None, checkpoints: list[str] | None = N
     return commands
 
 
-CHECKPOINT_PREFIX = "checkpoint."
+
+@dataclass(frozen=True)
+class HeldView:
+    """What the journal adds to run.json about a held run (app.held_view)."""
+
+    reverting: str | None = None  # a revert to this step was interrupted: it must finish first
+    reverted: str | None = None  # reverted to this step; the steps from there run on `retry`
+    checkpoints: list[str] = field(default_factory=list)
 
 
-def checkpoint_key(step: str) -> str:
-    """The journal key of the checkpoint taken before `step` ("upgrade[3]")."""
-    return CHECKPOINT_PREFIX + step
-
-
-def revert_targets(done: Iterable[str]) -> list[str]:
-    """The steps `revert --to` can go back to: those a checkpoint was taken before."""
-    return [key[len(CHECKPOINT_PREFIX):] for key in done if key.startswith(CHECKPOINT_PREFIX)]
+def view_commands(host: str, held: HeldStep, view: HeldView, *, state_dir: str = "") -> tuple[str, list[str]]:
+    """(what the twin is like now, the commands to run next) for a held run as the journal sees it."""
+    if view.reverting:
+        return (f"a revert of the twin to {view.reverting} was interrupted: it may be stopped or its disks half back",
+                [command(state_dir, "retry", host), command(state_dir, "revert", host, "--to", view.reverting),
+                 command(state_dir, "abort", host)])
+    if view.reverted:
+        return (f"the twin was reverted to {view.reverted}; the steps from there run again on retry",
+                [command(state_dir, "ssh", host, "--twin"), command(state_dir, "retry", host),
+                 command(state_dir, "abort", host)])
+    return ("the twin keeps running on staging; prod is untouched",
+            next_commands(host, held.step, view.checkpoints, state_dir=state_dir))

@@ -54,6 +54,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from upgrader.step_keys import upgrade_index
 from upgrader.durations import (
     BYTESIZE_HELP,
     BYTESIZE_PATTERN,
@@ -842,14 +843,9 @@ class Plan(_Model):
     def failure_policy(self, step: str | None) -> str:
         """`hold` or `abort` for a failure of journal key `step` ("upgrade[3]": that step's own
         `on_failure` if it has one)."""
-        if step and step.startswith("upgrade["):
-            try:
-                own = self.upgrade[int(step[len("upgrade["):].split("]", 1)[0])].on_failure
-            except (ValueError, IndexError):
-                own = None
-            if own is not None:
-                return own
-        return self.on_failure
+        index = upgrade_index(step)
+        own = self.upgrade[index].on_failure if index is not None and index < len(self.upgrade) else None
+        return own or self.on_failure
 
     @property
     def checks(self) -> list[Check]:

@@ -8,12 +8,13 @@ import datetime as dt
 from dataclasses import dataclass
 
 from upgrader.app import Context, _active, _engine, _plan_of, holding
-from upgrader.engine import Engine
+from upgrader.engine import AbortRequested
+from upgrader.steps.base import Journal, ReadOnlyJournal, StepContext
 from upgrader.errors import IllegalAction
-from upgrader.held import checkpoint_key, revert_targets
-from upgrader.phases import Phase
+from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets
+from upgrader.phases import BEFORE_CUTOVER, Phase
 from upgrader.record import RunRecord
-from upgrader.steps.revert import check_target, revert_twin
+from upgrader.steps.revert import check_target, pending, revert_twin
 
 
 def revert(ctx: Context, host: str, to: str, who: str) -> RunRecord:
@@ -23,13 +24,32 @@ def revert(ctx: Context, host: str, to: str, who: str) -> RunRecord:
     with holding(ctx, host) as record:
         engine = _engine(ctx, record)
         engine.require_held()
-        if engine.journal.unapplied_rewind == to:  # reverted already; killed before going on
+        if engine.abort_requested():  # `upgrader abort` came first: engine.run aborts
+            return engine.run(resumed=True)
+        if engine.journal.unapplied_rewind == to and pending(engine.journal) is None:  # reverted; killed before going on
             engine.leave_hold("revert", into=Phase.UPGRADE, to=to, by=who)
             return engine.run(resumed=True)
         check_target(engine.ctx, to)
-        done = revert_twin(engine.ctx, to)
+        try:
+            done = revert_twin(engine.ctx, to)
+        except AbortRequested as exc:  # asked while the twin was being reverted
+            engine.abort_held(exc)
+            return engine.run(resumed=True)
         engine.leave_hold("revert", into=Phase.UPGRADE, to=to, by=who, bytes_freed=done["bytes_freed"])
         return engine.run(resumed=True)
+
+
+def check_revert(ctx: Context, host: str, to: str) -> None:
+    """Would `revert` be refused? (IllegalAction, read-only: asked before the confirmation.)"""
+    record = _active(ctx, host, repair=False)
+    if record.phase != Phase.HELD:
+        raise IllegalAction(f"the run is not held (phase {record.phase.value})",
+                            hint=f"`upgrader status {host}` shows where it is")
+    entries = ctx.store.journal(host, record.run_id)
+    journal = Journal.from_entries(ReadOnlyJournal(), entries)
+    check_target(StepContext(plan=_plan_of(record), record=record, ports=None, journal=journal,  # type: ignore[arg-type]
+                             emit=lambda _: None), to)
+
 
 
 @dataclass(frozen=True)
@@ -43,17 +63,15 @@ def checkpoints(ctx: Context, host: str) -> tuple[RunRecord, list[CheckpointRow]
     """The twin's checkpoints a revert can go back to, oldest first, with what was written since.
     Read-only: takes no lock (works while another process runs the upgrade)."""
     record = _active(ctx, host, repair=False)
+    journal = Journal.from_entries(ReadOnlyJournal(), ctx.store.journal(host, record.run_id))
+    targets = revert_targets(journal.done)
+    if not targets or record.phase not in BEFORE_CUTOVER or MERGE_KEY in journal.begun:
+        return record, []  # none taken yet, or merged back (or being merged) before the cutover
     plan = _plan_of(record)
-    engine = Engine(ctx.store, record, plan, ctx.ports_factory(plan, record.run_id), [], now=ctx.now)
-    targets = revert_targets(engine.journal.done)
-    if not targets:
-        return record, []
-    if "checkpoints.merge" in engine.journal.done:
-        raise IllegalAction("the twin's checkpoints were merged back before the cutover: none are left")
-    sizes = {c.name: c.bytes for c in engine.ports.hypervisor.checkpoints(plan.twin_name)}
+    sizes = {c.name: c.bytes for c in ctx.ports_factory(plan, record.run_id).hypervisor.checkpoints(plan.twin_name)}
     rows = []
     for step in targets:
-        begun = engine.journal.begun.get(checkpoint_key(step), {})
+        begun = journal.begun.get(checkpoint_key(step), {})
         taken = dt.datetime.fromisoformat(str(begun["ts"])) if begun.get("ts") else None
         rows.append(CheckpointRow(step, taken, sizes.get(step)))
     return record, rows

@@ -34,7 +34,8 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.held import next_commands, revert_targets, summary
+from upgrader.held import HeldView, summary, view_commands
+from upgrader.step_keys import revert_targets
 from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
@@ -173,7 +174,7 @@ class RunView:
         return Group(*rows)
 
 
-def report(console: Console, record: RunRecord) -> None:
+def report(console: Console, record: RunRecord, held_view: HeldView | None = None) -> None:
     """The final table: phases with durations, and the figures the run produced."""
     table = Table(title=f"run {record.run_id} — {record.host}: {record.phase.value}", title_justify="left")
     table.add_column("phase")
@@ -188,7 +189,7 @@ def report(console: Console, record: RunRecord) -> None:
     if record.parked:
         console.print(f"[yellow]parked:[/] {safe(record.parked)}")
     if record.phase == Phase.HELD and record.held is not None:
-        held_report(console, record, revert_targets(record.outputs))
+        held_report(console, record, held_view or HeldView(checkpoints=revert_targets(record.outputs)))
         return
     for label, error in (("error", record.error), ("cleanup error", record.cleanup_error)):
         if error is not None:
@@ -199,7 +200,7 @@ def report(console: Console, record: RunRecord) -> None:
         console.print(f"[bold red]warning:[/] {safe(warning)}")
 
 
-def held_report(console: Console, record: RunRecord, checkpoints: list[str] | None = None) -> None:
+def held_report(console: Console, record: RunRecord, view: HeldView) -> None:
     """`held at upgrade[4] (portupgrade -af): exited 1, 3h12m ago`, the output tail, what to run next."""
     assert record.held is not None
     held = record.held
@@ -208,8 +209,9 @@ def held_report(console: Console, record: RunRecord, checkpoints: list[str] | No
         console.print(f"  command: {safe(held.command)}")
     for line in (held.tail or held.message).splitlines()[-10:]:
         console.print(Text.assemble("  │ ", (visible(line, newlines=False), "dim")))
-    console.print("the twin keeps running on staging; prod is untouched. Next:")
-    for command in next_commands(record.host, held.step, checkpoints):
+    state, commands = view_commands(record.host, held, view)
+    console.print(f"{safe(state)}. Next:")
+    for command in commands:
         console.print(f"  {safe(command)}")
 
 

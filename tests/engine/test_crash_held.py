@@ -31,8 +31,9 @@ SKIP = HeldPath((START,), ("skip", "mailhost", "--reason", "built by hand"), (("
 ABORT = HeldPath((START,), ("abort", "mailhost"), (("resume", "mailhost"),), "aborted", 0)
 
 KILL_POINTS: list[tuple[str, HeldPath, str]] = [
-    ("holding:upgrade?1?", HeldPath((), START, (("resume", "mailhost"),), "decommissioned", 2, mend_first=False),
-     "held journaled, the transition not yet: resume runs the step again"),
+    ("holding:upgrade?1?", HeldPath((), START, (("resume", "mailhost"), ("retry", "mailhost")), "decommissioned", 2,
+                                    mend_first=False),
+     "held journaled, the transition not yet: resume completes the hold (never runs the step unfixed), retry goes on"),
     ("enter:held", HeldPath((), START, (("retry", "mailhost"),), "decommissioned", 2, mend_first=False),
      "held; run.json may say so or not"),
     ("operator:retry", HeldPath((START,), ("retry", "mailhost"), (("retry", "mailhost"),), "decommissioned", 2),

@@ -149,6 +149,18 @@ def test_skip_is_refused_for_the_clone_and_without_a_reason(tmp_path: Path, fake
     assert RunStore(tmp_path / "state").latest("mailhost").phase == Phase.HELD  # type: ignore[union-attr]
 
 
+def test_skip_is_refused_for_a_presync_pass(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """Its figures are the downtime forecast: retry it."""
+    change = FAILURES["pre-sync pass fails"][0]
+    _break(fake_world, change)
+    ctx = context(tmp_path)
+    app.start(ctx, app.StartOptions("mailhost", str(fake_plan)))
+    with pytest.raises(IllegalAction, match="cannot be skipped"):
+        app.skip(ctx, "mailhost", "alice", "the final sync copies it anyway")
+    _mend(fake_world, change)
+    assert app.retry(ctx, "mailhost", "alice").phase == Phase.COMPLETED
+
+
 def test_abort_from_held_discards_the_twin(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     _break(fake_world, FAILURES["upgrade command fails"][0])
     ctx = context(tmp_path)

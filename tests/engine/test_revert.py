@@ -172,3 +172,75 @@ def test_checkpoint_and_revert_killed_and_recovered(tmp_path: Path, fake_world: 
     assert counts["checkpoint"] == 2, counts  # upgrade[3]'s survives a revert to it: never taken twice
     assert counts["revert_checkpoint"] == int(reverted), counts  # killed halfway: finished, not redone
     assert installs(world) == 2 + int(reverted), [e for e in world["effects"] if e["op"] == "run"]
+
+
+# ------------------------------------------------------------------------- the review's cases
+
+
+def test_a_failed_merge_holds_and_retry_merges_again(tmp_path: Path, fake_world: WorldFile, plan: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge before the cutover fails (no space for the block commit...): the run holds at
+    the end of the pre-sync instead of throwing the upgraded twin away."""
+    from upgrader.errors import StepFailed
+    from upgrader.testing.fake_checkpoints import FakeCheckpoints
+
+    real = FakeCheckpoints.merge_checkpoints
+    calls = []
+
+    def failing_once(self: FakeCheckpoints, domain: str) -> int:
+        calls.append(domain)
+        if len(calls) == 1:
+            raise StepFailed("fake: block commit failed: No space left on device")
+        return real(self, domain)
+
+    monkeypatch.setattr(FakeCheckpoints, "merge_checkpoints", failing_once)
+    ctx = context(tmp_path)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.HELD and record.held is not None
+    assert (record.held.phase, record.held.step) == (Phase.PRESYNC, "checkpoints.merge")
+    assert "mailhost-twin" in world_of(fake_world)["domains"]  # the upgraded twin is kept
+    with pytest.raises(IllegalAction, match="merging"):
+        repair.revert(ctx, "mailhost", "upgrade[0]", "alice")
+    assert app.retry(ctx, "mailhost", "alice").phase == Phase.COMPLETED
+    assert len(calls) == 2 and all("ckpt" not in p for p in world_of(fake_world)["images"])
+
+
+def test_an_abort_asked_during_a_revert_aborts_the_run(tmp_path: Path, fake_world: WorldFile, plan: Path) -> None:
+    from upgrader.engine import request_abort
+    from upgrader.events import StepBegin
+
+    ctx = held_in_validation(tmp_path, fake_world, plan)
+    store = RunStore(tmp_path / "state")
+    run_id = store.latest("mailhost").run_id  # type: ignore[union-attr]
+
+    def abort_there(event: Event) -> None:
+        if isinstance(event, StepBegin) and event.key == "revert[0].start":
+            request_abort(store.run_dir("mailhost", run_id))
+
+    ctx.listeners.append(abort_there)
+    record = repair.revert(ctx, "mailhost", "upgrade[3]", "alice")
+    assert record.phase == Phase.ABORTED and record.finished
+    world = world_of(fake_world)
+    assert list(world["domains"]) == ["mailhost"] and list(world["images"]) == ["/fake/mailhost.qcow2"]
+
+
+def test_an_interrupted_revert_can_be_replaced_by_one_to_another_checkpoint(
+        tmp_path: Path, fake_world: WorldFile, plan: Path) -> None:
+    ctx = held_in_validation(tmp_path, fake_world, plan)
+    with fake_world.change() as data:  # the reverted twin will not answer: the revert stops halfway
+        data["faults"].append("ssh:staging")
+    with pytest.raises(Exception):  # noqa: B017 - InfraError from the fake's SSH
+        repair.revert(ctx, "mailhost", "upgrade[3]", "alice")
+    [record] = app.status(ctx, "mailhost")
+    assert record.phase == Phase.HELD
+    shown = Cli(tmp_path / "state", tmp_path / "locks").run("status", "mailhost")
+    assert "a revert of the twin to upgrade[3] was interrupted" in shown.out, shown
+    assert "upgrader retry mailhost" in shown.out and "skip" not in shown.out
+    with fake_world.change() as data:
+        data["faults"].remove("ssh:staging")
+    record = repair.revert(ctx, "mailhost", "upgrade[0]", "alice")
+    assert record.phase == Phase.COMPLETED
+    world = world_of(fake_world)
+    assert installs(world) == 4  # everything from upgrade[0] ran again
+    assert app.decommission(ctx, "mailhost").phase == Phase.DECOMMISSIONED
+    clean_after_decommission(world_of(fake_world))

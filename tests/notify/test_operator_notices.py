@@ -33,7 +33,6 @@ from upgrader.plan import Plan, parse_plan
 from upgrader.record import RunError, RunRecord
 from upgrader.steps.base import Journal, Ports, StepContext
 from upgrader.steps.operator_notice import (
-    failed_step,
     held_event,
     held_key,
     operator_event_for_failure,
@@ -183,19 +182,6 @@ def test_a_value_that_would_inject_a_header_is_a_failed_delivery_not_a_crash(pla
     tell_operator(context(plan, ports, journal, events), "operator.held[1]", bad)
     outputs = journal.entries[-1]["outputs"]
     assert outputs["sent"] is False and "header injection" in outputs["error"]
-
-
-def test_failed_step_is_the_last_step_begun_and_not_done(plan: Plan) -> None:
-    journal = ListJournal()
-    ctx = context(plan, fakes.build(plan), journal, [])
-    assert failed_step(ctx) is None
-    ctx.journal.write("begin", key="upgrade[3]", title="x")
-    ctx.journal.write("done", key="upgrade[3]", outputs={})
-    ctx.journal.write("begin", key="upgrade[4]", title="x")
-    assert failed_step(ctx) == "upgrade[4]"
-
-
-# -- the events -----------------------------------------------------------------------------------
 
 
 def test_a_held_event_gives_the_step_the_cleaned_error_and_exact_commands() -> None:

@@ -430,8 +430,10 @@ class LibvirtHypervisor:
                     "committing would corrupt it"
                 )
             current = {d.find('target').get('dev'): source_file(d) for d in disk_elements(self._xml(dom))}  # type: ignore[union-attr]
-            if current.get(target) == base:
-                continue  # already merged
+            if current.get(target) == base:  # already merged; a kill between the pivot and the deletion
+                if not self._disk_users(overlay) and not self._dependents(overlay):  # left the overlay
+                    freed += self._delete(overlay)
+                continue
             if current.get(target) != overlay:
                 raise UnsafeOperation(f"{domain} {target} runs on {current.get(target)}, not on {overlay}; refusing to merge")
             if not dom.isActive():

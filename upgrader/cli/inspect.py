@@ -8,6 +8,7 @@ import sys
 import click
 from upgrader import app
 from upgrader.cli.common import app_context
+from upgrader.phases import Phase
 from upgrader.ui import record_json, report, safe, status_table
 
 
@@ -26,7 +27,8 @@ def status(ctx: click.Context, host: str | None, as_json: bool) -> None:
         console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
         return
     if host:
-        report(console, records[0])
+        record = records[0]
+        report(console, record, app.held_view(context, record) if record.phase == Phase.HELD else None)
     else:
         status_table(console, records)
 

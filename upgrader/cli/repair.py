@@ -43,9 +43,9 @@ def retry(ctx: click.Context, host: str, who: str | None) -> None:
 def skip(ctx: click.Context, host: str, reason: str, who: str | None) -> None:
     """Mark the failed step of HOST's held run as done by hand, then continue the run.
 
-    For an upgrade step you completed yourself on the twin, a validation check you accept, or a
-    pre-sync pass (the final sync copies everything anyway). Journaled with who and why. The
-    clone cannot be skipped: `retry` or `abort` it."""
+    For an upgrade step you completed yourself on the twin, or a validation you accept.
+    Journaled with who and why. The clone and the pre-sync cannot be skipped (later steps need
+    what they make): `retry` or `abort` them."""
     context, console = app_context(ctx)
     finish_run(console, app.skip(context, host, who or getpass.getuser(), reason))
 
@@ -66,10 +66,11 @@ def revert(ctx: click.Context, host: str, to: str, yes: bool, who: str | None) -
     `checkpoint: true`. The twin is stopped, its disks go back exactly to that moment (a file
     written by step N or later is gone), it is started again and the run goes on from step N.
     Prod is not touched. Quote the step for the shell: --to 'upgrade[3]'."""
+    context, console = app_context(ctx)
+    repair.check_revert(context, host, to)  # refused before asking, not after
     if not yes:
         click.confirm(f"discard everything {host}'s twin got since the checkpoint before {to} "
                       "(upgrade steps from there run again)?", abort=True)
-    context, console = app_context(ctx)
     finish_run(console, repair.revert(context, host, to, who or getpass.getuser()))
 
 

@@ -45,8 +45,9 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, ye
 @HOST
 @click.option("--now", is_flag=True, help="cut over without waiting for the window (needs --yes; recorded in the journal)")
 @click.option("--yes", is_flag=True, help="confirm --now")
+@click.option("--by", "who", default=None, help="who resumes a held run, for the journal (default: the login name)")
 @click.pass_context
-def resume(ctx: click.Context, host: str, now: bool, yes: bool) -> None:
+def resume(ctx: click.Context, host: str, now: bool, yes: bool, who: str | None) -> None:
     """Continue HOST's unfinished run from its last checkpoint.
 
     A step that had begun but not finished is probed first (is its effect already in place?)
@@ -56,7 +57,7 @@ def resume(ctx: click.Context, host: str, now: bool, yes: bool) -> None:
     import getpass
 
     context, console = app_context(ctx)
-    finish_run(console, app.resume(context, host, now=now, yes=yes, who=getpass.getuser()))
+    finish_run(console, app.resume(context, host, now=now, yes=yes, who=who or getpass.getuser()))
 
 
 @click.command()

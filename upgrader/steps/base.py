@@ -43,6 +43,13 @@ class JournalIO(Protocol):
     def append(self, entry: dict[str, Any]) -> None: ...
 
 
+class ReadOnlyJournal:
+    """For reading a journal's index without the run's lock (status, checkpoints)."""
+
+    def append(self, entry: dict[str, Any]) -> None:
+        raise AssertionError("a read-only journal was written to")
+
+
 @dataclass
 class Journal:
     """The run's journal as an index: key -> begin entry / done outputs."""
@@ -53,6 +60,9 @@ class Journal:
     rewound: set[str] = field(default_factory=set)  # forgotten by a `rewind` (a revert) and not begun since
     rewinds: int = 0  # reverts finished so far (each journals one `rewind`)
     unapplied_rewind: str | None = None  # a revert's target whose rewind no transition followed yet
+    reverts_given_up: int = 0  # interrupted reverts replaced by one to another step
+    given_up_for: str | None = None  # the target of the revert that replaced one, until its rewind
+    pending_hold: dict[str, Any] | None = None  # a `held` entry no transition followed yet (killed in between)
 
     @classmethod
     def from_entries(cls, io: JournalIO, entries: list[dict[str, Any]]) -> "Journal":
@@ -70,13 +80,20 @@ class Journal:
             self.done[key] = dict(entry.get("outputs") or {})
         elif kind == "transition":
             self.unapplied_rewind = None
+            self.pending_hold = None
+        elif kind == "held":
+            self.pending_hold = entry
         elif kind == "rewind":  # a revert: these steps are to run again, as if never begun
             self.rewinds += 1
             self.unapplied_rewind = str(entry.get("to"))
+            self.given_up_for = None
             for forgotten in entry.get("keys") or []:
                 self.begun.pop(forgotten, None)
                 self.done.pop(forgotten, None)
                 self.rewound.add(forgotten)
+        elif kind == "revert_given_up":
+            self.reverts_given_up += 1
+            self.given_up_for = str(entry.get("for"))
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         entry = {"kind": kind, "ts": utcnow().isoformat(), **fields}

@@ -40,13 +40,6 @@ def held_key(failures: int) -> str:
     return f"operator.held[{failures}]"
 
 
-def failed_step(ctx: StepContext) -> str | None:
-    """The step a failure happened in: the key most recently begun and not done (None if the
-    failure came between steps)."""
-    open_steps = [(str(entry.get("ts", "")), key) for key, entry in ctx.journal.begun.items() if key not in ctx.journal.done]
-    return max(open_steps)[1] if open_steps else None
-
-
 def tell_operator(ctx: StepContext, key: str, event: OperatorEvent) -> None:
     """Send `event` on every operator channel, each at most once per run under `<key>.<channel>`.
     Never raises for a delivery (an abort request honoured before a send still stops the step,

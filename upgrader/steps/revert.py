@@ -10,73 +10,72 @@ target it journaled), and one killed after it is not done twice."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from upgrader.checkpoints import parse as parse_checkpoint
 from upgrader.errors import IllegalAction, StepFailed, UnsafeOperation
-from upgrader.held import CHECKPOINT_PREFIX, revert_targets
-from upgrader.steps.base import StepContext
+from upgrader.step_keys import MERGE_KEY, revert_targets, run_again_after, upgrade_index
+from upgrader.steps.base import Journal, StepContext
 from upgrader.steps.identity import require_ours
 
-_UPGRADE_KEY = re.compile(r"upgrade\[(\d+)\]\Z")
-RUN_AGAIN_AFTER = ("validate_staging", "presync.")  # what the upgrade's result feeds: all of it
 
 
 def index_of(step: str) -> int:
-    found = _UPGRADE_KEY.match(step)
-    if found is None:
+    index = upgrade_index(step)
+    if index is None:
         raise IllegalAction(f"{step!r} is not an upgrade step", hint="give it as upgrade[N], e.g. --to 'upgrade[3]'")
-    return int(found.group(1))
+    return index
 
 
-def prefix(ctx: StepContext) -> str:
-    return f"revert[{ctx.journal.rewinds}]"
+def prefix(journal: Journal) -> str:
+    return f"revert[{journal.rewinds + journal.reverts_given_up}]"
 
 
-def pending(ctx: StepContext) -> str | None:
-    """The target of a revert that began and did not finish (killed before its rewind)."""
-    begin = ctx.journal.begun.get(f"{prefix(ctx)}.stop")
-    return str(begin["to"]) if begin is not None and begin.get("to") else None
+def pending(journal: Journal) -> str | None:
+    """The target of a revert that began and did not finish (killed before its rewind): the twin
+    may be stopped or its disks half back, so nothing but that revert may run on it."""
+    begin = journal.begun.get(f"{prefix(journal)}.stop")
+    if begin is not None and begin.get("to"):
+        return str(begin["to"])
+    return journal.given_up_for
 
 
 def check_target(ctx: StepContext, to: str) -> None:
+    """Refused (IllegalAction, nothing changed) unless a checkpoint before `to` exists. A revert
+    to another step that was interrupted is given up for this one (its disks are discarded
+    anyway; the adapter removes what a killed revert left)."""
     index_of(to)
     targets = revert_targets(ctx.journal.done)
-    if "checkpoints.merge" in ctx.journal.done:
+    if MERGE_KEY in ctx.journal.done:
         raise IllegalAction("the twin's checkpoints were merged back before the cutover: nothing to revert to")
+    if MERGE_KEY in ctx.journal.begun:
+        raise IllegalAction("merging the twin's checkpoints back began (the end of the pre-sync): they may be gone",
+                            hint=f"`upgrader retry {ctx.record.host}` finishes the merge, `upgrader abort {ctx.record.host}` ends the run")
     if to not in targets:
         raise IllegalAction(f"no checkpoint was taken before {to}",
                             hint=("checkpoints: " + ", ".join(targets) if targets else "no checkpoint yet")
                             + f"; `upgrader checkpoints {ctx.record.host}` lists them with their sizes, "
                               "and `checkpoint: true` on a step takes one before it")
-    going = pending(ctx)
+
+
+def give_up_pending(ctx: StepContext, to: str) -> None:
+    """An interrupted revert to another step is replaced by this one: journaled first, so a kill
+    right after still finishes a revert (this one) before anything else runs on the twin."""
+    going = pending(ctx.journal)
     if going is not None and going != to:
-        raise IllegalAction(f"a revert to {going} was interrupted; it must finish first",
-                            hint=f"`upgrader revert {ctx.record.host} --to '{going}'` finishes it")
+        ctx.journal.write("revert_given_up", to=going, **{"for": to})
 
 
 def run_again(ctx: StepContext, to: str) -> list[str]:
-    """The journal keys a revert to `to` forgets: upgrade[N..], the checkpoints after N, the
-    validation and the pre-sync."""
-    n = index_of(to)
-    keys = []
-    for key in {*ctx.journal.begun, *ctx.journal.done}:
-        step = key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
-        found = _UPGRADE_KEY.match(step)
-        if found is not None:
-            if int(found.group(1)) > n or (int(found.group(1)) == n and step == key):
-                keys.append(key)
-        elif key.startswith(RUN_AGAIN_AFTER):
-            keys.append(key)
-    return sorted(keys)
+    return run_again_after(to, {*ctx.journal.begun, *ctx.journal.done})
 
 
 def revert_twin(ctx: StepContext, to: str) -> dict[str, Any]:
     """Stop the twin, put its disks back to the checkpoint before `to`, start it, wait for SSH,
     rewind the journal. Returns what it did (bytes freed, the keys to run again)."""
     check_target(ctx, to)
-    hv, twin, p = ctx.ports.hypervisor, ctx.plan.twin_name, prefix(ctx)
+    give_up_pending(ctx, to)
+    hv, twin, p = ctx.ports.hypervisor, ctx.plan.twin_name, prefix(ctx.journal)
 
     def stop(_: dict[str, Any]) -> dict[str, Any]:
         info = require_ours(ctx, twin, "stop")

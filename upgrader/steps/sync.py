@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from upgrader.errors import StepFailed
 from upgrader.events import Notice
 from upgrader.phases import Phase
+from upgrader.steps.upgrade import merge_checkpoints
 from upgrader.steps.base import Outcome, StepContext
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Presync:
             f"rsync {paths} prod -> twin while prod serves, through the orchestrator (networks stay apart)",
             f"repeat until a pass moves <= {policy.until_files} files and <= {policy.until_bytes} bytes "
             f"(at most {policy.max_passes} passes); the last pass's duration is the downtime forecast",
+            f"merge {plan.twin_name}'s checkpoints back into its disk (no revert after this; a failure holds the run)",
         ]
 
     def run(self, ctx: StepContext) -> Outcome:
@@ -89,4 +91,5 @@ class Presync:
             ctx.emit(Notice(f"pre-sync did not converge in {policy.max_passes} passes; the forecast is the last pass", "warning"))
         forecast = passes[-1]["seconds"]
         ctx.emit(Notice(f"downtime forecast: {forecast:.1f} s for the final sync (last of {len(passes)} pass(es))"))
+        merge_checkpoints(ctx)  # the twin's chain as clone made it before the cutover; a failure here holds
         return Outcome({"passes": len(passes), "forecast_seconds": forecast})

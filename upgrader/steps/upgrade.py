@@ -7,14 +7,14 @@ probe, and redo only what did not finish.
 Before the first step, and before every step marked `checkpoint: true`, the twin's disks get a
 checkpoint (an O(1) disk-only external snapshot, journaled as `checkpoint.upgrade[N]`): a held
 run can `upgrader revert HOST --to upgrade[N]`. They are merged back before the cutover
-(`merge_checkpoints`, at the start of await_window)."""
+(`merge_checkpoints`, at the end of presync: a failure there holds the run too)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
-from upgrader.held import checkpoint_key, revert_targets
+from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets, upgrade_key
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def step_key(index: int) -> str:
-    return f"upgrade[{index}]"
+    return upgrade_key(index)
 
 
 def takes_checkpoint(plan: "Plan", index: int) -> bool:
@@ -55,7 +55,7 @@ def merge_checkpoints(ctx: StepContext) -> None:
     if not revert_targets(ctx.journal.done):
         return
     hv, twin = ctx.ports.hypervisor, ctx.plan.twin_name
-    ctx.once("checkpoints.merge", f"merge {twin}'s checkpoints back before the cutover",
+    ctx.once(MERGE_KEY, f"merge {twin}'s checkpoints back before the cutover",
              lambda _: {"bytes_freed": hv.merge_checkpoints(twin)})
 
 

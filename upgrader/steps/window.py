@@ -17,7 +17,6 @@ from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_seconds, tell
-from upgrader.steps.upgrade import merge_checkpoints
 from upgrader.steps.operator_notice import APPROVAL_KEY, approval_event, tell_operator
 from upgrader.windows import Slot, describe, next_slot
 
@@ -58,9 +57,6 @@ class AwaitWindow:
     phase = Phase.AWAIT_WINDOW
 
     def describe(self, plan: "Plan") -> list[str]:
-        return [f"merge {plan.twin_name}'s checkpoints back (no revert after this)", *self._describe(plan)]
-
-    def _describe(self, plan: "Plan") -> list[str]:
         if plan.window is None:
             return ["no window in the plan: cut over right after pre-sync"]
         lines = [f"fix the next window ({describe(plan.window)}) and park until it opens; `upgrader run-due` resumes it"]
@@ -73,7 +69,6 @@ class AwaitWindow:
 
     def run(self, ctx: StepContext) -> Outcome:
         plan = ctx.plan
-        merge_checkpoints(ctx)  # the twin's chain as clone made it, before anything can cut over
         if plan.window is None:
             return Outcome(ctx.once("await_window", "no window: go on", lambda _: {"decision": "no window"}))
         now = ctx.now()
