@@ -430,8 +430,9 @@ class LibvirtHypervisor:
                     "committing would corrupt it"
                 )
             current = {d.find('target').get('dev'): source_file(d) for d in disk_elements(self._xml(dom))}  # type: ignore[union-attr]
-            if current.get(target) == base:  # already merged; a kill between the pivot and the deletion
-                if not self._disk_users(overlay) and not self._dependents(overlay):  # left the overlay
+            if current.get(target) == base:  # already merged; a kill after the pivot left the saved definition
+                self._sync_config_disk(dom, target, base)  # on the overlay and/or the overlay file: finish both
+                if not self._disk_users(overlay) and not self._dependents(overlay):
                     freed += self._delete(overlay)
                 continue
             if current.get(target) != overlay:
