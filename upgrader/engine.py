@@ -290,15 +290,14 @@ class Engine:
         entry = self.journal.pending_hold
         if entry is None or self.machine.state not in HOLDABLE:
             return
-        held = HeldStep.model_validate({k: v for k, v in entry.items() if k in HeldStep.model_fields})
+        held = HeldStep.from_entry(entry)
         self.record.held = held
         self.emit(Held(self.record.host, held.phase, held.step, held.message, held.hint))
         self._tell_held(held)
         self.fire("hold")
 
     def _tell_held(self, held: HeldStep) -> None:
-        failures = sum(1 for e in self.store.journal(self.record.host, self.record.run_id) if e.get("kind") == "failed")
-        self._tell_operator(held_key(failures), held_event(self.record, self.plan, held.step, held.message, held.tail,
+        self._tell_operator(held_key(self.journal.failures), held_event(self.record, self.plan, held.step, held.message, held.tail,
                                                           checkpoints=revert_targets(self.journal.done),
                                                           state_dir=self.ctx.state_dir))
 

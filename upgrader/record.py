@@ -63,6 +63,11 @@ class HeldStep(BaseModel):
     tail: str | None = None  # the last lines of its output
     since: dt.datetime = Field(default_factory=utcnow)
 
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> "HeldStep":
+        """From a `held` journal entry (its other keys, kind and ts, are the journal's)."""
+        return cls.model_validate({k: v for k, v in entry.items() if k in cls.model_fields})
+
 
 class RunOptions(BaseModel):
     """What the operator asked for when starting/resuming; recorded so a resume behaves alike."""
@@ -121,5 +126,5 @@ def held_from_journal(entries: list[dict[str, Any]]) -> HeldStep | None:
     lost when a crash came between the transition's journal line and its save."""
     for entry in reversed(entries):
         if entry.get("kind") == "held":
-            return HeldStep.model_validate({k: v for k, v in entry.items() if k in HeldStep.model_fields})
+            return HeldStep.from_entry(entry)
     return None

@@ -63,6 +63,7 @@ class Journal:
     reverts_given_up: int = 0  # interrupted reverts replaced by one to another step
     given_up_for: str | None = None  # the target of the revert that replaced one, until its rewind
     pending_hold: dict[str, Any] | None = None  # a `held` entry no transition followed yet (killed in between)
+    failures: int = 0  # `failed` entries: numbers the operators' held notices
 
     @classmethod
     def from_entries(cls, io: JournalIO, entries: list[dict[str, Any]]) -> "Journal":
@@ -83,6 +84,8 @@ class Journal:
             self.pending_hold = None
         elif kind == "held":
             self.pending_hold = entry
+        elif kind == "failed":
+            self.failures += 1
         elif kind == "rewind":  # a revert: these steps are to run again, as if never begun
             self.rewinds += 1
             self.unapplied_rewind = str(entry.get("to"))
