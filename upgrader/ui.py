@@ -238,6 +238,9 @@ def figures(record: RunRecord) -> dict[str, str]:
     undefine = record.output("decommission.undefine")
     if undefine:
         out["bytes freed"] = f"{undefine.get('bytes_freed', 0):,}"
+    autostart = record.output("decommission.autostart").get("autostart")
+    if autostart is not None:
+        out["new prod's autostart"] = f"{'on' if autostart else 'off'} (as the old VM's)"
     return out
 
 
