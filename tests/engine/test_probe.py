@@ -111,3 +111,19 @@ def test_the_dry_run_names_the_probe(tmp_path: Path, fake_world: WorldFile) -> N
     _, _, phases = app.dry_run(app.StartOptions("mailhost", str(probed_plan(tmp_path, fake_world))))
     lines = [line for p in phases for line in p.actions]
     assert any("labos-update fetch" in line and f"skipped if `{PROBE}` exits 0 first" in line for line in lines)
+
+
+def test_a_probe_that_cannot_be_asked_holds_the_run_at_its_step(tmp_path: Path, fake_world: WorldFile) -> None:
+    """The connection to the twin is lost every time the probe is asked: the run is held at that
+    step (so `skip` and `retry` know which one), never run unprobed; once it answers, retry asks again."""
+    canned(fake_world, {"match": PROBE, "cut": 99})
+    record = app.start(context(tmp_path, []), app.StartOptions("mailhost", str(probed_plan(tmp_path, fake_world))))
+    assert record.phase == Phase.HELD and record.held is not None and record.held.step == "upgrade[0]", record.held
+    assert runs_of(fake_world, "labos-update fetch") == 0
+    assert [e["key"] for e in journal(tmp_path, record) if e["kind"] == "connection_lost"] == ["upgrade[0]"] * 3
+    with fake_world.change() as data:
+        data["commands"] = [c for c in data["commands"] if c["match"] != PROBE]
+        data["commands"].insert(0, {"match": PROBE, "rc": 0})
+    record = app.retry(context(tmp_path, []), "mailhost", who="ops")
+    assert record.phase == Phase.COMPLETED and runs_of(fake_world, "labos-update fetch") == 0
+    assert skipped_by_probe(record.output("upgrade[0]")) == SkippedByProbe(probe=PROBE)

@@ -174,14 +174,16 @@ class StepContext:
                 return self._done(key, found, skipped=True)
         if self.interrupt is not None:
             self.interrupt()
+        self.active[:] = [a for a in self.active if a[0] != key]  # an earlier attempt that raised
         if begin is None and skip_if is not None:
+            self.active.append((key, title))  # a failure while asking is this step's failure
             already = skip_if()
+            self.active.remove((key, title))
             if already is not None:
                 return self._done(key, already.outputs, skipped=True, reason=already.reason)
         extra = before() if before is not None else {}
         begin = self.journal.write("begin", key=key, title=title, **extra)
         self.emit(StepBegin(key, title))
-        self.active[:] = [a for a in self.active if a[0] != key]  # an earlier attempt that raised
         self.active.append((key, title))
         outputs = run(begin)
         self.active.remove((key, title))
