@@ -73,6 +73,7 @@ class StepDone(Event):
     key: str
     outputs: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False  # it had been done before (journal or probe)
+    reason: str | None = None  # why it was skipped without ever running (e.g. "probe: already done")
 
 
 @dataclass(frozen=True)

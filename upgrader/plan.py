@@ -370,7 +370,9 @@ class RunStep(_Model):
     timeout: PositiveDuration = Field(default=timedelta(hours=1), json_schema_extra={"default": "1h"}, description="fail the step after this long")
     probe: StrictStr | None = Field(
         default=None,
-        description="command whose exit status 0 means the step is already done (it is then skipped)",
+        description="command run on the twin before the step: exit status 0 means the step is already done "
+        "(it is then skipped, journaled as skipped by its probe); also asked, after the done-marker, for a step "
+        "a crash left half-done and for a held run's failed step on `retry`",
     )
     env: dict[StrictStr, StrictStr] = Field(default={}, description="extra environment variables for the command")
     on_failure: Literal["hold", "abort"] | None = Field(

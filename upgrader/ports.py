@@ -206,6 +206,13 @@ class Hypervisor(Protocol):
     def set_claim(self, domain: str, claim: Claim | None) -> None:
         """Record `claim` on the domain (persistent config and, if running, live), or remove it."""
 
+    def autostart(self, name: str) -> bool:
+        """Does the hypervisor start the domain when it boots? (A host-level setting: not in the
+        domain's XML, so a clone does not carry it.) Raises StepFailed for an unknown domain."""
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        """Switch the domain's autostart on or off (idempotent)."""
+
 
 # --------------------------------------------------------------------------------------- shell
 

@@ -35,7 +35,7 @@ from upgrader.events import (
 )
 from upgrader.phases import FORWARD, Phase
 from upgrader.held import HeldView, summary, view_commands
-from upgrader.step_keys import revert_targets
+from upgrader.step_keys import revert_targets, skipped_by_probe
 from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
@@ -131,7 +131,9 @@ class RunView:
         self._line(f"  [yellow]in doubt[/] {safe(e.key)}: {what}")
 
     def _on_StepDone(self, e: StepDone) -> None:
-        if e.skipped and self.verbose and self.live is None:
+        if e.reason:  # skipped without ever running: said whatever the verbosity
+            self._line(f"  [dim]- {safe(e.key)}: skipped ({safe(e.reason)})[/]")
+        elif e.skipped and self.verbose and self.live is None:
             self.console.print(f"  - {safe(e.key)}: done earlier")
 
     def _on_StepOutput(self, e: StepOutput) -> None:
@@ -230,9 +232,15 @@ def figures(record: RunRecord) -> dict[str, str]:
     synced = sum(v.get("files", 0) for k, v in record.outputs.items() if k.startswith("presync.pass[")) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)
+    probed = [k for k, v in record.outputs.items() if skipped_by_probe(v) is not None]
+    if probed:
+        out["skipped (probe: already done)"] = ", ".join(probed)
     undefine = record.output("decommission.undefine")
     if undefine:
         out["bytes freed"] = f"{undefine.get('bytes_freed', 0):,}"
+    autostart = record.output("decommission.autostart").get("autostart")
+    if autostart is not None:
+        out["new prod's autostart"] = f"{'on' if autostart else 'off'} (as the old VM's)"
     return out
 
 

@@ -61,8 +61,13 @@ KILL_POINTS: list[tuple[str, Path_, str]] = [
     ("after:merge_back", ABORT, "abort: overlay merged, not journaled"),
     ("after:release_claim:mailhost", ABORT, "abort: claim released, not journaled"),
     ("after:flatten", DECOMMISSION, "new prod flattened, not journaled"),
+    ("begin:decommission.host_settings", DECOMMISSION, "about to read the old VM's autostart"),
+    ("done:decommission.host_settings", DECOMMISSION, "old VM's autostart journaled, nothing stopped yet"),
     ("after:destroy:mailhost", DECOMMISSION, "old VM stopped, not journaled"),
-    ("done:decommission.undefine", DECOMMISSION, "old VM gone"),
+    ("done:decommission.undefine", DECOMMISSION, "old VM gone, its autostart not yet on the new prod"),
+    ("begin:decommission.autostart", DECOMMISSION, "about to set the new prod's autostart"),
+    ("after:set_autostart:mailhost-twin", DECOMMISSION, "new prod's autostart set, not journaled"),
+    ("done:decommission.autostart", DECOMMISSION, "new prod's autostart journaled, claim not yet released"),
     ("after:release_claim:mailhost-twin", DECOMMISSION, "new prod's claim released, not journaled"),
 ]
 

@@ -505,6 +505,18 @@ class LibvirtHypervisor:
                 text = ET.tostring(ET.Element("claim", {k: str(v) for k, v in vars(claim).items()}), encoding="unicode")
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, text, CLAIM_PREFIX if text else None, CLAIM_NS, flags)
 
+    # ------------------------------------------------------------------------ host-level settings
+
+    def autostart(self, name: str) -> bool:
+        dom = self._dom(name)
+        with libvirt_errors(f"reading {name}'s autostart"):
+            return bool(dom.autostart())
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        dom = self._dom(name)
+        with libvirt_errors(f"setting {name}'s autostart {'on' if on else 'off'}"):
+            dom.setAutostart(1 if on else 0)
+
     def _sync_config_disk(self, dom: libvirt.virDomain, target: str, path: str) -> None:
         """After a pivot the live definition points at `path`; make the persistent one agree."""
         if not dom.isPersistent():

@@ -1,9 +1,12 @@
 """What every step gets (an explicit context) and the one idempotency primitive, `once`.
 
-`ctx.once(key, title, run, probe)`:
+`ctx.once(key, title, run, probe, before, skip_if=...)`:
   * `done` for key in the journal      -> return its recorded outputs, run nothing;
   * `begin` without `done` (in doubt)  -> ask `probe(begin_entry)`: outputs if the effect is
                                           already in place (journal `done`, run nothing), None if not;
+  * never begun, `skip_if` given       -> ask `skip_if()` first: an `AlreadyDone` if the effect is in
+                                          place before the step ever ran (journal `done` without a
+                                          `begin`, run nothing), None to run it (e.g. a plan `probe:`);
   * otherwise                          -> journal `begin` (+ `before()` data), run, journal `done`.
 Nothing is done twice as long as every side effect sits in a `once` with an honest probe.
 """
@@ -106,6 +109,14 @@ class Journal:
 
 
 @dataclass(frozen=True)
+class AlreadyDone:
+    """What a `once` step's `skip_if` found: the effect is in place before the step ever ran."""
+
+    outputs: Outputs  # journaled as the step's `done`
+    reason: str  # shown as "skipped (REASON)"
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a phase's step tells the engine besides its outputs."""
 
@@ -145,9 +156,12 @@ class StepContext:
         run: Callable[[dict[str, Any]], Outputs],
         probe: Callable[[dict[str, Any]], Outputs | None] | None = None,
         before: Callable[[], dict[str, Any]] | None = None,
+        *,
+        skip_if: Callable[[], AlreadyDone | None] | None = None,
     ) -> Outputs:
         """Run `run(begin_entry)` at most once per run (see module doc). `before()` adds data to
-        the `begin` entry (e.g. the boot id before a reboot) that `probe` can compare with."""
+        the `begin` entry (e.g. the boot id before a reboot) that `probe` can compare with;
+        `skip_if()` is asked only for a step never begun (a step in doubt has `probe`)."""
         if key in self.journal.done:
             outputs = self.journal.done[key]
             self.emit(StepDone(key, outputs, skipped=True))
@@ -160,10 +174,16 @@ class StepContext:
                 return self._done(key, found, skipped=True)
         if self.interrupt is not None:
             self.interrupt()
+        self.active[:] = [a for a in self.active if a[0] != key]  # an earlier attempt that raised
+        if begin is None and skip_if is not None:
+            self.active.append((key, title))  # a failure while asking is this step's failure
+            already = skip_if()
+            self.active.remove((key, title))
+            if already is not None:
+                return self._done(key, already.outputs, skipped=True, reason=already.reason)
         extra = before() if before is not None else {}
         begin = self.journal.write("begin", key=key, title=title, **extra)
         self.emit(StepBegin(key, title))
-        self.active[:] = [a for a in self.active if a[0] != key]  # an earlier attempt that raised
         self.active.append((key, title))
         outputs = run(begin)
         self.active.remove((key, title))
@@ -177,6 +197,7 @@ class StepContext:
         probe: Callable[[dict[str, Any]], Outputs | None] | None = None,
         before: Callable[[], dict[str, Any]] | None = None,
         *,
+        skip_if: Callable[[], AlreadyDone | None] | None = None,
         attempts: int = RECONNECT_ATTEMPTS,
     ) -> Outputs:
         """`once` for a step on a guest whose SSH connection may drop (a long upgrade, a sync):
@@ -184,7 +205,7 @@ class StepContext:
         the probe says it did not happen - up to `attempts` times, then the loss is the failure."""
         for attempt in range(1, attempts + 1):
             try:
-                return self.once(key, title, run, probe, before)
+                return self.once(key, title, run, probe, before, skip_if=skip_if)
             except ConnectionLost as exc:
                 self.journal.write("connection_lost", key=key, attempt=attempt, error=exc.message)
                 if attempt == attempts:
@@ -193,10 +214,10 @@ class StepContext:
                                  f"(attempt {attempt + 1} of {attempts})", "warning"))
         raise AssertionError("unreachable")
 
-    def _done(self, key: str, outputs: Outputs, skipped: bool = False) -> Outputs:
+    def _done(self, key: str, outputs: Outputs, skipped: bool = False, reason: str | None = None) -> Outputs:
         self.journal.write("done", key=key, outputs=outputs)
         self.record.outputs[key] = outputs
-        self.emit(StepDone(key, outputs, skipped=skipped))
+        self.emit(StepDone(key, outputs, skipped=skipped, reason=reason))
         return outputs
 
 

@@ -4,6 +4,11 @@ records the boot id before and is done when the boot id changed. A connection lo
 handled like a crash there (`once_reconnecting`): reconnect, wait for a command still running,
 probe, and redo only what did not finish.
 
+A `run` step with a plan `probe:` asks it on the twin before it first runs: exit 0 means the
+step is done already - it is not run and is journaled done as `SkippedByProbe` (the probe's
+command and exit code); any other exit runs it. A step in doubt after a crash, or the failed
+step of a held run on `retry`, is probed as before (its done-marker, then the plan's probe).
+
 Before the first step, and before every step marked `checkpoint: true`, the twin's disks get a
 checkpoint (an O(1) disk-only external snapshot, journaled as `checkpoint.upgrade[N]`): a held
 run can `upgrader revert HOST --to upgrade[N]`. They are merged back before the cutover
@@ -14,11 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
-from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets, upgrade_key
+from upgrader.step_keys import MERGE_KEY, PROBE_SKIP_REASON, SkippedByProbe, checkpoint_key, revert_targets, upgrade_key
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
-from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.base import AlreadyDone, Outcome, StepContext
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan, RebootStep, RunStep
@@ -71,7 +76,8 @@ class Upgrade:
                 lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {step.timeout})")
             else:
                 answers = f", answering {len(step.expect)} prompt(s)" if step.expect else ""
-                lines.append(f"[{i}] on the twin: {step.run}{answers} (timeout {step.timeout})")
+                probe = f"; skipped if `{step.probe}` exits 0 first" if step.probe else ""
+                lines.append(f"[{i}] on the twin: {step.run}{answers} (timeout {step.timeout}){probe}")
         return lines
 
     def run(self, ctx: StepContext) -> Outcome:
@@ -122,7 +128,15 @@ class Upgrade:
                 check = marked
             return {"rc": 0, "probed": True} if shell.run(check, timeout=step.timeout.total_seconds() + 60).ok else None
 
-        ctx.once_reconnecting(key, step.label, run, probe)
+        def already_done() -> AlreadyDone | None:
+            assert step.probe is not None
+            result = ctx.ports.shells.connect("staging").run(Command.raw(step.probe),
+                                                             timeout=step.timeout.total_seconds() + 60)
+            if not result.ok:
+                return None
+            return AlreadyDone(SkippedByProbe(probe=result.command, probe_rc=result.rc).model_dump(), PROBE_SKIP_REASON)
+
+        ctx.once_reconnecting(key, step.label, run, probe, skip_if=already_done if step.probe else None)
 
     def _reboot(self, ctx: StepContext, i: int, step: "RebootStep") -> None:
         key, timeout = step_key(i), step.timeout.total_seconds()

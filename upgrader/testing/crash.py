@@ -181,8 +181,9 @@ def check_decommissioned(world: dict[str, Any]) -> None:
     assert list(world["domains"]) == ["mailhost-twin"]
     twin = world["domains"]["mailhost-twin"]
     assert set(world["images"]) == set(twin["disks"].values()) and twin["claim"] is None
-    assert {op: counts[op] for op in ("flatten", "destroy", "undefine", "release_claim")} == {
-        "flatten": 1, "destroy": 1, "undefine": 1, "release_claim": 1}
+    assert {op: counts[op] for op in ("flatten", "destroy", "undefine", "release_claim", "set_autostart")} == {
+        "flatten": 1, "destroy": 1, "undefine": 1, "release_claim": 1, "set_autostart": 1}
+    assert twin.get("autostart") is True  # the old VM's (the fake world's prod has autostart on)
 
 
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {

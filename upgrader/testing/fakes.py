@@ -118,6 +118,7 @@ class FakeHypervisor(FakeCheckpoints):
                 "links": {(macs or {}).get(mac, mac): True for mac in src["nics"]},
                 "guest": guest_id,
                 "claim": copy.deepcopy(src.get("claim")),  # like libvirt: <metadata> comes with the XML
+                "autostart": False,  # like libvirt: host-level, not in the XML a clone copies
             }
             effect(world, "clone", source=source, twin=twin)
         maybe_pause("after:clone")
@@ -244,6 +245,16 @@ class FakeHypervisor(FakeCheckpoints):
             domain_of(world, domain)["claim"] = asdict(claim) if claim else None
             effect(world, "set_claim" if claim else "release_claim", domain=domain)
         maybe_pause(f"after:{'set' if claim else 'release'}_claim:{domain}")
+
+    def autostart(self, name: str) -> bool:
+        """Like libvirt: a host-level flag, not part of the definition a clone copies."""
+        return bool(domain_of(self.world.read(), name).get("autostart", False))
+
+    def set_autostart(self, name: str, on: bool) -> None:
+        with self.world.change() as world:
+            domain_of(world, name)["autostart"] = on
+            effect(world, "set_autostart", domain=name, on=on)
+        maybe_pause(f"after:set_autostart:{name}")
 
 
 def _delete_unused_chains(world: World, chains: list[list[str]]) -> int:

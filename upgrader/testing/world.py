@@ -2,7 +2,8 @@
 the orchestrator and resume in a new process), changed under an flock and replaced atomically.
 
 World shape (see `new_world`):
-  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
+  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest,
+                    autostart}  autostart: host-level, not copied by a clone (like libvirt)
   images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
             the guest's state when it was taken (what a revert to it restores)
   guests:   id -> {boot_id, files[], mail[], release, services}
@@ -49,6 +50,7 @@ def new_world(
                 "nics": {mac: production_network},
                 "links": {mac: True},
                 "guest": "g0",
+                "autostart": True,  # a production VM starts with its hypervisor
             }
         },
         "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
