@@ -3,12 +3,14 @@ lines otherwise (pipes, CI, NO_COLOR honoured by rich itself), and the final rep
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -34,10 +36,13 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.held import HeldView, summary, view_commands
 from upgrader.step_keys import revert_targets
-from upgrader.record import RunRecord, utcnow
+from upgrader.clock import utcnow
+from upgrader.held import HeldView, summary, view_commands
 from upgrader.store import check_dir, secure_open, writing
+
+if TYPE_CHECKING:  # pydantic (the record) is not imported for the status table
+    from upgrader.record import RunRecord
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
 
@@ -236,7 +241,26 @@ def figures(record: RunRecord) -> dict[str, str]:
     return out
 
 
-def status_table(console: Console, records: list[RunRecord]) -> None:
+class StatusRow(Protocol):
+    """What the status table shows of a run: a RunRecord, or the light store.summary.RunSummary."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def parked(self) -> str | None: ...
+    @property
+    def cleanup_error(self) -> object: ...
+    @property
+    def updated(self) -> dt.datetime: ...
+
+
+def status_table(console: Console, records: Sequence[StatusRow]) -> None:
     table = Table()
     for column in ("host", "run", "phase", "state", "updated"):
         table.add_column(column)

@@ -18,13 +18,14 @@ import click
 
 from upgrader.config import load_settings
 from upgrader.errors import PlanError, UpgraderError
-from upgrader.events import Event, Listener, RunEnded, RunStarted
 from upgrader.phases import UNSUCCESSFUL, Phase
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from upgrader import app
+    from upgrader.events import Event, Listener
+    from upgrader.store import RunStore
     from upgrader.record import RunRecord
 
 EXIT_OK = 0
@@ -45,6 +46,8 @@ class Globals:
 
     def track(self, event: Event) -> None:
         """Listener: which run is at work, from its start to its end."""
+        from upgrader.events import RunEnded, RunStarted
+
         if isinstance(event, RunStarted):
             self.running = event.host
         elif isinstance(event, RunEnded):
@@ -80,6 +83,14 @@ def app_context(ctx: click.Context, *, with_view: bool = True) -> tuple[app.Cont
     if hooks.enabled():
         listeners.append(hooks.pause_listener)
     return app.Context(RunStore(root), listeners), console
+
+
+def read_context(ctx: click.Context) -> tuple[RunStore, Console]:
+    """The state dir's store and a console, for the read-only views that need no app (the status
+    table): nothing heavy is imported."""
+    from upgrader.store import RunStore
+
+    return RunStore(state_root(ctx)), make_console()
 
 
 def requested_end(record: RunRecord, journal: list[dict[str, object]]) -> bool:

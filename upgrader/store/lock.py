@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from upgrader.errors import LockedError
-from upgrader.record import utcnow
+from upgrader.clock import utcnow
 from upgrader.store.files import secure_open, writing
 from upgrader.store.journal import parse_line
 
