@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.markup import escape
-from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
@@ -41,7 +39,9 @@ from upgrader.clock import utcnow
 from upgrader.held import HeldView, summary, view_commands
 from upgrader.store import check_dir, secure_open, writing
 
-if TYPE_CHECKING:  # pydantic (the record) is not imported for the status table
+if TYPE_CHECKING:  # pydantic (the record) and the live display are not imported for the status table
+    from rich.live import Live
+
     from upgrader.record import RunRecord
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
@@ -103,6 +103,8 @@ class RunView:
         verb = "resuming" if e.resumed else "starting"
         self.console.print(f"[bold]{verb} run {e.run_id}[/] for [bold]{escape(e.host)}[/] at phase {e.phase.value}")
         if self.console.is_terminal:
+            from rich.live import Live
+
             self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
             self.live.start()
 
@@ -168,6 +170,8 @@ class RunView:
         self.console.print(markup)
 
     def _render(self) -> Group:
+        from rich.spinner import Spinner
+
         rows = []
         for phase in FORWARD:
             state = self.phase_state.get(phase)
