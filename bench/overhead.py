@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -120,8 +121,10 @@ STARTUP_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBY
                "PYTHONPATH": str(ROOT), "COLUMNS": "200", "NO_COLOR": "1"}
 
 
-def startup(n: int, base: Path) -> list[tuple[str, list[str], float]]:
-    """(label, argv, median wall seconds) of python -c pass, upgrader --help, upgrader status."""
+def startup(n: int, base: Path) -> list[tuple[str, list[str], float, float]]:
+    """(label, argv, median wall seconds, median CPU seconds) of python -c pass, upgrader --help,
+    upgrader status. CPU (user + system of the child) says the same as wall on a quiet machine and
+    much less noisily on a busy one."""
     state = base / "startup-state"
     for i in range(3):  # three hosts, each with a run parked in `completed` (a real run on the fakes)
         world = new_world(production_network="prod-net")
@@ -135,23 +138,31 @@ def startup(n: int, base: Path) -> list[tuple[str, list[str], float]]:
                 ("upgrader --help", [sys.executable, "-m", "upgrader.cli.main", "--help"]),
                 ("upgrader status", [sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), "status"])]
     times: dict[str, list[float]] = {label: [] for label, _ in commands}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in commands}
     for _ in range(n + 1):  # interleaved, so that a busy moment hits all three; the first round warms caches
         for label, argv in commands:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             done = subprocess.run(argv, capture_output=True, env=STARTUP_ENV)
             times[label].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             if done.returncode != 0:
                 raise SystemExit(f"{label} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
-    return [(label, argv, statistics.median(times[label][1:])) for label, argv in commands]
+    return [(label, argv, statistics.median(times[label][1:]), statistics.median(cpu[label][1:]))
+            for label, argv in commands]
 
 
-def print_startup(rows: list[tuple[str, list[str], float]], n: int) -> None:
-    base = rows[0][2]
-    print(f"\nstart-up (median of {n}, interleaved):")
-    print(f"| {'command':18} | {'median':>9} | {'x python -c pass':>16} |")
-    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 18}|")
-    for label, _, median in rows:
-        print(f"| {label:18} | {median * 1000:7.1f}ms | {median / base:15.1f}x |")
+def print_startup(rows: list[tuple[str, list[str], float, float]], n: int) -> None:
+    base, base_cpu = rows[0][2], rows[0][3]
+    print(f"\nstart-up (median of {n}, interleaved; load average {os.getloadavg()[0]:.1f}):")
+    print(f"| {'command':18} | {'wall':>9} | {'x python -c pass':>16} | {'CPU':>9} | {'x python -c pass':>16} |")
+    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 18}|")
+    for label, _, wall, used in rows:
+        print(f"| {label:18} | {wall * 1000:7.1f}ms | {wall / base:15.1f}x | {used * 1000:7.1f}ms | "
+              f"{used / base_cpu:15.1f}x |")
+    for label, argv, _, _ in rows[1:]:
+        print(f"  {label}: {' '.join(Path(a).name if a == sys.executable else a for a in argv)}")
 
 
 def main() -> int:

@@ -6,7 +6,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +54,7 @@ class HostLock:
             raise self._locked_error(fd) from None
         info = {
             "pid": os.getpid(),
-            "hostname": socket.gethostname(),
+            "hostname": os.uname().nodename,
             "since": utcnow().isoformat(timespec="seconds"),
             "argv": list(sys.argv),
         }

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +109,9 @@ class RunStore:
     def create(self, record: RunRecord) -> None:
         """Make the run's directory with its run.json and an empty journal, all or nothing (built
         in a hidden temp directory, then renamed); refuse if the run exists already."""
+        import shutil  # here, not at the top: reading the state (`upgrader status`) starts faster
+        import tempfile
+
         directory = self.run_dir(record.host, record.run_id)
         self._ensure_dir(directory.parent)
         if os.path.lexists(directory):
@@ -140,6 +140,8 @@ class RunStore:
 
     @staticmethod
     def _replace_run_json(directory: Path, record: RunRecord) -> None:
+        import secrets
+
         data = (record.model_dump_json(indent=2) + "\n").encode()
         tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(6)}.tmp"
         fd = secure_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
