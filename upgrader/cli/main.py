@@ -38,7 +38,7 @@ _BEFORE_IMPORTS = _set_handlers({signal.SIGINT: _exit_while_importing, signal.SI
 import click  # noqa: E402 - after the import-time signal handlers on purpose
 
 from upgrader import __version__  # noqa: E402
-from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error, make_console  # noqa: E402
+from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error  # noqa: E402
 from upgrader.cli.lazy import LazyCommand, LazyGroup  # noqa: E402
 from upgrader.config import load_settings  # noqa: E402
 from upgrader.errors import Terminated, UpgraderError  # noqa: E402
@@ -133,7 +133,7 @@ def _interrupted(exc: BaseException | None, running: str | None) -> NoReturn:
     was at work (its host: `running`)."""
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     hint = f" — `upgrader resume {running}` continues from the last checkpoint" if running else ""
-    make_console(stderr=True).print(what + hint, markup=False)
+    sys.stderr.write(what + hint + "\n")  # plain: the interrupt may have come while the UI was being imported
     sys.exit(EXIT_INTERRUPTED)
 
 
@@ -154,7 +154,7 @@ def _main(argv: list[str] | None) -> NoReturn:
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort, and a "no" to a question
         cause = exc.__cause__ or exc.__context__
         if not isinstance(cause, KeyboardInterrupt):  # "n", or no answer (end of input)
-            make_console(stderr=True).print("not confirmed: nothing was changed")
+            sys.stderr.write("not confirmed: nothing was changed\n")
             sys.exit(1)
         _interrupted(cause, given.running)
     except click.ClickException as exc:
