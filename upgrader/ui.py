@@ -160,6 +160,11 @@ class RunView:
                    f"(`upgrader status {safe(e.host)}` says what to run next)")
 
     def _on_RunEnded(self, e: RunEnded) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (at the run's end, or when it is interrupted: what is printed
+        next must not land inside it, or be wiped with it)."""
         if self.live is not None:
             self.live.stop()
             self.live = None

@@ -105,3 +105,43 @@ def test_main_restores_signal_handlers(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["--version"])
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_ctrl_c_on_a_terminal_prints_the_resume_hint_below_the_live_display(tmp_path: Path, fake_plan: Path) -> None:
+    """On a terminal the live phase list is running when Ctrl-C comes: it is stopped first, so the
+    message is neither printed into it nor wiped with it (found: nothing showed on a terminal)."""
+    import pty
+
+    state, reached = tmp_path / "state", tmp_path / "reached"
+    master, slave = pty.openpty()
+    env = {**ENV, "UPGRADER_TEST_PAUSE": "begin:clone.define", "UPGRADER_TEST_PAUSE_FILE": str(reached),
+           "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), "start", "mailhost",
+                             "--plan", str(fake_plan)], env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reached.exists(), "pause point not reached"
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 130, text
+    tail = text[text.rfind("\x1b"):]  # after the last escape sequence (the live display's clean-up)
+    assert "interrupted — `upgrader resume mailhost` continues from the last checkpoint" in tail, repr(text[-500:])

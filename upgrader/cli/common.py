@@ -10,9 +10,9 @@ import datetime as dt
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 import click
 
@@ -43,6 +43,8 @@ class Globals:
     state_dir: str | None
     quiet: bool
     running: str | None = None  # the host whose run is at work in this process (the Ctrl-C hint names it)
+    # what must happen before the interrupted message is printed (stop the live display)
+    on_interrupt: list[Callable[[], None]] = field(default_factory=list)
 
     def track(self, event: Event) -> None:
         """Listener: which run is at work, from its start to its end."""
@@ -78,7 +80,9 @@ def app_context(ctx: click.Context, *, with_view: bool = True) -> tuple[app.Cont
     root = state_root(ctx)
     listeners: list[Listener] = [globals_of(ctx).track]
     if with_view:
-        listeners.append(RunView(console, verbose=not globals_of(ctx).quiet))
+        view = RunView(console, verbose=not globals_of(ctx).quiet)
+        globals_of(ctx).on_interrupt.append(view.close)
+        listeners.append(view)
     listeners.append(EventLog(root))
     if hooks.enabled():
         listeners.append(hooks.pause_listener)

@@ -128,9 +128,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def _interrupted(exc: BaseException | None, running: str | None) -> NoReturn:
+def _interrupted(exc: BaseException | None, given: Globals) -> NoReturn:
     """`interrupted` (Ctrl-C) or `terminated (SIGTERM)`; with the command that goes on when a run
-    was at work (its host: `running`)."""
+    was at work (its host: `given.running`), below the live display (stopped first)."""
+    for stop in given.on_interrupt:
+        try:
+            stop()
+        except Exception:  # noqa: BLE001 - a display that cannot stop must not hide the message
+            pass
+    running = given.running
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     hint = f" — `upgrader resume {running}` continues from the last checkpoint" if running else ""
     sys.stderr.write(what + hint + "\n")  # plain: the interrupt may have come while the UI was being imported
@@ -156,14 +162,14 @@ def _main(argv: list[str] | None) -> NoReturn:
         if not isinstance(cause, KeyboardInterrupt):  # "n", or no answer (end of input)
             sys.stderr.write("not confirmed: nothing was changed\n")
             sys.exit(1)
-        _interrupted(cause, given.running)
+        _interrupted(cause, given)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        _interrupted(exc, given.running)
+        _interrupted(exc, given)
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a debug log
