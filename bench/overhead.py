@@ -9,6 +9,9 @@
 (b) reading a state dir of `--stored` runs spread over `--hosts` hosts (written with the store
     API): `app.status` / `app.history` in-process, and `upgrader status` / `upgrader list` as CLI
     subprocesses (interpreter start-up included).
+(c) start-up: `upgrader --help` and `upgrader status` (a state dir of 3 hosts, a run each)
+    against `python -c pass`, interleaved, median of `--startup-n` each, as ratios: what upgrader
+    adds to the interpreter's own start. `--startup-only` runs just this part.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -112,16 +116,72 @@ def cli(state: Path, *args: str) -> None:
         raise SystemExit(f"upgrader {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
 
 
+# as installed: bytecode cached (the warm-up round writes it if PYTHONDONTWRITEBYTECODE kept it from being written)
+STARTUP_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+               "PYTHONPATH": str(ROOT), "COLUMNS": "200", "NO_COLOR": "1"}
+
+
+def startup(n: int, base: Path) -> list[tuple[str, list[str], float, float]]:
+    """(label, argv, median wall seconds, median CPU seconds) of python -c pass, upgrader --help,
+    upgrader status. CPU (user + system of the child) says the same as wall on a quiet machine and
+    much less noisily on a busy one."""
+    state = base / "startup-state"
+    for i in range(3):  # three hosts, each with a run parked in `completed` (a real run on the fakes)
+        world = new_world(production_network="prod-net")
+        world["commands"] = list(RELEASE_COMMANDS)
+        wf = WorldFile(base / f"startup-world{i}.json")
+        wf.write(world)
+        plan = base / f"startup{i}.yml"
+        plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h"))
+        app.start(app.Context(RunStore(state)), app.StartOptions(f"host{i}", str(plan)))
+    commands = [("python -c pass", [sys.executable, "-c", "pass"]),
+                ("upgrader --help", [sys.executable, "-m", "upgrader.cli.main", "--help"]),
+                ("upgrader status", [sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), "status"])]
+    times: dict[str, list[float]] = {label: [] for label, _ in commands}
+    cpu: dict[str, list[float]] = {label: [] for label, _ in commands}
+    for _ in range(n + 1):  # interleaved, so that a busy moment hits all three; the first round warms caches
+        for label, argv in commands:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            done = subprocess.run(argv, capture_output=True, env=STARTUP_ENV)
+            times[label].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if done.returncode != 0:
+                raise SystemExit(f"{label} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+    return [(label, argv, statistics.median(times[label][1:]), statistics.median(cpu[label][1:]))
+            for label, argv in commands]
+
+
+def print_startup(rows: list[tuple[str, list[str], float, float]], n: int) -> None:
+    base, base_cpu = rows[0][2], rows[0][3]
+    print(f"\nstart-up (median of {n}, interleaved; load average {os.getloadavg()[0]:.1f}):")
+    print(f"| {'command':18} | {'wall':>9} | {'x python -c pass':>16} | {'CPU':>9} | {'x python -c pass':>16} |")
+    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 18}|{'-' * 11}|{'-' * 18}|")
+    for label, _, wall, used in rows:
+        print(f"| {label:18} | {wall * 1000:7.1f}ms | {wall / base:15.1f}x | {used * 1000:7.1f}ms | "
+              f"{used / base_cpu:15.1f}x |")
+    for label, argv, _, _ in rows[1:]:
+        print(f"  {label}: {' '.join(Path(a).name if a == sys.executable else a for a in argv)}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description="orchestrator overhead on the fakes")
     p.add_argument("--runs", type=int, default=20, help="full fake runs (default 20)")
     p.add_argument("--hosts", type=int, default=50)
     p.add_argument("--stored", type=int, default=1000, help="stored runs for the status benchmark")
     p.add_argument("--cli-repeat", type=int, default=7)
+    p.add_argument("--startup-n", type=int, default=21, help="runs of each start-up command (default 21)")
+    p.add_argument("--startup-only", action="store_true", help="only the start-up ratios (c)")
     args = p.parse_args()
     print(f"machine: {machine(lab=False)}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     with tempfile.TemporaryDirectory(prefix="upgrader-bench-", dir=os.environ.get("TMPDIR")) as tmp:
         base = Path(tmp)
+        started = startup(args.startup_n, base)
+        if args.startup_only:
+            print_startup(started, args.startup_n)
+            return 0
         full = bench_full_runs(args.runs, base / "full")
         t0 = time.perf_counter()
         store = make_store(base / "state", args.hosts, args.stored)
@@ -145,6 +205,7 @@ def main() -> int:
     print(f"|{'-' * 60}|{'-' * 11}|{'-' * 11}|")
     for what, med, p90 in rows:
         print(f"| {what:58} | {med * 1000:7.1f}ms | {p90 * 1000:7.1f}ms |")
+    print_startup(started, args.startup_n)
     return 0
 
 

@@ -43,7 +43,7 @@ def main() -> int:
             if upgrader(state, "start", "mailhost", "--plan", str(plan)).returncode != 0:
                 raise SystemExit("the run failed")
             points.append((f"completed ({status(state)['phase']}, old VM kept)", usage(lab)))
-            if upgrader(state, "decommission", "mailhost").returncode != 0:
+            if upgrader(state, "decommission", "mailhost", "--yes").returncode != 0:
                 raise SystemExit("decommission failed")
             freed = status(state)["outputs"]["decommission.undefine"]["bytes_freed"]
             points.append(("after decommission", usage(lab)))

@@ -67,7 +67,7 @@ demo() {
   "$py" -m upgrader.lab.traffic --report "$state.traffic.json"
   ((rc == 0)) || return "$rc"
   log "upgrader decommission mailhost   (normally after keep_old_for; now for the demo)"
-  upgrader --state-dir "$state" decommission mailhost
+  upgrader --state-dir "$state" decommission mailhost --yes
 }
 
 tests() {

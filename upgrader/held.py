@@ -6,10 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from upgrader.durations import format_duration
-from upgrader.record import HeldStep
 from upgrader.step_keys import skippable
+
+if TYPE_CHECKING:
+    from upgrader.record import HeldStep
 
 
 

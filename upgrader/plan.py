@@ -984,6 +984,12 @@ class _Problems:
         return bool(self.items)
 
 
+# what PyYAML says when a line is indented more or less than its siblings
+_INDENTATION_SIGNS = ("mapping values are not allowed here", "expected <block end>", "did not find expected key",
+                      "could not find expected ':'", "did not find expected '-' indicator")
+INDENTATION_HINT = "(hint: nested keys must be indented by the same number of spaces; tabs are not allowed)"
+
+
 def _yaml_problem(problems: _Problems, exc: yaml.YAMLError, text: str) -> None:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -992,6 +998,8 @@ def _yaml_problem(problems: _Problems, exc: yaml.YAMLError, text: str) -> None:
             message = f"{exc.problem} ({exc.context} at line {exc.context_mark.line + 1})"
         if "'\\t'" in message or (mark is not None and _char_at(text, mark.index) == "\t"):
             message += "; YAML does not allow tabs for indentation, use spaces"
+        elif any(sign in (exc.problem or "") for sign in _INDENTATION_SIGNS):
+            message = f"bad indentation: {message} {INDENTATION_HINT}"
         problems.add(_pos(mark) if mark is not None else (1, 1), (), message)
     elif isinstance(exc, yaml.reader.ReaderError):
         line, col = _line_col(text, exc.position)

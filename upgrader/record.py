@@ -8,13 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from upgrader.clock import utcnow
 from upgrader.phases import Phase
 
 RECORD_VERSION = 1
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:

@@ -3,17 +3,17 @@ lines otherwise (pipes, CI, NO_COLOR honoured by rich itself), and the final rep
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.markup import escape
-from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
@@ -34,10 +34,15 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.held import HeldView, summary, view_commands
 from upgrader.step_keys import revert_targets, skipped_by_probe
-from upgrader.record import RunRecord, utcnow
+from upgrader.clock import utcnow
+from upgrader.held import HeldView, summary, view_commands
 from upgrader.store import check_dir, secure_open, writing
+
+if TYPE_CHECKING:  # pydantic (the record) and the live display are not imported for the status table
+    from rich.live import Live
+
+    from upgrader.record import RunRecord
 
 STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
 
@@ -98,6 +103,8 @@ class RunView:
         verb = "resuming" if e.resumed else "starting"
         self.console.print(f"[bold]{verb} run {e.run_id}[/] for [bold]{escape(e.host)}[/] at phase {e.phase.value}")
         if self.console.is_terminal:
+            from rich.live import Live
+
             self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
             self.live.start()
 
@@ -155,6 +162,11 @@ class RunView:
                    f"(`upgrader status {safe(e.host)}` says what to run next)")
 
     def _on_RunEnded(self, e: RunEnded) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display (at the run's end, or when it is interrupted: what is printed
+        next must not land inside it, or be wiped with it)."""
         if self.live is not None:
             self.live.stop()
             self.live = None
@@ -165,6 +177,8 @@ class RunView:
         self.console.print(markup)
 
     def _render(self) -> Group:
+        from rich.spinner import Spinner
+
         rows = []
         for phase in FORWARD:
             state = self.phase_state.get(phase)
@@ -244,7 +258,26 @@ def figures(record: RunRecord) -> dict[str, str]:
     return out
 
 
-def status_table(console: Console, records: list[RunRecord]) -> None:
+class StatusRow(Protocol):
+    """What the status table shows of a run: a RunRecord, or the light store.summary.RunSummary."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def phase(self) -> Phase: ...
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def parked(self) -> str | None: ...
+    @property
+    def cleanup_error(self) -> object: ...
+    @property
+    def updated(self) -> dt.datetime: ...
+
+
+def status_table(console: Console, records: Sequence[StatusRow]) -> None:
     table = Table()
     for column in ("host", "run", "phase", "state", "updated"):
         table.add_column(column)

@@ -80,7 +80,7 @@ def test_start_status_show_list(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     code, out = run(capsys, "--state-dir", state, "start", "mailhost", "--plan", str(fake_plan))
     assert code == 0, out
     assert "completed" in out and "kept until" in out
-    code, out = run(capsys, "--state-dir", state, "decommission", "mailhost")
+    code, out = run(capsys, "--state-dir", state, "decommission", "mailhost", "--yes")
     assert code == 0 and "decommissioned" in out and "bytes freed" in out, out
     code, out = run(capsys, "--state-dir", state, "status", "mailhost", "--json")
     assert code == 0 and json.loads(out)[0]["phase"] == "decommissioned"
@@ -143,7 +143,7 @@ def test_subprocess_exit_codes_and_no_color(tmp_path: Path, fake_plan: Path) -> 
     done = subprocess.run([*cmd, "start", "mailhost", "--plan", str(fake_plan)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "\x1b[" not in done.stdout  # not a terminal + NO_COLOR: plain text
-    bad = subprocess.run([*cmd, "abort", "mailhost"], capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run([*cmd, "abort", "mailhost", "--yes"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "cannot abort a run in phase completed" in bad.stderr
     usage = subprocess.run([*cmd, "start"], capture_output=True, text=True, env=env, timeout=60)
     assert usage.returncode == 2 and "Missing argument" in usage.stderr

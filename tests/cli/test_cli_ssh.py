@@ -157,7 +157,7 @@ def test_finished_run_refused_with_hint(capfd: pytest.CaptureFixture[str], tmp_p
                                         ssh_log: Path) -> None:
     state = tmp_path / "state"
     started(capfd, state, make_plan(tmp_path, fake_world))
-    assert run(capfd, "--state-dir", str(state), "decommission", "mailhost")[0] == 0
+    assert run(capfd, "--state-dir", str(state), "decommission", "mailhost", "--yes")[0] == 0
     code, out = run(capfd, "--state-dir", str(state), "ssh", "mailhost", "--prod", "--", "true")
     assert code == 2 and "no unfinished run" in out and "upgrader show mailhost" in out and calls(ssh_log) == []
 

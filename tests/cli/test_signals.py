@@ -51,7 +51,7 @@ def test_signal_mid_run_exits_130_and_resume_finishes(tmp_path: Path, fake_world
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode == 130, out
-    assert said in out and "`upgrader resume HOST` continues" in out, out
+    assert said in out and "`upgrader resume mailhost` continues" in out, out
     assert "Traceback" not in out, out
     lock = state / "mailhost" / ".lock"
     assert lock.read_text() == "", "the lock's `finally` (release) did not run"
@@ -63,33 +63,39 @@ def test_signal_mid_run_exits_130_and_resume_finishes(tmp_path: Path, fake_world
     assert effects.count("snapshot") == 1 and effects.count("clone") == 1
 
 
-# Sends SIGINT/SIGTERM to itself while `upgrader.cli.main` imports upgrader.app (deterministic:
-# a meta path finder fires it), then runs the CLI like `python -m upgrader.cli.main --version`.
+# Sends SIGINT/SIGTERM to itself while the CLI imports MODULE (deterministic: a meta path finder
+# fires it), then runs the CLI like `python -m upgrader.cli.main ARGS`. `upgrader.config` is
+# imported with `upgrader.cli.main` itself; `upgrader.app` only when a subcommand that needs it
+# runs (lazily, inside main()).
 DURING_IMPORT = """
 import os, runpy, signal, sys
 
-SIGNUM = int(sys.argv[1])
+SIGNUM, MODULE, ARGS = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 
 class Interrupter:
     def find_spec(self, name, path=None, target=None):
-        if name == "upgrader.app":
+        if name == MODULE:
             os.kill(os.getpid(), SIGNUM)
         return None
 
 sys.meta_path.insert(0, Interrupter())
-sys.argv = ["upgrader", "--version"]
+sys.argv = ["upgrader", *ARGS]
 runpy.run_module("upgrader.cli.main", run_name="__main__")
 print("not interrupted")
 """
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_imports_no_traceback(signum: int) -> None:
-    done = subprocess.run([sys.executable, "-c", DURING_IMPORT, str(int(signum))], env=ENV,
-                          capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize(("module", "args"), [("upgrader.config", ["--version"]), ("upgrader.app", ["start", "h", "--plan", "p.yml"])],
+                         ids=["main-imports", "lazy-subcommand-import"])
+def test_signal_during_imports_no_traceback(signum: int, module: str, args: list[str], tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", DURING_IMPORT, str(int(signum)), module, "--state-dir",
+                           str(tmp_path / "state"), *args], env=ENV, capture_output=True, text=True, timeout=60)
     out = done.stdout + done.stderr
     assert done.returncode == 130, out
-    assert "interrupted" in done.stderr and "Traceback" not in out and "not interrupted" not in out, out
+    said = "terminated (SIGTERM)" if signum == signal.SIGTERM and module == "upgrader.app" else "interrupted"
+    assert said in done.stderr and "Traceback" not in out and "not interrupted" not in out, out
+    assert "upgrader resume" not in out  # no run was at work: nothing to resume
 
 
 def test_main_restores_signal_handlers(capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,3 +105,43 @@ def test_main_restores_signal_handlers(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["--version"])
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_ctrl_c_on_a_terminal_prints_the_resume_hint_below_the_live_display(tmp_path: Path, fake_plan: Path) -> None:
+    """On a terminal the live phase list is running when Ctrl-C comes: it is stopped first, so the
+    message is neither printed into it nor wiped with it (found: nothing showed on a terminal)."""
+    import pty
+
+    state, reached = tmp_path / "state", tmp_path / "reached"
+    master, slave = pty.openpty()
+    env = {**ENV, "UPGRADER_TEST_PAUSE": "begin:clone.define", "UPGRADER_TEST_PAUSE_FILE": str(reached),
+           "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), "start", "mailhost",
+                             "--plan", str(fake_plan)], env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while not reached.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reached.exists(), "pause point not reached"
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 130, text
+    tail = text[text.rfind("\x1b"):]  # after the last escape sequence (the live display's clean-up)
+    assert "interrupted — `upgrader resume mailhost` continues from the last checkpoint" in tail, repr(text[-500:])

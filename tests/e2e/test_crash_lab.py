@@ -88,7 +88,7 @@ def test_kill_and_resume_on_the_lab(lab: Lab, tmp_path: Path, event: str, key: s
     try:
         if event == "decommission":  # the kill lands in `upgrader decommission`
             assert upgrader(state, "start", "mailhost", "--plan", str(PLAN)).returncode == 0
-            proc = subprocess.Popen([*base, "decommission", "mailhost"], text=True, stdout=subprocess.DEVNULL)
+            proc = subprocess.Popen([*base, "decommission", "mailhost", "--yes"], text=True, stdout=subprocess.DEVNULL)
             reached = wait_journal(state, "begin", key, proc)
         else:
             proc = subprocess.Popen([*base, "start", "mailhost", "--plan", str(PLAN)], text=True, stdout=subprocess.DEVNULL)

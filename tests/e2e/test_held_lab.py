@@ -55,7 +55,7 @@ def test_broken_port_held_fixed_over_ssh_and_retried(lab: Lab, tmp_path: Path) -
     assert not missing, f"{len(missing)} of {len(seen['accepted'])} accepted mails lost"
     journal = upgrader(state, "show", "mailhost", "--json").stdout
     assert '"action": "retry"' in journal and '"kind": "ssh"' in journal
-    assert upgrader(state, "decommission", "mailhost").returncode == 0
+    assert upgrader(state, "decommission", "mailhost", "--yes").returncode == 0
     assert {info.name for info, _ in lab.domains()} == {"mailhost-twin"}
     assert images(lab) == {"mailhost.mailhost-twin.qcow2"}, images(lab)  # as after a run with no failure
     print(f"held {held_after:.0f} s after start; {len(seen['accepted'])} mails accepted during the run, 0 lost; "
@@ -95,6 +95,6 @@ def test_revert_to_a_checkpoint_then_fix_and_retry(lab: Lab, tmp_path: Path) -> 
     assert not any(".ckpt-" in p for p in images(lab)), images(lab)  # merged back before the cutover
     missing = set(seen["accepted"]) - message_ids(lab, "prod")
     assert not missing, f"{len(missing)} of {len(seen['accepted'])} accepted mails lost"
-    assert upgrader(state, "decommission", "mailhost").returncode == 0
+    assert upgrader(state, "decommission", "mailhost", "--yes").returncode == 0
     assert images(lab) == {"mailhost.mailhost-twin.qcow2"}, images(lab)
     print(f"revert + the step again took {took:.0f} s; {len(seen['accepted'])} mails accepted, 0 lost")

@@ -28,7 +28,7 @@ class HeldPath:
 START = ("start", "mailhost", "--plan", "{plan}")
 RETRY = HeldPath((START,), ("retry", "mailhost"), (("resume", "mailhost"),), "decommissioned", 2)
 SKIP = HeldPath((START,), ("skip", "mailhost", "--reason", "built by hand"), (("resume", "mailhost"),), "decommissioned", 1)
-ABORT = HeldPath((START,), ("abort", "mailhost"), (("resume", "mailhost"),), "aborted", 0)
+ABORT = HeldPath((START,), ("abort", "mailhost", "--yes"), (("resume", "mailhost"),), "aborted", 0)
 
 KILL_POINTS: list[tuple[str, HeldPath, str]] = [
     ("holding:upgrade?1?", HeldPath((), START, (("resume", "mailhost"), ("retry", "mailhost")), "decommissioned", 2,
@@ -74,7 +74,7 @@ def test_held_path_killed_and_recovered(tmp_path: Path, fake_world: WorldFile, f
     record = cli.record()
     if path.end == "decommissioned":
         assert record["phase"] == "completed", outputs
-        outputs.append(cli.run("decommission", "mailhost"))
+        outputs.append(cli.run("decommission", "mailhost", "--yes"))
     record = cli.record()
     assert record["phase"] == path.end and record["finished"], outputs
     world = world_of(fake_world)

@@ -30,12 +30,12 @@ class Path_:
 
 START = ("start", "mailhost", "--plan", "{plan}")
 RESUME = ("resume", "mailhost")
-ROLLBACK = Path_(setup=(START,), killed=("rollback", "mailhost"), recover=(RESUME,), end="rolled_back")
+ROLLBACK = Path_(setup=(START,), killed=("rollback", "mailhost", "--yes"), recover=(RESUME,), end="rolled_back")
 AUTO_ROLLBACK = Path_(setup=(), killed=START, recover=(RESUME,), end="rolled_back", world={"faults": ["probe:prod"]})
 ABORT = Path_(setup=(), killed=START, recover=(RESUME,), end="aborted",
               world={"commands": [{"match": "labos-update install", "rc": 1}]})
 # before the old VM is touched (decommission.destroy) nothing is committed: the operator asks again
-DECOMMISSION = Path_(setup=(START,), killed=("decommission", "mailhost"), recover=(RESUME, ("decommission", "mailhost")),
+DECOMMISSION = Path_(setup=(START,), killed=("decommission", "mailhost", "--yes"), recover=(RESUME, ("decommission", "mailhost", "--yes")),
                      end="decommissioned")
 
 KILL_POINTS: list[tuple[str, Path_, str]] = [

@@ -78,14 +78,14 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     reached = tmp_path / "reached"
     if point in DECOMMISSION_POINTS:  # start parks at completed (keep_old_for); decommission is killed
         assert cli.run("start", "mailhost", "--plan", str(fake_plan)).rc == 0
-        cli.kill_at(point, "decommission", "mailhost", reached=reached)
+        cli.kill_at(point, "decommission", "mailhost", "--yes", reached=reached)
         done = cli.run("resume", "mailhost")  # decommission began: resume only goes forward
         assert done.rc == 0, done
     else:
         cli.kill_at(point, "start", "mailhost", "--plan", str(fake_plan), reached=reached)
         done = cli.run("resume", "mailhost")
         assert done.rc == 0 and cli.record()["phase"] == "completed", done
-        done = cli.run("decommission", "mailhost")
+        done = cli.run("decommission", "mailhost", "--yes")
         assert done.rc == 0, done
 
     world = world_of(fake_world)

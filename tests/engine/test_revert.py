@@ -162,7 +162,7 @@ def test_checkpoint_and_revert_killed_and_recovered(tmp_path: Path, fake_world: 
     cli.kill_at(point, *fmt[0], reached=tmp_path / "reached")
     outputs = [cli.run(*command) for command in fmt[1:]]
     assert cli.record()["phase"] == "completed", outputs
-    outputs.append(cli.run("decommission", "mailhost"))
+    outputs.append(cli.run("decommission", "mailhost", "--yes"))
     assert cli.record()["phase"] == "decommissioned", outputs
     world = world_of(fake_world)
     clean_after_decommission(world)

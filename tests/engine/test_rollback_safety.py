@@ -26,7 +26,7 @@ def test_new_prod_dead_gives_the_network_back_without_the_sync_and_keeps_the_twi
     cli = completed(tmp_path, fake_world, fake_plan)
     with fake_world.change() as world:  # the new prod crashed
         world["domains"]["mailhost-twin"]["running"] = False
-    done = cli.run("rollback", "mailhost")
+    done = cli.run("rollback", "mailhost", "--yes")
     assert done.rc == 1 and cli.record()["phase"] == "rolled_back", done
     assert "does not answer" in done.out and "may exist only on mailhost-twin" in done.out
     world = world_of(fake_world)
@@ -45,7 +45,7 @@ def test_new_prod_dead_gives_the_network_back_without_the_sync_and_keeps_the_twi
 def test_new_prod_lost_during_the_reverse_sync_goes_on_network_only(
         tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     cli = completed(tmp_path, fake_world, fake_plan)
-    cli.kill_at("during:sync:final", "rollback", "mailhost", reached=tmp_path / "r")
+    cli.kill_at("during:sync:final", "rollback", "mailhost", "--yes", reached=tmp_path / "r")
     with fake_world.change() as world:  # the twin dies while its mail is being copied back
         world["domains"]["mailhost-twin"]["running"] = False
     done = cli.run("resume", "mailhost")
@@ -58,8 +58,8 @@ def test_new_prod_lost_during_the_reverse_sync_goes_on_network_only(
 def test_rollback_is_refused_once_decommission_began_and_decommission_finishes(
         tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     cli = completed(tmp_path, fake_world, fake_plan)
-    cli.kill_at("after:destroy:mailhost", "decommission", "mailhost", reached=tmp_path / "r")
-    refused = cli.run("rollback", "mailhost")
+    cli.kill_at("after:destroy:mailhost", "decommission", "mailhost", "--yes", reached=tmp_path / "r")
+    refused = cli.run("rollback", "mailhost", "--yes")
     assert refused.rc == 2 and "decommissioning mailhost began" in refused.out and "upgrader decommission" in refused.out
     world = world_of(fake_world)
     assert op_counts(world)["move_nic"] == 1 and guest(world, "mailhost-twin")["services"]  # the new prod untouched
@@ -72,7 +72,7 @@ def test_rollback_is_refused_when_the_old_vm_is_gone(tmp_path: Path, fake_world:
     cli = completed(tmp_path, fake_world, fake_plan)
     with fake_world.change() as world:
         del world["domains"]["mailhost"]
-    refused = cli.run("rollback", "mailhost")
+    refused = cli.run("rollback", "mailhost", "--yes")
     assert refused.rc == 2 and "old VM mailhost is gone" in refused.out, refused
     assert cli.record()["phase"] == "completed"
 
@@ -82,7 +82,7 @@ def test_rollback_is_refused_while_the_old_vm_is_powered_off(tmp_path: Path, fak
     cli = completed(tmp_path, fake_world, fake_plan)
     with fake_world.change() as world:
         world["domains"]["mailhost"]["running"] = False
-    refused = cli.run("rollback", "mailhost")
+    refused = cli.run("rollback", "mailhost", "--yes")
     assert refused.rc == 2 and "not running" in refused.out and "virsh start mailhost" in refused.out, refused
     assert cli.record()["phase"] == "completed" and op_counts(world_of(fake_world))["move_nic"] == 1
 
@@ -93,7 +93,7 @@ def test_no_reverse_sync_when_the_network_never_moved(tmp_path: Path, fake_world
     cli.kill_at("begin:cutover.takeover", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "r")
     with fake_world.change() as world:
         world["guests"]["g1"]["mail"].append("written-locally-on-the-twin")
-    done = cli.run("rollback", "mailhost")
+    done = cli.run("rollback", "mailhost", "--yes")
     assert cli.record()["phase"] == "rolled_back", done
     world = world_of(fake_world)
     assert [e for e in world["effects"] if e["op"] == "sync" and e["source"] == "staging"] == []
@@ -130,7 +130,7 @@ def test_rollback_with_the_twin_gone_gives_the_network_back(tmp_path: Path, fake
     cli = completed(tmp_path, fake_world, fake_plan)
     with fake_world.change() as world:
         del world["domains"]["mailhost-twin"]
-    done = cli.run("rollback", "mailhost")
+    done = cli.run("rollback", "mailhost", "--yes")
     assert cli.record()["phase"] == "rolled_back" and not cli.record()["cleanup_error"], done
     world = world_of(fake_world)
     assert all(world["domains"]["mailhost"]["links"].values()) and guest(world, "mailhost")["services"]
@@ -140,7 +140,7 @@ def test_old_vm_unreachable_during_the_reverse_sync_is_retried_not_given_up(
         tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
     """Review: a failure on the old VM's side must not skip the reverse sync while the twin answers."""
     cli = completed(tmp_path, fake_world, fake_plan)
-    cli.kill_at("done:rollback.network", "rollback", "mailhost", reached=tmp_path / "r")
+    cli.kill_at("done:rollback.network", "rollback", "mailhost", "--yes", reached=tmp_path / "r")
     with fake_world.change() as world:
         world["domains"]["mailhost"]["running"] = False  # the old VM does not answer for a moment
     done = cli.run("resume", "mailhost")
@@ -159,10 +159,10 @@ def test_a_failed_flatten_does_not_block_rollback(tmp_path: Path, fake_world: Wo
     with fake_world.change() as world:
         world["domains"]["mailhost-twin"]["running"] = False
         twin = world["domains"].pop("mailhost-twin")
-    assert cli.run("decommission", "mailhost").rc == 1
+    assert cli.run("decommission", "mailhost", "--yes").rc == 1
     with fake_world.change() as world:
         world["domains"]["mailhost-twin"] = twin
-    done = cli.run("rollback", "mailhost")
+    done = cli.run("rollback", "mailhost", "--yes")
     assert cli.record()["phase"] == "rolled_back", done
 
 
@@ -181,11 +181,11 @@ def test_decommission_again_after_a_kill_between_the_journal_and_run_json(
     """Found by the soak: killed after the journal's transition to decommissioned but before run.json
     was saved, run.json still says completed/parked; the operator types decommission again."""
     cli = completed(tmp_path, fake_world, fake_plan)
-    cli.kill_at("enter:decommissioned", "decommission", "mailhost", reached=tmp_path / "r")
+    cli.kill_at("enter:decommissioned", "decommission", "mailhost", "--yes", reached=tmp_path / "r")
     run_dir = next(p for p in (tmp_path / "state" / "mailhost").iterdir() if p.is_dir())
     record = json.loads((run_dir / "run.json").read_text())
     record.update(phase="completed", finished=False, parked="old VM mailhost kept until …")
     (run_dir / "run.json").write_text(json.dumps(record))  # as if the process died before saving it
-    done = cli.run("decommission", "mailhost")
+    done = cli.run("decommission", "mailhost", "--yes")
     assert done.rc == 0 and cli.record()["phase"] == "decommissioned" and cli.record()["finished"], done
     assert op_counts(world_of(fake_world))["undefine"] == 1

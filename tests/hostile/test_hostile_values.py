@@ -275,7 +275,7 @@ def test_deleted_run_json_is_not_forgotten(tmp_path: Path, fake_plan: Path) -> N
     """Review finding 7: the run stays visible as corrupt; no new run starts beside it."""
     state, run_dir = _finished_run(tmp_path, fake_plan, keep="1h")
     (run_dir / "run.json").unlink()
-    for args in (("status",), ("list",), ("status", "mailhost"), ("resume", "mailhost"), ("rollback", "mailhost"),
+    for args in (("status",), ("list",), ("status", "mailhost"), ("resume", "mailhost"), ("rollback", "mailhost", "--yes"),
                  ("start", "mailhost", "--plan", str(fake_plan))):
         rc, out = run_cli("--state-dir", str(state), *args, cwd=tmp_path)
         _assert_corrupt(out, rc, f"{run_dir / 'run.json'} is missing")

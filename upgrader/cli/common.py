@@ -1,4 +1,8 @@
-"""What every subcommand shares: settings, the app context, the console, error rendering."""
+"""What every subcommand shares: settings, the app context, the console, error rendering.
+
+Imported by `upgrader --help`: the heavy modules (the app, rich, pydantic through the record) are
+imported inside the functions that need them, so that listing the commands stays fast
+(docs/benchmarks.md, start-up)."""
 
 from __future__ import annotations
 
@@ -6,31 +10,50 @@ import datetime as dt
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 import click
-from rich.console import Console
 
-from upgrader import app
 from upgrader.config import load_settings
 from upgrader.errors import PlanError, UpgraderError
-from upgrader.events import Listener
 from upgrader.phases import UNSUCCESSFUL, Phase
-from upgrader.record import RunRecord
-from upgrader.store import RunStore, check_dir, secure_open
-from upgrader.ui import EventLog, RunView, make_console, report, safe
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from upgrader import app
+    from upgrader.events import Event, Listener
+    from upgrader.store import RunStore
+    from upgrader.record import RunRecord
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run failed: aborted/rolled back after a failure, failed, or a cleanup step failed
 EXIT_HELD = 6  # the run is held: a step before cutover failed, the twin is kept for repair
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+
+# the operator's journal action that sends a run to each end it may ask for
+_REQUESTED = {Phase.ABORTED: "abort", Phase.ROLLED_BACK: "rollback"}
 
 
 @dataclass
 class Globals:
     state_dir: str | None
     quiet: bool
+    running: str | None = None  # the host whose run is at work in this process (the Ctrl-C hint names it)
+    # what must happen before the interrupted message is printed (stop the live display)
+    on_interrupt: list[Callable[[], None]] = field(default_factory=list)
+
+    def track(self, event: Event) -> None:
+        """Listener: which run is at work, from its start to its end."""
+        from upgrader.events import RunEnded, RunStarted
+
+        if isinstance(event, RunStarted):
+            self.running = event.host
+        elif isinstance(event, RunEnded):
+            self.running = None
 
 
 def globals_of(ctx: click.Context) -> Globals:
@@ -41,32 +64,79 @@ def state_root(ctx: click.Context) -> Path:
     return load_settings(globals_of(ctx).state_dir).state_dir
 
 
+def make_console(stderr: bool = False) -> Console:
+    from upgrader.ui import make_console as make
+
+    return make(stderr)
+
+
 def app_context(ctx: click.Context, *, with_view: bool = True) -> tuple[app.Context, Console]:
+    from upgrader import app
+    from upgrader.store import RunStore
+    from upgrader.testing import hooks
+    from upgrader.ui import EventLog, RunView
+
     console = make_console()
     root = state_root(ctx)
-    listeners: list[Listener] = []
+    listeners: list[Listener] = [globals_of(ctx).track]
     if with_view:
-        listeners.append(RunView(console, verbose=not globals_of(ctx).quiet))
+        view = RunView(console, verbose=not globals_of(ctx).quiet)
+        globals_of(ctx).on_interrupt.append(view.close)
+        listeners.append(view)
     listeners.append(EventLog(root))
-    from upgrader.testing import hooks
-
     if hooks.enabled():
         listeners.append(hooks.pause_listener)
     return app.Context(RunStore(root), listeners), console
 
 
-def finish_run(console: Console, record: RunRecord | None) -> None:
-    """Print the report and exit with the run's code: 0 done/parked, 1 failed/aborted/rolled back."""
+def read_context(ctx: click.Context) -> tuple[RunStore, Console]:
+    """The state dir's store and a console, for the read-only views that need no app (the status
+    table): nothing heavy is imported."""
+    from upgrader.store import RunStore
+
+    return RunStore(state_root(ctx)), make_console()
+
+
+def requested_end(record: RunRecord, journal: list[dict[str, object]]) -> bool:
+    """The run ended aborted or rolled back because an operator asked for it (`upgrader abort`,
+    `upgrader rollback`, an abort request honoured by the running process), not after a failure.
+    The journal says so: an `operator` entry for that action (an automatic abort or rollback
+    after a failure has none; `abort`/`rollback` that only finish one write none either)."""
+    wanted = _REQUESTED.get(record.phase)
+    if wanted is None:
+        return False
+    if record.phase == Phase.ABORTED and record.error is not None and record.error.kind == "AbortRequested":
+        return True
+    return any(e.get("kind") == "operator" and e.get("action") == wanted for e in journal)
+
+
+def run_exit_code(record: RunRecord, journal: list[dict[str, object]]) -> int:
+    """0 done/parked, or aborted/rolled back as the operator asked and cleanly (no cleanup error, no
+    warning); 6 held; 1 failed (docs/cli.md, exit codes)."""
+    if record.phase == Phase.HELD:
+        return EXIT_HELD
+    if record.cleanup_error is not None:
+        return EXIT_FAILED
+    if record.phase in UNSUCCESSFUL:
+        clean = record.finished and not record.warnings  # a warning: e.g. data that may be only on the twin
+        return EXIT_OK if clean and requested_end(record, journal) else EXIT_FAILED
+    return EXIT_OK
+
+
+def finish_run(console: Console, record: RunRecord | None, context: app.Context) -> None:
+    """Print the report and exit with the run's code (run_exit_code)."""
     if record is None:
         return
+    from upgrader.ui import report
+
     report(console, record)
-    if record.phase == Phase.HELD:
-        sys.exit(EXIT_HELD)
-    failed = record.phase in UNSUCCESSFUL or record.cleanup_error is not None
-    sys.exit(1 if failed else 0)
+    journal = context.store.journal(record.host, record.run_id) if record.phase in _REQUESTED else []
+    sys.exit(run_exit_code(record, journal))
 
 
 def fail(error: UpgraderError, console: Console | None = None) -> NoReturn:
+    from upgrader.ui import safe
+
     console = console or make_console(stderr=True)
     lines = error.problems if isinstance(error, PlanError) else [error.message]
     for line in lines:
@@ -77,6 +147,8 @@ def fail(error: UpgraderError, console: Console | None = None) -> NoReturn:
 
 
 def internal_error(exc: BaseException, state_dir: Path) -> NoReturn:
+    from upgrader.ui import safe
+
     console = make_console(stderr=True)
     try:
         path = write_debug_log(exc, state_dir)
@@ -91,6 +163,8 @@ def internal_error(exc: BaseException, state_dir: Path) -> NoReturn:
 def write_debug_log(exc: BaseException, state_dir: Path) -> Path:
     """The traceback in STATE_DIR/debug-<stamp>-<pid>.log: a new 0600 file, never through a symlink,
     in a state dir that is ours (UnsafeState otherwise)."""
+    from upgrader.store import check_dir, secure_open
+
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if not check_dir(state_dir):
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

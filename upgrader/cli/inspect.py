@@ -6,8 +6,8 @@ import json
 import sys
 
 import click
-from upgrader import app
-from upgrader.cli.common import app_context
+
+from upgrader.cli.common import app_context, read_context
 from upgrader.phases import Phase
 from upgrader.ui import record_json, report, safe, status_table
 
@@ -18,6 +18,18 @@ from upgrader.ui import record_json, report, safe, status_table
 @click.pass_context
 def status(ctx: click.Context, host: str | None, as_json: bool) -> None:
     """The latest run of HOST (or of every host): phase, timings, figures."""
+    if host is None and not as_json:  # the table: read without the app or pydantic, at once
+        from upgrader.store.summary import latest_summaries
+
+        store, console = read_context(ctx)
+        rows = latest_summaries(store)
+        if rows:
+            status_table(console, rows)
+        else:
+            console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
+        return
+    from upgrader import app
+
     context, console = app_context(ctx, with_view=False)
     records = app.status(context, host)
     if as_json:
@@ -37,6 +49,8 @@ def status(ctx: click.Context, host: str | None, as_json: bool) -> None:
 @click.pass_context
 def list_runs(ctx: click.Context) -> None:
     """Every run of every host, oldest first."""
+    from upgrader import app
+
     context, console = app_context(ctx, with_view=False)
     records = app.history(context)
     if not records:
@@ -51,6 +65,8 @@ def list_runs(ctx: click.Context) -> None:
 @click.pass_context
 def show(ctx: click.Context, host: str, as_json: bool) -> None:
     """HOST's latest run journal: every step begun and done, with its outputs."""
+    from upgrader import app
+
     context, console = app_context(ctx, with_view=False)
     record, entries = app.journal(context, host)
     if as_json:

@@ -32,7 +32,7 @@ def retry(ctx: click.Context, host: str, who: str | None) -> None:
     The step is probed before it runs (its done-marker or the plan's `probe:`): a step you
     finished by hand counts as done. `upgrader resume HOST` does the same as retry."""
     context, console = app_context(ctx)
-    finish_run(console, app.retry(context, host, who or getpass.getuser()))
+    finish_run(console, app.retry(context, host, who or getpass.getuser()), context)
 
 
 @click.command()
@@ -47,7 +47,7 @@ def skip(ctx: click.Context, host: str, reason: str, who: str | None) -> None:
     Journaled with who and why. The clone and the pre-sync cannot be skipped (later steps need
     what they make): `retry` or `abort` them."""
     context, console = app_context(ctx)
-    finish_run(console, app.skip(context, host, who or getpass.getuser(), reason))
+    finish_run(console, app.skip(context, host, who or getpass.getuser(), reason), context)
 
 
 @click.command()
@@ -71,7 +71,7 @@ def revert(ctx: click.Context, host: str, to: str, yes: bool, who: str | None) -
     if not yes:
         click.confirm(f"discard everything {host}'s twin got since the checkpoint before {to} "
                       "(upgrade steps from there run again)?", abort=True)
-    finish_run(console, repair.revert(context, host, to, who or getpass.getuser()))
+    finish_run(console, repair.revert(context, host, to, who or getpass.getuser()), context)
 
 
 @click.command()

@@ -8,8 +8,11 @@ from rich.markup import escape
 from upgrader import app
 from upgrader.cli.common import app_context, finish_run
 from upgrader.cli.common import make_console
+from upgrader.cli.confirm import confirm
 
 HOST = click.argument("host", metavar="HOST")
+YES = click.option("--yes", is_flag=True, help="do not ask (for scripts); without it a terminal is asked, "
+                   "anything else is refused")
 
 
 @click.command()
@@ -38,7 +41,7 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, ye
                 console.print(f"      {escape(action)}")
         return
     context, console = app_context(ctx)
-    finish_run(console, app.start(context, app.StartOptions(host, plan, now, yes)))
+    finish_run(console, app.start(context, app.StartOptions(host, plan, now, yes)), context)
 
 
 @click.command()
@@ -57,45 +60,53 @@ def resume(ctx: click.Context, host: str, now: bool, yes: bool, who: str | None)
     import getpass
 
     context, console = app_context(ctx)
-    finish_run(console, app.resume(context, host, now=now, yes=yes, who=who or getpass.getuser()))
+    finish_run(console, app.resume(context, host, now=now, yes=yes, who=who or getpass.getuser()), context)
 
 
 @click.command()
 @HOST
+@YES
 @click.pass_context
-def abort(ctx: click.Context, host: str) -> None:
+def abort(ctx: click.Context, host: str, yes: bool) -> None:
     """Abort HOST's run before cutover (also a held run): the twin and its disks are removed, prod's overlay is
     merged back, prod is left exactly as it was. If another process runs it, that process is
-    asked to stop at its next step."""
+    asked to stop at its next step. Asks first (the twin, its disks and the hours of work on it
+    go); exit 0 once aborted."""
     context, console = app_context(ctx)
-    finish_run(console, app.abort(context, host))
+    confirm(context, "abort", host, yes)
+    finish_run(console, app.abort(context, host), context)
 
 
 @click.command()
 @HOST
+@YES
 @click.pass_context
-def rollback(ctx: click.Context, host: str) -> None:
+def rollback(ctx: click.Context, host: str, yes: bool) -> None:
     """Go back to the old VM after cutover (while it is kept): network back, reverse sync of
     what was written since cutover, services restarted on the old VM, twin removed.
 
     \b
     If the new prod does not answer, the network and services go back without the reverse sync
     and the twin is stopped and kept with its disks; `status` says which data may be only there.
-    Refused once decommission began (it only goes forward) or when the old VM is gone."""
+    Refused once decommission began (it only goes forward) or when the old VM is gone.
+    Asks first; exit 0 once rolled back."""
     context, console = app_context(ctx)
-    finish_run(console, app.rollback(context, host))
+    confirm(context, "rollback", host, yes)
+    finish_run(console, app.rollback(context, host), context)
 
 
 @click.command()
 @HOST
+@YES
 @click.pass_context
-def decommission(ctx: click.Context, host: str) -> None:
+def decommission(ctx: click.Context, host: str, yes: bool) -> None:
     """Retire the old VM now instead of after `keep_old_for`: destroy, undefine, delete its
     images (flattening the new prod first) and report the bytes freed. Once begun it only goes
     forward: `rollback` is refused from then on, and `resume` finishes a decommission that was
-    interrupted."""
+    interrupted. Asks first (the old VM's disks are deleted)."""
     context, console = app_context(ctx)
-    finish_run(console, app.decommission(context, host))
+    confirm(context, "decommission", host, yes)
+    finish_run(console, app.decommission(context, host), context)
 
 
 @click.command(name="run-due")

@@ -21,6 +21,7 @@ from upgrader.events import Notice
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.identity import release_claim, require_ours
+from upgrader.durations import format_duration
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -62,7 +63,7 @@ class Completed:
 
     def describe(self, plan: "Plan") -> list[str]:
         return [
-            f"keep {plan.source.domain} (link down) for {plan.keep_old_for}; `upgrader rollback HOST` works until then",
+            f"keep {plan.source.domain} (link down) for {format_duration(plan.keep_old_for)}; `upgrader rollback HOST` works until then",
             f"decommission: flatten {plan.twin_name} off the shared base, destroy and undefine {plan.source.domain}, "
             "delete images nothing depends on, report bytes freed",
             f"give {plan.twin_name} {plan.source.domain}'s autostart setting; the new prod keeps the name {plan.twin_name}",

@@ -24,6 +24,7 @@ from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
 from upgrader.steps.base import AlreadyDone, Outcome, StepContext
+from upgrader.durations import format_duration
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan, RebootStep, RunStep
@@ -73,11 +74,11 @@ class Upgrade:
             if takes_checkpoint(plan, i):
                 lines.append(f"[{i}] checkpoint {plan.twin_name}'s disks first (`upgrader revert HOST --to {step_key(i)}`)")
             if getattr(step, "reboot", False):
-                lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {step.timeout})")
+                lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {format_duration(step.timeout)})")
             else:
                 answers = f", answering {len(step.expect)} prompt(s)" if step.expect else ""
                 probe = f"; skipped if `{step.probe}` exits 0 first" if step.probe else ""
-                lines.append(f"[{i}] on the twin: {step.run}{answers} (timeout {step.timeout}){probe}")
+                lines.append(f"[{i}] on the twin: {step.run}{answers} (timeout {format_duration(step.timeout)}){probe}")
         return lines
 
     def run(self, ctx: StepContext) -> Outcome:

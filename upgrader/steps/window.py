@@ -19,6 +19,7 @@ from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_seconds, tell
 from upgrader.steps.operator_notice import APPROVAL_KEY, approval_event, tell_operator
 from upgrader.windows import Slot, describe, next_slot
+from upgrader.durations import format_duration
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -61,7 +62,7 @@ class AwaitWindow:
             return ["no window in the plan: cut over right after pre-sync"]
         lines = [f"fix the next window ({describe(plan.window)}) and park until it opens; `upgrader run-due` resumes it"]
         if plan.announce:
-            lines.append(f"tell {', '.join(plan.announce.to)}: announcement now, reminder {plan.announce.reminder_before} before")
+            lines.append(f"tell {', '.join(plan.announce.to)}: announcement now, reminder {format_duration(plan.announce.reminder_before)} before")
         if plan.approval == "required":
             lines.append("wait for `upgrader approve HOST`" + (" (the operators are told once)" if plan.operator else ""))
         lines.append("postpone to the next window if this one closes or cannot hold the forecast downtime")

@@ -6,7 +6,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from upgrader.errors import LockedError
-from upgrader.record import utcnow
+from upgrader.clock import utcnow
 from upgrader.store.files import secure_open, writing
 from upgrader.store.journal import parse_line
 
@@ -55,7 +54,7 @@ class HostLock:
             raise self._locked_error(fd) from None
         info = {
             "pid": os.getpid(),
-            "hostname": socket.gethostname(),
+            "hostname": os.uname().nodename,
             "since": utcnow().isoformat(timespec="seconds"),
             "argv": list(sys.argv),
         }

@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
+from upgrader.clock import utcnow
 from upgrader.errors import InputError, NoRun, StateCorrupt
 from upgrader.phases import Phase
-from upgrader.record import RunRecord, held_from_journal, utcnow
 from upgrader.store import journal as jfile
 from upgrader.store.files import DIR_MODE, check_dir, fsync_dir, read_private, secure_open, write_all, writing
 from upgrader.store.lock import HostLock
 from upgrader.store.reconcile import phase_behind
+
+if TYPE_CHECKING:  # pydantic is imported by load(), not by reading the state's layout (`upgrader status`)
+    from upgrader.record import RunRecord
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$")  # record.new_run_id
@@ -111,6 +109,9 @@ class RunStore:
     def create(self, record: RunRecord) -> None:
         """Make the run's directory with its run.json and an empty journal, all or nothing (built
         in a hidden temp directory, then renamed); refuse if the run exists already."""
+        import shutil  # here, not at the top: reading the state (`upgrader status`) starts faster
+        import tempfile
+
         directory = self.run_dir(record.host, record.run_id)
         self._ensure_dir(directory.parent)
         if os.path.lexists(directory):
@@ -139,6 +140,8 @@ class RunStore:
 
     @staticmethod
     def _replace_run_json(directory: Path, record: RunRecord) -> None:
+        import secrets
+
         data = (record.model_dump_json(indent=2) + "\n").encode()
         tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(6)}.tmp"
         fd = secure_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -158,6 +161,10 @@ class RunStore:
         fsync_dir(directory)
 
     def load(self, host: str, run_id: str) -> RunRecord:
+        from pydantic import ValidationError
+
+        from upgrader.record import RunRecord
+
         directory = self.run_dir(host, run_id)
         if not self._checked(directory.parent, directory):
             raise NoRun(f'host "{host}" has no run {run_id}')
@@ -189,6 +196,8 @@ class RunStore:
         forward (phase = the transition's dest, parked cleared), noted in the journal and saved;
         with `repair=False` (read-only views, no lock held) only in memory. Any other disagreement
         is StateCorrupt. Call it holding the host lock when `repair` is true."""
+        from upgrader.record import held_from_journal
+
         record = self.load(host, run_id)
         entries = self.journal(host, run_id)
         directory = self.run_dir(host, run_id)

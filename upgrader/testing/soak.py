@@ -119,7 +119,7 @@ def _next_command(cli: Cli, kind: Kind, plan: Path, world: WorldFile) -> list[st
             data["commands"] = [c for c in data["commands"] if c not in kind.commands]
         return ["retry", "mailhost"]
     if record["parked"] and kind.when_parked:
-        return [kind.when_parked, "mailhost"]
+        return [kind.when_parked, "mailhost", "--yes"]  # scripted: the commands that ask are confirmed
     return ["resume", "mailhost"]
 
 
