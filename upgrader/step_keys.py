@@ -6,9 +6,8 @@ reads. Pure functions; no other module parses these strings."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Literal, Mapping
+from typing import Iterable
 
-from pydantic import BaseModel, ValidationError
 
 _UPGRADE = re.compile(r"upgrade\[(\d+)\]\Z")
 CHECKPOINT_PREFIX = "checkpoint."
@@ -60,26 +59,3 @@ def run_again_after(to: str, keys: Iterable[str]) -> list[str]:
         if (m is not None and m >= n) or key == VALIDATE_KEY or key.startswith(PRESYNC_PREFIX):
             out.append(key)
     return sorted(out)
-
-
-PROBE_SKIP_REASON = "probe: already done"
-
-
-class SkippedByProbe(BaseModel):
-    """An upgrade step's journaled outputs when the plan's `probe:` exited 0 before the step ever
-    ran: the step was not run (it was done already, e.g. by hand or by an earlier attempt)."""
-
-    skipped: Literal[True] = True
-    reason: Literal["probe: already done"] = PROBE_SKIP_REASON
-    probe: str  # the probe command as run (masked)
-    probe_rc: int = 0
-
-
-def skipped_by_probe(outputs: Mapping[str, Any]) -> SkippedByProbe | None:
-    """The outputs as a `SkippedByProbe`, or None for a step that ran (or was skipped otherwise)."""
-    if outputs.get("reason") != PROBE_SKIP_REASON:
-        return None
-    try:
-        return SkippedByProbe.model_validate(dict(outputs))
-    except ValidationError:
-        return None

@@ -34,7 +34,7 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.step_keys import revert_targets, skipped_by_probe
+from upgrader.step_keys import revert_targets
 from upgrader.clock import utcnow
 from upgrader.held import HeldView, summary, view_commands
 from upgrader.store import check_dir, secure_open, writing
@@ -246,6 +246,8 @@ def figures(record: RunRecord) -> dict[str, str]:
     synced = sum(v.get("files", 0) for k, v in record.outputs.items() if k.startswith("presync.pass[")) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)
+    from upgrader.probe_skip import skipped_by_probe  # pydantic: not for the light status path
+
     probed = [k for k, v in record.outputs.items() if skipped_by_probe(v) is not None]
     if probed:
         out["skipped (probe: already done)"] = ", ".join(probed)

@@ -13,7 +13,7 @@ from upgrader import app
 from upgrader.events import Event, StepDone, StepInDoubt
 from upgrader.phases import Phase
 from upgrader.record import RunRecord
-from upgrader.step_keys import PROBE_SKIP_REASON, SkippedByProbe, skipped_by_probe
+from upgrader.probe_skip import PROBE_SKIP_REASON, SkippedByProbe, skipped_by_probe
 from upgrader.store import RunStore
 from upgrader.testing.fakes import WorldFile
 from upgrader.testing.scenario import FAKE_PLAN, effects

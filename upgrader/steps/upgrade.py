@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
-from upgrader.step_keys import MERGE_KEY, PROBE_SKIP_REASON, SkippedByProbe, checkpoint_key, revert_targets, upgrade_key
+from upgrader.probe_skip import PROBE_SKIP_REASON, SkippedByProbe
+from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets, upgrade_key
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
