@@ -8,7 +8,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -33,13 +33,16 @@ from upgrader.events import (
     StepOutput,
     Transition,
 )
+from upgrader.app_status import RunStatus
+from upgrader.events import Listener
 from upgrader.phases import FORWARD, Phase
 from upgrader.held import HeldView, summary, view_commands
 from upgrader.step_keys import revert_targets
 from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
-STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
+STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim",
+         "interrupted": "bold yellow"}
 
 
 # C0 controls but tab and newline, DEL, C1 controls (CSI/OSC as one byte), bidi overrides/isolates
@@ -236,19 +239,74 @@ def figures(record: RunRecord) -> dict[str, str]:
     return out
 
 
-def status_table(console: Console, records: list[RunRecord]) -> None:
-    table = Table()
-    for column in ("host", "run", "phase", "state", "updated"):
-        table.add_column(column)
-    for r in records:
-        state = "finished" if r.finished else ("held" if r.phase == Phase.HELD else
-                                               ("parked" if r.parked else ("error" if r.cleanup_error else "active")))
-        table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
-    console.print(table)
+STATE_STYLE = {"urgent": "bold red", "interrupted": "yellow", "error": "red", "held": "yellow", "parked": "cyan",
+               "active": "green", "finished": "dim"}
 
 
-def record_json(record: RunRecord) -> dict[str, Any]:
-    return json.loads(record.model_dump_json())
+def status_table(console: Console, statuses: list[RunStatus]) -> None:
+    """One row per run; URGENT stands out. Not on a terminal (`list | grep`): plain aligned
+    columns, never a cut or wrapped run id."""
+    rows = [(visible(s.record.host, newlines=False), s.record.run_id, s.record.phase.value,
+             "URGENT" if s.state.value == "urgent" else s.state.value, s.record.updated.isoformat(timespec="seconds"))
+            for s in statuses]
+    header = ("host", "run", "phase", "state", "updated")
+    if console.is_terminal:
+        table = Table()
+        for column in header:
+            table.add_column(column, no_wrap=True)
+        for s, row in zip(statuses, rows):
+            table.add_row(*row[:3], Text(row[3], style=STATE_STYLE.get(s.state.value, "")), row[4])
+        console.print(table)
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            console.print(escape("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()), crop=False)
+    for s in statuses:
+        if s.state.value in ("urgent", "interrupted") and s.hint and s is _latest(statuses, s.record.host):
+            label = "URGENT" if s.state.value == "urgent" else "interrupted"
+            console.print(f"[{STATE_STYLE[s.state.value]}]{safe(s.record.host)}: {label}[/] — {safe(s.hint)}")
+
+
+def _latest(statuses: list[RunStatus], host: str) -> RunStatus:
+    return [s for s in statuses if s.record.host == host][-1]
+
+
+def state_line(console: Console, status: RunStatus) -> None:
+    """Under `status HOST`'s report: the state, when it is not plain from the phase."""
+    state = status.state.value
+    if state in ("urgent", "interrupted", "active", "error"):
+        label = "URGENT" if state == "urgent" else state
+        console.print(f"[{STATE_STYLE[state]}]{label}:[/] {safe(status.hint or '')}")
+
+
+class IdleFilter:
+    """Listener wrapper for `run-due`: a run that was resumed only to park again where it was
+    (Parked.again) reaches `inner` not at all - no output, no events.jsonl lines - so a cron
+    every minute adds nothing while nothing is due. Any other event passes the held-back ones on."""
+
+    QUIET = (RunStarted, PhaseStarted)
+
+    def __init__(self, inner: "Listener") -> None:
+        self.inner = inner
+        self.held_back: list[Event] | None = None  # None: passing through
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.held_back = []
+        if self.held_back is None:
+            self.inner(event)
+            return
+        quiet = isinstance(event, self.QUIET) or (isinstance(event, StepDone) and event.skipped) or (
+            isinstance(event, Parked) and event.again)
+        if quiet:
+            self.held_back.append(event)
+        elif isinstance(event, RunEnded) and any(isinstance(e, Parked) for e in self.held_back):
+            self.held_back = None  # parked again, nothing else happened: dropped
+        else:
+            held_back, self.held_back = self.held_back, None
+            for e in held_back:
+                self.inner(e)
+            self.inner(event)
 
 
 class EventLog:

@@ -41,7 +41,8 @@ from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error,
 from upgrader.cli.inspect import list_runs, show, status
 from upgrader.cli.plan import plan
 from upgrader.cli.repair import checkpoints, retry, revert, skip
-from upgrader.cli.run import abort, approve, decommission, resume, rollback, run_due, start
+from upgrader.cli.run import abort, approve, decommission, resume, rollback, start
+from upgrader.cli.due import run_due
 from upgrader.cli.ssh import ssh
 from upgrader.config import load_settings
 from upgrader.errors import Terminated, UpgraderError

@@ -98,27 +98,6 @@ def decommission(ctx: click.Context, host: str) -> None:
     finish_run(console, app.decommission(context, host))
 
 
-@click.command(name="run-due")
-@click.pass_context
-def run_due(ctx: click.Context) -> None:
-    """Resume every parked run whose time may have come: a cutover window that opened, a
-    reminder to send, an old VM to decommission. For cron or a systemd timer (docs/scheduling.md).
-    Runs whose time has not come park again at once; a host another process holds is skipped."""
-    context, console = app_context(ctx)
-    results = app.run_due(context)
-    failed = False
-    for result in results:
-        if result.record is None:
-            console.print(f"{result.host}: skipped ({result.skipped})")
-            continue
-        r = result.record
-        failed |= r.phase.value in ("aborted", "rolled_back", "failed") or r.cleanup_error is not None
-        console.print(f"{result.host}: {r.phase.value}" + (f" — parked: {r.parked}" if r.parked else ""))
-    if not results:
-        console.print("no parked runs")
-    raise SystemExit(1 if failed else 0)
-
-
 @click.command()
 @HOST
 @click.option("--by", "who", default=None, help="who approves (default: the login name)")
