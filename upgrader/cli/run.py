@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from rich.markup import escape
 
@@ -19,8 +21,10 @@ HOST = click.argument("host", metavar="HOST")
 @click.option("--dry-run", is_flag=True, help="print what every phase would do; touch nothing")
 @click.option("--now", is_flag=True, help="do not wait for the plan's window: cut over right after pre-sync")
 @click.option("--yes", is_flag=True, help="confirm --now when the plan has a window (recorded in the journal)")
+@click.option("--detach", is_flag=True, help="run in the background, in its own session (a closed SSH session does not "
+                                            "stop it), logging to STATE/HOST/detached-*.log; prints the pid")
 @click.pass_context
-def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, yes: bool) -> None:
+def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, yes: bool, detach: bool) -> None:
     """Start the twin upgrade of HOST as described by the plan.
 
     Snapshot, clone to a staging twin, upgrade it, validate, pre-sync, wait for the window,
@@ -37,6 +41,11 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, ye
             for action in item.actions:
                 console.print(f"      {escape(action)}")
         return
+    if detach:
+        from upgrader.cli.common import globals_of, state_root
+        from upgrader.cli.detach import start_detached
+
+        sys.exit(start_detached(make_console(), state_root(ctx), host, plan, now=now, yes=yes, quiet=globals_of(ctx).quiet))
     context, console = app_context(ctx)
     finish_run(console, app.start(context, app.StartOptions(host, plan, now, yes)))
 
