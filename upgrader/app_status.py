@@ -80,7 +80,7 @@ def state_of(record: RunRecord, lock: LockHolder | None, *, latest: bool = True)
         return RunStatus(record, RunState.HELD, dead, f"`upgrader status {host}` says what to run next")
     if record.parked:
         return RunStatus(record, RunState.PARKED, dead, record.parked)
-    how = "its process was killed" if dead is not None else "it was stopped"
+    how = "its process was killed" if dead is not None else "its process stopped"
     if record.phase in PROD_AT_STAKE:
         if record.cleanup_error is not None:
             why = f"the rollback failed ({record.cleanup_error.message}) and stopped"

@@ -177,15 +177,17 @@ class RunView:
         return Group(*rows)
 
 
-def report(console: Console, record: RunRecord, held_view: HeldView | None = None) -> None:
-    """The final table: phases with durations, and the figures the run produced."""
+def report(console: Console, record: RunRecord, held_view: HeldView | None = None, *, stopped: bool = False) -> None:
+    """The final table: phases with durations, and the figures the run produced. `stopped`: no
+    process runs it (status of an interrupted run): a `running` phase is shown `interrupted`."""
     table = Table(title=f"run {record.run_id} — {record.host}: {record.phase.value}", title_justify="left")
     table.add_column("phase")
     table.add_column("status")
     table.add_column("seconds", justify="right")
     for timing in record.timings:
         seconds = f"{timing.seconds:.1f}" if timing.seconds is not None else "…"
-        table.add_row(timing.phase.value, Text(timing.status, style=STYLE.get(timing.status, "")), seconds)
+        shown = "interrupted" if stopped and timing.status == "running" else timing.status
+        table.add_row(timing.phase.value, Text(shown, style=STYLE.get(shown, "")), seconds if shown == timing.status else "?")
     console.print(table)
     for label, value in figures(record).items():
         console.print(f"  {label}: [bold]{safe(value)}[/]")

@@ -174,6 +174,9 @@ def test_killed_mid_upgrade_is_interrupted_listed_not_resumed(capsys: pytest.Cap
     assert status.state is RunState.INTERRUPTED and status.killed, status  # old code: "active"
     code, out = run(capsys, "--state-dir", str(cli.state), "status")
     assert "interrupted" in out and "`upgrader resume mailhost` continues" in out and "active" not in out, out
+    code, out = run(capsys, "--state-dir", str(cli.state), "status", "mailhost")
+    assert "│ interrupted │" in out and "running" not in out, out  # the dead phase is not shown `running`
+    assert "interrupted: its process was killed in clone" in out, out
     journal = run_files(cli.state, "mailhost")["journal.jsonl"]
     code, out = run(capsys, "--state-dir", str(cli.state), "-q", "run-due")
     assert code == 7 and "mailhost: interrupted in clone" in out and "upgrader resume mailhost" in out, out

@@ -35,8 +35,9 @@ def status(ctx: click.Context, host: str | None, as_json: bool) -> None:
         console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
         return
     if host:
-        record = statuses[0].record
-        report(console, record, app.held_view(context, record) if record.phase == Phase.HELD else None)
+        record, state = statuses[0].record, statuses[0].state.value
+        report(console, record, app.held_view(context, record) if record.phase == Phase.HELD else None,
+               stopped=state in ("interrupted", "urgent"))
         state_line(console, statuses[0])
     else:
         status_table(console, statuses)
