@@ -110,7 +110,8 @@ def _due(ctx: app.Context, host: str) -> DueResult | None:
     record = ctx.store.active_run(host)
     if record is None:
         return None
-    status = state_of(record, lock_holder(ctx.store, host))
+    lock = lock_holder(ctx.store, host)
+    status = state_of(record, lock, entries=ctx.store.journal(host, record.run_id) if lock is not None else None)
     state = status.state
     if state in (RunState.HELD, RunState.FINISHED):
         return None

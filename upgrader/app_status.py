@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import UnknownHost
 from upgrader.phases import PROD_AT_STAKE, Phase
@@ -64,9 +64,19 @@ def lock_holder(store: RunStore, host: str) -> LockHolder | None:
     return holder(store.host_dir(host) / LOCK_FILE)
 
 
-def state_of(record: RunRecord, lock: LockHolder | None, *, latest: bool = True) -> RunStatus:
+def open_step(entries: list[dict[str, Any]]) -> str | None:
+    """The last step the journal says was begun and never done (a process died in it)."""
+    done = {e.get("key") for e in entries if e.get("kind") == "done"}
+    begun = [str(e.get("key")) for e in entries if e.get("kind") == "begin" and e.get("key") not in done]
+    return begun[-1] if begun else None
+
+
+def state_of(record: RunRecord, lock: LockHolder | None, *, latest: bool = True,
+             entries: list[dict[str, Any]] | None = None) -> RunStatus:
     """`lock`: the host lock's recorded holder (None: nobody holds it). Only the latest run of a
-    host can be the one the holder runs (`latest`)."""
+    host can be the one the holder runs (`latest`). `entries`: its journal, to tell a parked run
+    whose resume was killed in the middle of a step (a decommission, a notice) from one killed
+    while it only looked at the clock."""
     host = record.host
     alive = lock.alive if (lock is not None and latest) else False
     if record.finished:
@@ -78,9 +88,12 @@ def state_of(record: RunRecord, lock: LockHolder | None, *, latest: bool = True)
     dead = lock if latest else None
     if record.phase == Phase.HELD:
         return RunStatus(record, RunState.HELD, dead, f"`upgrader status {host}` says what to run next")
-    if record.parked:
-        return RunStatus(record, RunState.PARKED, dead, record.parked)
     how = "its process was killed" if dead is not None else "its process stopped"
+    step = open_step(entries) if (record.parked and dead is not None and entries is not None) else None
+    if record.parked and step is None:
+        return RunStatus(record, RunState.PARKED, dead, record.parked)
+    if step is not None:  # resumed from its park, killed in the middle of `step`: run.json still says parked
+        how = f"{how} in the middle of {step}"
     if record.phase in PROD_AT_STAKE:
         if record.cleanup_error is not None:
             why = f"the rollback failed ({record.cleanup_error.message}) and stopped"
@@ -96,21 +109,25 @@ def state_of(record: RunRecord, lock: LockHolder | None, *, latest: bool = True)
                      f"{how} in {record.phase.value}; `upgrader resume {host}` continues from the last checkpoint")
 
 
-def status(ctx: "Context", host: str | None) -> list[RunRecord]:
-    """The latest run of `host` (or of every host). Reads only: no lock taken, nothing repaired."""
+def _latest(ctx: "Context", host: str | None) -> list[tuple[RunRecord, list[dict[str, Any]]]]:
     hosts = [host] if host else ctx.store.hosts()
-    records = []
+    out = []
     for h in hosts:
         ids = ctx.store.runs(h)
         if not ids:
             raise UnknownHost(f'no runs for host "{h}"')
-        records.append(ctx.store.load_checked(h, ids[-1], repair=False)[0])
-    return records
+        out.append(ctx.store.load_checked(h, ids[-1], repair=False))
+    return out
+
+
+def status(ctx: "Context", host: str | None) -> list[RunRecord]:
+    """The latest run of `host` (or of every host). Reads only: no lock taken, nothing repaired."""
+    return [record for record, _ in _latest(ctx, host)]
 
 
 def states(ctx: "Context", host: str | None) -> list[RunStatus]:
     """status() with each run's state."""
-    return [state_of(record, lock_holder(ctx.store, record.host)) for record in status(ctx, host)]
+    return [state_of(record, lock_holder(ctx.store, record.host), entries=entries) for record, entries in _latest(ctx, host)]
 
 
 def history(ctx: "Context") -> list[RunRecord]:
@@ -124,5 +141,6 @@ def history_states(ctx: "Context") -> list[RunStatus]:
     for h in ctx.store.hosts():
         ids = ctx.store.runs(h)
         lock = lock_holder(ctx.store, h)
-        out += [state_of(ctx.store.load(h, r), lock, latest=r == ids[-1]) for r in ids]
+        out += [state_of(ctx.store.load(h, r), lock, latest=r == ids[-1],
+                         entries=ctx.store.journal(h, r) if r == ids[-1] and lock is not None else None) for r in ids]
     return out

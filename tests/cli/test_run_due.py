@@ -208,3 +208,20 @@ def test_killed_in_cutover_is_urgent_and_run_due_resumes_it_and_tells_the_operat
     assert "resume" in notices[0].message.get_content()
     code, out = run(capsys, "--state-dir", str(cli.state), "-q", "run-due")
     assert code == 0 and out == "" and len([r for r in mailsink.received(inbox) if r.kind == "urgent"]) == 1
+
+
+def test_a_parked_run_killed_in_the_middle_of_its_decommission_is_interrupted(tmp_path: Path, fake_plan: Path) -> None:
+    """run.json still says parked (a resume from a park saves nothing until it has news): the dead
+    lock holder and the journal's open step tell the truth."""
+    cli = cli_for(tmp_path)
+    assert cli.run("start", "mailhost", "--plan", str(fake_plan)).rc == 0
+    ctx = app.Context(RunStore(cli.state))
+    assert app_status.states(ctx, "mailhost")[0].state is RunState.PARKED
+    cli.kill_at("begin:decommission.*", "decommission", "mailhost", reached=tmp_path / "r")
+    [status] = app_status.states(ctx, "mailhost")
+    assert status.record.parked and status.state is RunState.INTERRUPTED, status
+    assert "in the middle of decommission." in (status.hint or "")
+    [listed] = app_status.history_states(ctx)
+    assert listed.state is RunState.INTERRUPTED
+    assert cli.run("decommission", "mailhost").rc == 0
+    assert app_status.states(ctx, "mailhost")[0].state is RunState.FINISHED
