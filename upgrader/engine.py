@@ -203,6 +203,8 @@ class Engine:
                 raise
             except UpgraderError as exc:
                 timing.ended, timing.status = self.now(), "failed"
+                if parked_here:
+                    record.timings.append(timing)
                 self._fail(phase, exc)
                 if record.phase == phase:  # cleanup phase failed: stop here, resume retries
                     stopped_on_error = True
@@ -241,7 +243,8 @@ class Engine:
         if not stale:
             return
         entries = self.store.journal(self.record.host, self.record.run_id)
-        last_seen = max((dt.datetime.fromisoformat(str(e["ts"])) for e in entries if e.get("ts")), default=None)
+        run_lines = [e for e in entries if e.get("ts") and not str(e.get("kind", "")).startswith("ssh")]  # ssh: beside the run
+        last_seen = max((dt.datetime.fromisoformat(str(e["ts"])) for e in run_lines), default=None)
         for timing in stale:
             timing.status = "interrupted"
             timing.ended = max(timing.started, last_seen) if last_seen is not None else timing.started

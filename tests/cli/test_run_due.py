@@ -225,3 +225,23 @@ def test_a_parked_run_killed_in_the_middle_of_its_decommission_is_interrupted(tm
     assert listed.state is RunState.INTERRUPTED
     assert cli.run("decommission", "mailhost").rc == 0
     assert app_status.states(ctx, "mailhost")[0].state is RunState.FINISHED
+
+
+def test_a_failure_after_a_park_keeps_its_timing_row(tmp_path: Path, fake_plan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume from a park appends its phase's row only once it does more than park again: a
+    step that fails there (the decommission) still gets its `failed` row."""
+    from upgrader.errors import InfraError
+    from upgrader.testing.fakes import FakeHypervisor
+
+    ctx = app.Context(RunStore(tmp_path / "state"))
+    record = app.start(ctx, app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.COMPLETED and record.parked
+
+    def broken(self: object, name: str) -> None:
+        raise InfraError("libvirt went away")
+
+    monkeypatch.setattr(FakeHypervisor, "flatten", broken)
+    record = app.decommission(ctx, "mailhost")
+    assert record.cleanup_error is not None
+    assert [(t.phase, t.status) for t in record.timings[-2:]] == [(Phase.COMPLETED, "parked"), (Phase.COMPLETED, "failed")]
+    assert [(t.phase.value, t.status) for t in RunStore(tmp_path / "state").load("mailhost", record.run_id).timings[-1:]] == [("completed", "failed")]
