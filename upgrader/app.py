@@ -1,6 +1,6 @@
-"""Use cases behind the CLI: start, resume, abort, rollback, decommission, status. Each takes an
-options object, holds the host lock while it changes anything, and hands back records; the CLI
-renders. No printing here."""
+"""Use cases behind the CLI: start, resume, abort, rollback, decommission (run-due: app_due.py,
+status and list: app_status.py). Each takes an options object, holds the host lock while it
+changes anything, and hands back records; the CLI renders. No printing here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Callable, Iterator
 
 from upgrader.adapters.factory import build_ports
 from upgrader.engine import AbortRequested, Engine, request_abort
-from upgrader.errors import (BusyError, IllegalAction, InputError, LockedError, NoRun, StateUnwritable, UnknownHost,
-                             UpgraderError)
+from upgrader.errors import BusyError, IllegalAction, InputError, LockedError, NoRun, StateUnwritable, UnknownHost
 from upgrader.events import Listener, Notice
 from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
@@ -274,32 +273,6 @@ def approve(ctx: Context, host: str, who: str) -> RunRecord:
         return record
 
 
-@dataclass(frozen=True)
-class DueResult:
-    host: str
-    record: RunRecord | None
-    skipped: str | None = None
-
-
-def run_due(ctx: Context) -> list[DueResult]:
-    """Resume every parked run (a window, a reminder, a decommission may be due; a run whose
-    time has not come parks again at once). A host another process holds is skipped."""
-    results = []
-    for host in ctx.store.hosts():
-        try:
-            record = ctx.store.active_run(host)
-        except UpgraderError as exc:
-            results.append(DueResult(host, None, skipped=exc.message))
-            continue
-        if record is None or record.parked is None:
-            continue
-        try:
-            results.append(DueResult(host, resume(ctx, host)))
-        except UpgraderError as exc:  # locked, corrupt state, a changed plan: that host only
-            results.append(DueResult(host, None, skipped=exc.message))
-    return results
-
-
 def abort(ctx: Context, host: str) -> RunRecord | None:
     """Abort before cutover. If another process holds the run, ask it to stop (returns None): it
     honours the request at its next step, or - if the cutover began meanwhile - refuses it out
@@ -379,23 +352,22 @@ def held_view(ctx: Context, record: RunRecord) -> HeldView:
     return HeldView(reverting=going, reverted=reverted, checkpoints=revert_targets(journal.done))
 
 
-def status(ctx: Context, host: str | None) -> list[RunRecord]:
-    hosts = [host] if host else ctx.store.hosts()
-    records = []
-    for h in hosts:
-        ids = ctx.store.runs(h)
-        if not ids:
-            raise UnknownHost(f'no runs for host "{h}"')
-        records.append(ctx.store.load_checked(h, ids[-1], repair=False)[0])
-    return records
-
-
-def history(ctx: Context) -> list[RunRecord]:
-    return [ctx.store.load(h, r) for h in ctx.store.hosts() for r in ctx.store.runs(h)]
-
-
 def journal(ctx: Context, host: str) -> tuple[RunRecord, list[dict[str, object]]]:
     record = ctx.store.latest(host)
     if record is None:
         raise UnknownHost(f'no runs for host "{host}"')
     return record, ctx.store.journal(host, record.run_id)
+
+
+_MOVED = {"run_due": "upgrader.app_due", "DueResult": "upgrader.app_due",
+          "status": "upgrader.app_status", "history": "upgrader.app_status"}
+
+
+def __getattr__(name: str) -> object:
+    """run-due and the status views live in their own modules (app_due, app_status); `app.run_due`,
+    `app.status`... still work for callers written before the move."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

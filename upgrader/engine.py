@@ -169,6 +169,7 @@ class Engine:
         if resumed and not record.finished and sync_in_doubt(self.ctx):
             sweep_sync_keys(self.ctx)  # a killed sync's key goes now, not only when that sync is redone
         if resumed and not record.finished:
+            self._close_interrupted_timings()
             self.complete_pending_hold()
         stopped_on_error = False
         while not record.finished:
@@ -186,8 +187,13 @@ class Engine:
                     continue
                 self._refuse_abort()
             timing = PhaseTiming(phase=phase, started=self.now())
-            record.timings.append(timing)
-            self.store.save(record)
+            # resumed where it parked (run-due from cron): appended and saved only if it does more
+            # than park again, so a call that does nothing leaves run.json as it was
+            parked_here = self._parked_in(phase)
+            unchanged = record.model_dump_json() if parked_here else None
+            if not parked_here:
+                record.timings.append(timing)
+                self.store.save(record)
             self.emit(PhaseStarted(phase))
             self.ctx.active.clear()
             started = time.monotonic()
@@ -197,6 +203,8 @@ class Engine:
                 raise
             except UpgraderError as exc:
                 timing.ended, timing.status = self.now(), "failed"
+                if parked_here:
+                    record.timings.append(timing)
                 self._fail(phase, exc)
                 if record.phase == phase:  # cleanup phase failed: stop here, resume retries
                     stopped_on_error = True
@@ -205,9 +213,13 @@ class Engine:
             if outcome.park:
                 timing.ended, timing.status = self.now(), "parked"
                 record.parked = outcome.park
-                self.store.save(record)
-                self.emit(Parked(phase, outcome.park))
+                again = parked_here and record.model_dump_json() == unchanged
+                if not again:  # parked anew (or parked again with news: a new reason, a notice sent)
+                    self.store.save(record)
+                self.emit(Parked(phase, outcome.park, again=again))
                 break
+            if parked_here:
+                record.timings.append(timing)
             record.cleanup_error = None
             self.emit(PhaseDone(phase, time.monotonic() - started))
             if outcome.trigger:
@@ -219,6 +231,24 @@ class Engine:
         ok = not stopped_on_error and record.phase not in UNSUCCESSFUL and record.phase != Phase.HELD
         self.emit(RunEnded(record.phase, record.finished, ok))
         return record
+
+    def _parked_in(self, phase: Phase) -> bool:
+        last = self.record.timings[-1] if self.record.timings else None
+        return self.record.parked is not None and last is not None and last.phase == phase and last.status == "parked"
+
+    def _close_interrupted_timings(self) -> None:
+        """A phase the last process was killed in: `interrupted`, ended at its last journal line
+        (when it was last seen alive), not `done` with the dead time counted when it is resumed."""
+        stale = [t for t in self.record.timings if t.status == "running"]
+        if not stale:
+            return
+        entries = self.store.journal(self.record.host, self.record.run_id)
+        run_lines = [e for e in entries if e.get("ts") and not str(e.get("kind", "")).startswith("ssh")]  # ssh: beside the run
+        last_seen = max((dt.datetime.fromisoformat(str(e["ts"])) for e in run_lines), default=None)
+        for timing in stale:
+            timing.status = "interrupted"
+            timing.ended = max(timing.started, last_seen) if last_seen is not None else timing.started
+        self.store.save(self.record)
 
     def _fail(self, phase: Phase, exc: UpgraderError) -> None:
         record = self.record

@@ -92,6 +92,7 @@ class Notice(Event):
 class Parked(Event):
     phase: Phase
     reason: str
+    again: bool = False  # resumed and parked again at the same place, nothing changed (run-due from cron)
 
 
 @dataclass(frozen=True)

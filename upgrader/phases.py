@@ -66,3 +66,7 @@ def retry_trigger(phase: Phase) -> str:
 
 # Ends that mean the upgrade did not happen.
 UNSUCCESSFUL: frozenset[Phase] = frozenset({Phase.ABORTED, Phase.ROLLED_BACK, Phase.FAILED})
+
+# A run that stops in one of these may have left prod down (its link cut, its services stopped):
+# killed here, it is URGENT (`upgrader status`, `run-due`) and `run-due` resumes it at once.
+PROD_AT_STAKE: frozenset[Phase] = frozenset({Phase.CUTOVER, Phase.VERIFY, Phase.ROLLING_BACK})

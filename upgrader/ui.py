@@ -10,7 +10,7 @@ import re
 import time
 from pathlib import Path
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -42,9 +42,12 @@ from upgrader.store import check_dir, secure_open, writing
 if TYPE_CHECKING:  # pydantic (the record) and the live display are not imported for the status table
     from rich.live import Live
 
+    from upgrader.app_status import RunStatus
+    from upgrader.events import Listener
     from upgrader.record import RunRecord
 
-STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim"}
+STYLE = {"done": "green", "failed": "red", "parked": "yellow", "running": "cyan", "skipped": "dim",
+         "interrupted": "bold yellow"}
 
 
 # C0 controls but tab and newline, DEL, C1 controls (CSI/OSC as one byte), bidi overrides/isolates
@@ -190,15 +193,17 @@ class RunView:
         return Group(*rows)
 
 
-def report(console: Console, record: RunRecord, held_view: HeldView | None = None) -> None:
-    """The final table: phases with durations, and the figures the run produced."""
+def report(console: Console, record: RunRecord, held_view: HeldView | None = None, *, stopped: bool = False) -> None:
+    """The final table: phases with durations, and the figures the run produced. `stopped`: no
+    process runs it (status of an interrupted run): a `running` phase is shown `interrupted`."""
     table = Table(title=f"run {record.run_id} — {record.host}: {record.phase.value}", title_justify="left")
     table.add_column("phase")
     table.add_column("status")
     table.add_column("seconds", justify="right")
     for timing in record.timings:
         seconds = f"{timing.seconds:.1f}" if timing.seconds is not None else "…"
-        table.add_row(timing.phase.value, Text(timing.status, style=STYLE.get(timing.status, "")), seconds)
+        shown = "interrupted" if stopped and timing.status == "running" else timing.status
+        table.add_row(timing.phase.value, Text(shown, style=STYLE.get(shown, "")), seconds if shown == timing.status else "?")
     console.print(table)
     for label, value in figures(record).items():
         console.print(f"  {label}: [bold]{safe(value)}[/]")
@@ -260,38 +265,74 @@ def figures(record: RunRecord) -> dict[str, str]:
     return out
 
 
-class StatusRow(Protocol):
-    """What the status table shows of a run: a RunRecord, or the light store.summary.RunSummary."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def phase(self) -> Phase: ...
-    @property
-    def finished(self) -> bool: ...
-    @property
-    def parked(self) -> str | None: ...
-    @property
-    def cleanup_error(self) -> object: ...
-    @property
-    def updated(self) -> dt.datetime: ...
+STATE_STYLE = {"urgent": "bold red", "interrupted": "yellow", "error": "red", "held": "yellow", "parked": "cyan",
+               "active": "green", "finished": "dim"}
 
 
-def status_table(console: Console, records: Sequence[StatusRow]) -> None:
-    table = Table()
-    for column in ("host", "run", "phase", "state", "updated"):
-        table.add_column(column)
-    for r in records:
-        state = "finished" if r.finished else ("held" if r.phase == Phase.HELD else
-                                               ("parked" if r.parked else ("error" if r.cleanup_error else "active")))
-        table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
-    console.print(table)
+def status_table(console: Console, statuses: Sequence[RunStatus]) -> None:
+    """One row per run; URGENT stands out. Not on a terminal (`list | grep`): plain aligned
+    columns, never a cut or wrapped run id."""
+    rows = [(visible(s.record.host, newlines=False), s.record.run_id, s.record.phase.value,
+             "URGENT" if s.state.value == "urgent" else s.state.value, s.record.updated.isoformat(timespec="seconds"))
+            for s in statuses]
+    header = ("host", "run", "phase", "state", "updated")
+    if console.is_terminal:
+        table = Table()
+        for column in header:
+            table.add_column(column, no_wrap=True)
+        for s, row in zip(statuses, rows):
+            table.add_row(*row[:3], Text(row[3], style=STATE_STYLE.get(s.state.value, "")), row[4])
+        console.print(table)
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            console.print(escape("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()), crop=False)
+    for s in statuses:
+        if s.state.value in ("urgent", "interrupted") and s.hint and s is _latest(statuses, s.record.host):
+            label = "URGENT" if s.state.value == "urgent" else "interrupted"
+            console.print(f"[{STATE_STYLE[s.state.value]}]{safe(s.record.host)}: {label}[/] — {safe(s.hint)}")
 
 
-def record_json(record: RunRecord) -> dict[str, Any]:
-    return json.loads(record.model_dump_json())
+def _latest(statuses: Sequence[RunStatus], host: str) -> RunStatus:
+    return [s for s in statuses if s.record.host == host][-1]
+
+
+def state_line(console: Console, status: RunStatus) -> None:
+    """Under `status HOST`'s report: the state, when it is not plain from the phase."""
+    state = status.state.value
+    if state in ("urgent", "interrupted", "active", "error"):
+        label = "URGENT" if state == "urgent" else state
+        console.print(f"[{STATE_STYLE[state]}]{label}:[/] {safe(status.hint or '')}")
+
+
+class IdleFilter:
+    """Listener wrapper for `run-due`: a run that was resumed only to park again where it was
+    (Parked.again) reaches `inner` not at all - no output, no events.jsonl lines - so a cron
+    every minute adds nothing while nothing is due. Any other event passes the held-back ones on."""
+
+    QUIET = (RunStarted, PhaseStarted)
+
+    def __init__(self, inner: "Listener") -> None:
+        self.inner = inner
+        self.held_back: list[Event] | None = None  # None: passing through
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.held_back = []
+        if self.held_back is None:
+            self.inner(event)
+            return
+        quiet = isinstance(event, self.QUIET) or (isinstance(event, StepDone) and event.skipped) or (
+            isinstance(event, Parked) and event.again)
+        if quiet:
+            self.held_back.append(event)
+        elif isinstance(event, RunEnded) and any(isinstance(e, Parked) for e in self.held_back):
+            self.held_back = None  # parked again, nothing else happened: dropped
+        else:
+            held_back, self.held_back = self.held_back, None
+            for e in held_back:
+                self.inner(e)
+            self.inner(event)
 
 
 class EventLog:

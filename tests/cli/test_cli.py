@@ -83,7 +83,7 @@ def test_start_status_show_list(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     code, out = run(capsys, "--state-dir", state, "decommission", "mailhost", "--yes")
     assert code == 0 and "decommissioned" in out and "bytes freed" in out, out
     code, out = run(capsys, "--state-dir", state, "status", "mailhost", "--json")
-    assert code == 0 and json.loads(out)[0]["phase"] == "decommissioned"
+    assert code == 0 and json.loads(out)["runs"][0]["phase"] == "decommissioned"
     code, out = run(capsys, "--state-dir", state, "show", "mailhost")
     assert code == 0 and "begin" in out and "snapshot" in out
     code, out = run(capsys, "--state-dir", state, "list")

@@ -33,7 +33,7 @@ def upgrader(state: Path, *args: str, timeout: float = 1200) -> subprocess.Compl
 
 
 def status(state: Path) -> dict[str, Any]:
-    return json.loads(upgrader(state, "status", "mailhost", "--json").stdout)[0]
+    return json.loads(upgrader(state, "status", "mailhost", "--json").stdout)["runs"][0]
 
 
 def plan_variant(tmp_path: Path, old: str = "", new: str = "") -> Path:

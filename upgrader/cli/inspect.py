@@ -9,54 +9,69 @@ import click
 
 from upgrader.cli.common import app_context, read_context
 from upgrader.phases import Phase
-from upgrader.ui import record_json, report, safe, status_table
+from upgrader.ui import report, safe, state_line, status_table
+
+JSON_HELP = "machine-readable: {\"schema\": \"upgrader.status/1\", \"runs\": [...]} (docs/json-schema.md)"
 
 
 @click.command()
 @click.argument("host", required=False, metavar="[HOST]")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
 def status(ctx: click.Context, host: str | None, as_json: bool) -> None:
-    """The latest run of HOST (or of every host): phase, timings, figures."""
+    """The latest run of HOST (or of every host): state, phase, timings, figures.
+
+    \b
+    state: active (a process runs it), parked, held, interrupted (its process died or was
+    stopped: `upgrader resume HOST`), URGENT (interrupted inside the cutover: prod may be down),
+    error (a cleanup step failed), finished."""
     if host is None and not as_json:  # the table: read without the app or pydantic, at once
-        from upgrader.store.summary import latest_summaries
+        from upgrader.app_status import light_states
 
         store, console = read_context(ctx)
-        rows = latest_summaries(store)
+        rows = light_states(store)
         if rows:
             status_table(console, rows)
         else:
             console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
         return
-    from upgrader import app
+    from upgrader import app, app_status
+    from upgrader.status_json import status_document
 
     context, console = app_context(ctx, with_view=False)
-    records = app.status(context, host)
+    statuses = app_status.states(context, host)
     if as_json:
-        sys.stdout.write(json.dumps([record_json(r) for r in records], indent=2) + "\n")
+        sys.stdout.write(json.dumps(status_document(statuses), indent=2) + "\n")
         return
-    if not records:
+    if not statuses:
         console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
         return
     if host:
-        record = records[0]
-        report(console, record, app.held_view(context, record) if record.phase == Phase.HELD else None)
+        record, state = statuses[0].record, statuses[0].state.value
+        report(console, record, app.held_view(context, record) if record.phase == Phase.HELD else None,
+               stopped=state in ("interrupted", "urgent"))
+        state_line(console, statuses[0])
     else:
-        status_table(console, records)
+        status_table(console, statuses)
 
 
 @click.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def list_runs(ctx: click.Context) -> None:
+def list_runs(ctx: click.Context, as_json: bool) -> None:
     """Every run of every host, oldest first."""
-    from upgrader import app
+    from upgrader import app_status
+    from upgrader.status_json import status_document
 
     context, console = app_context(ctx, with_view=False)
-    records = app.history(context)
-    if not records:
+    statuses = app_status.history_states(context)
+    if as_json:
+        sys.stdout.write(json.dumps(status_document(statuses), indent=2) + "\n")
+        return
+    if not statuses:
         console.print("no runs yet — `upgrader start HOST --plan FILE` starts one")
         return
-    status_table(console, records)
+    status_table(console, statuses)
 
 
 @click.command()

@@ -79,8 +79,8 @@ COMMANDS: dict[str, LazyCommand] = {
                                 "images (flattening the new prod first) and report the bytes freed."),
     "approve": LazyCommand("upgrader.cli.run", "approve",
                            "Approve HOST's cutover (plans with `approval: required`): recorded with who and when."),
-    "run-due": LazyCommand("upgrader.cli.run", "run_due",
-                           "Resume every parked run whose time may have come: a cutover window that opened, a "
+    "run-due": LazyCommand("upgrader.cli.due", "run_due",
+                           "Go on with every run whose time may have come: a cutover window that opened, a "
                            "reminder to send, an old VM to decommission."),
     "plan": LazyCommand("upgrader.cli.plan", "plan", "Check plan files and print their JSON Schema."),
     "lab": LazyCommand("upgrader.cli.lab", "lab",

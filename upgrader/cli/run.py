@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from rich.markup import escape
 
@@ -22,8 +24,10 @@ YES = click.option("--yes", is_flag=True, help="do not ask (for scripts); withou
 @click.option("--dry-run", is_flag=True, help="print what every phase would do; touch nothing")
 @click.option("--now", is_flag=True, help="do not wait for the plan's window: cut over right after pre-sync")
 @click.option("--yes", is_flag=True, help="confirm --now when the plan has a window (recorded in the journal)")
+@click.option("--detach", is_flag=True, help="run in the background, in its own session (a closed SSH session does not "
+                                            "stop it), logging to STATE/HOST/detached-*.log; prints the pid")
 @click.pass_context
-def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, yes: bool) -> None:
+def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, yes: bool, detach: bool) -> None:
     """Start the twin upgrade of HOST as described by the plan.
 
     Snapshot, clone to a staging twin, upgrade it, validate, pre-sync, wait for the window,
@@ -40,6 +44,11 @@ def start(ctx: click.Context, host: str, plan: str, dry_run: bool, now: bool, ye
             for action in item.actions:
                 console.print(f"      {escape(action)}")
         return
+    if detach:
+        from upgrader.cli.common import globals_of, state_root
+        from upgrader.cli.detach import start_detached
+
+        sys.exit(start_detached(make_console(), state_root(ctx), host, plan, now=now, yes=yes, quiet=globals_of(ctx).quiet))
     context, console = app_context(ctx)
     finish_run(console, app.start(context, app.StartOptions(host, plan, now, yes)), context)
 
@@ -107,27 +116,6 @@ def decommission(ctx: click.Context, host: str, yes: bool) -> None:
     context, console = app_context(ctx)
     confirm(context, "decommission", host, yes)
     finish_run(console, app.decommission(context, host), context)
-
-
-@click.command(name="run-due")
-@click.pass_context
-def run_due(ctx: click.Context) -> None:
-    """Resume every parked run whose time may have come: a cutover window that opened, a
-    reminder to send, an old VM to decommission. For cron or a systemd timer (docs/scheduling.md).
-    Runs whose time has not come park again at once; a host another process holds is skipped."""
-    context, console = app_context(ctx)
-    results = app.run_due(context)
-    failed = False
-    for result in results:
-        if result.record is None:
-            console.print(f"{result.host}: skipped ({result.skipped})")
-            continue
-        r = result.record
-        failed |= r.phase.value in ("aborted", "rolled_back", "failed") or r.cleanup_error is not None
-        console.print(f"{result.host}: {r.phase.value}" + (f" — parked: {r.parked}" if r.parked else ""))
-    if not results:
-        console.print("no parked runs")
-    raise SystemExit(1 if failed else 0)
 
 
 @click.command()

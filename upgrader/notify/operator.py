@@ -42,6 +42,7 @@ class OperatorKind(str, Enum):
     APPROVAL = "approval"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    URGENT = "urgent"  # a run was interrupted inside the cutover (prod may be down); run-due resumes it
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class OperatorEvent:
             OperatorKind.APPROVAL: f"{self.host} waits for approval",
             OperatorKind.ROLLED_BACK: f"{self.host} rolled back{cause}",
             OperatorKind.FAILED: f"{self.host} failed{where}: a human must look",
+            OperatorKind.URGENT: f"URGENT: {self.host} was interrupted in {self.phase.value}",
         }[self.kind]
 
 
@@ -86,6 +88,10 @@ _WHAT_HAPPENED = {
     OperatorKind.ROLLED_BACK: "The run was rolled back: the service is on the old VM again.",
     OperatorKind.FAILED: "The run ended in `failed`: its cleanup (abort or rollback) failed again and again, and "
                          "upgrader stopped trying. Look at the VMs before anything else is done with them.",
+    OperatorKind.URGENT: "The process running the cutover died (killed, or its machine rebooted) in the middle of "
+                         "it: production may be down right now. `upgrader run-due` found it and is resuming the run "
+                         "from its last checkpoint (a resume is crash-safe: it finishes the cutover or rolls back). "
+                         "Check the outcome with the first command below.",
 }
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 APPROVAL_KEY = "operator.approval"  # once per run
 ROLLED_BACK_KEY = "operator.rolled_back"  # once per run
 FAILED_KEY = "operator.failed"  # once per run
+URGENT_KEY = "operator.urgent"  # once per interruption: urgent_key()
 
 
 def held_key(failures: int) -> str:
@@ -132,6 +133,23 @@ def operator_event_for_failure(record: RunRecord, plan: "Plan", *, state_dir: st
     return OperatorEvent(OperatorKind.FAILED, host, record.run_id, failure.phase if failure else record.phase,
                          error=error, tail=last, hint=_clean(failure.hint if failure else None),
                          notes=tuple(operator_tail(w, lines=20, width=1000) for w in record.warnings), commands=commands)
+
+
+def urgent_key(entries: list[dict[str, Any]]) -> str:
+    """The key of the notice for a run found interrupted inside the cutover: one per interruption
+    (the journal's length without these notices' own lines), so a run-due killed right after the
+    notice does not send it again, and a second interruption later is told again."""
+    seen = sum(1 for e in entries if not str(e.get("key", "")).startswith(URGENT_KEY))
+    return f"{URGENT_KEY}[{seen}]"
+
+
+def urgent_event(record: RunRecord, note: str, *, state_dir: str = "") -> OperatorEvent:
+    """A run interrupted inside the cutover (cutover, verify, rolling_back): prod may be down;
+    `run-due` is resuming it now. `note` says how it was found (the dead process)."""
+    host = record.host
+    commands = (command(state_dir, "status", host), command(state_dir, "show", host),
+                command(state_dir, "resume", host))
+    return OperatorEvent(OperatorKind.URGENT, host, record.run_id, record.phase, notes=(note,), commands=commands)
 
 
 def _clean(text: str | None) -> str | None:

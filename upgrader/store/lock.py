@@ -1,7 +1,13 @@
-"""The per-host lock: an exclusive, non-blocking flock on <root>/<host>/.lock that names its holder."""
+"""The per-host lock: an exclusive, non-blocking flock on <root>/<host>/.lock that names its holder.
+
+The holder's record ({pid, hostname, since, argv}) is written right after the flock is taken and
+cleared (the file truncated) on release. A process killed (SIGKILL, SIGHUP, the OOM killer) leaves
+its record behind while the OS frees the flock: `holder()` reads it, `LockHolder.alive` tells the
+two apart without taking the lock (a probe must never make a real `resume` fail as locked)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import fcntl
 import json
@@ -9,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -96,3 +103,68 @@ class HostLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or held, if it died) a lock: what the holder wrote into the lock file."""
+
+    pid: int
+    hostname: str
+    since: dt.datetime | None
+    argv: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv)
+
+    @property
+    def alive(self) -> bool | None:
+        """True: that process runs; False: it is gone (killed: it could not clear the file);
+        None: cannot tell (the holder ran on another machine sharing the state dir)."""
+        if self.hostname != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # runs, as another user
+            pass
+        return not self._pid_reused()
+
+    def _pid_reused(self) -> bool:
+        """The pid is another process now: one started after the holder took the lock."""
+        started = _process_start(self.pid)
+        return started is not None and self.since is not None and started > self.since + dt.timedelta(seconds=2)
+
+
+def holder(path: Path) -> LockHolder | None:
+    """The holder recorded in a lock file; None if nobody holds it (released cleanly, or never
+    taken) or the record is unreadable (a holder that is just writing it: taken as alive by callers
+    that see an unfinished run)."""
+    try:
+        data = path.read_bytes()[:65536].strip()
+    except OSError:
+        return None
+    info = parse_line(data) if data else None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return None
+    since = None
+    try:
+        since = dt.datetime.fromisoformat(str(info.get("since")))
+    except ValueError:
+        pass
+    argv = info.get("argv")
+    return LockHolder(pid=info["pid"], hostname=str(info.get("hostname", "")), since=since,
+                      argv=tuple(str(a) for a in argv) if isinstance(argv, list) else ())
+
+
+def _process_start(pid: int) -> dt.datetime | None:
+    """When process `pid` started (Linux /proc), None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, in clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return dt.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), dt.timezone.utc)

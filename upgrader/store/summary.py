@@ -28,13 +28,22 @@ _REQUIRED = ("run_id", "host", "plan_path", "plan_sha256", "updated")
 
 
 @dataclass(frozen=True)
+class CleanupSummary:
+    """A run's cleanup_error as the state of a run needs it (record.RunError without pydantic)."""
+
+    phase: Phase
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
 class RunSummary:
     host: str
     run_id: str
     phase: Phase
     finished: bool
     parked: str | None
-    cleanup_error: dict[str, Any] | None  # the cleanup step's failure, as run.json has it
+    cleanup_error: CleanupSummary | None  # the cleanup step's failure
     updated: dt.datetime
 
 
@@ -52,7 +61,8 @@ def summary(store: RunStore, host: str, run_id: str) -> RunSummary:
         return _light(store, host, run_id)
     except _Unsure:
         record, _ = store.load_checked(host, run_id, repair=False)
-        cleanup = record.cleanup_error.model_dump(mode="json") if record.cleanup_error is not None else None
+        error = record.cleanup_error
+        cleanup = CleanupSummary(error.phase, error.message, error.hint) if error is not None else None
         return RunSummary(record.host, record.run_id, record.phase, record.finished, record.parked, cleanup,
                           record.updated)
 
@@ -78,8 +88,18 @@ def _light(store: RunStore, host: str, run_id: str) -> RunSummary:
         updated = dt.datetime.fromisoformat(data["updated"])
     except ValueError:
         raise _Unsure from None
+    cleanup = _cleanup(cleanup)
     entries = store.journal(host, run_id)
     dest = phase_behind(Phase(phase), entries, directory / RUN_FILE, directory / JOURNAL_FILE)
     if dest is not None:  # as load_checked(repair=False): rolled forward in memory
         phase, parked = dest.value, None
     return RunSummary(host, run_id, Phase(phase), finished, parked, cleanup, updated)
+
+
+def _cleanup(data: dict[str, Any] | None) -> CleanupSummary | None:
+    if data is None:
+        return None
+    phase, message, hint = data.get("phase"), data.get("message"), data.get("hint")
+    if phase not in {p.value for p in Phase} or not isinstance(message, str) or not isinstance(hint, (str, type(None))):
+        raise _Unsure
+    return CleanupSummary(Phase(phase), message, hint)
