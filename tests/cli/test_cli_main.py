@@ -107,7 +107,7 @@ def test_status_json_after_global_after(capsys: pytest.CaptureFixture[str], tmp_
     state = tmp_path / "state"
     run(capsys, "--state-dir", str(state), "start", "mailhost", "--plan", str(fake_plan))
     code, out = run(capsys, "status", "mailhost", "--json", "--state-dir", str(state))
-    assert code == 0 and json.loads(out)[0]["host"] == "mailhost"
+    assert code == 0 and json.loads(out)["runs"][0]["host"] == "mailhost"
 
 
 class _added:

@@ -17,7 +17,7 @@ from upgrader.testing.fakes import WorldFile
 def _phase(capsys: pytest.CaptureFixture[str], state: Path) -> str:
     code, out = run(capsys, "--state-dir", str(state), "status", "mailhost", "--json")
     assert code == 0, out
-    return str(json.loads(out)[0]["phase"])
+    return str(json.loads(out)["runs"][0]["phase"])
 
 
 def _held(capsys: pytest.CaptureFixture[str], state: Path, world: WorldFile, plan: Path) -> None:

@@ -217,13 +217,13 @@ def test_a_parked_run_killed_in_the_middle_of_its_decommission_is_interrupted(tm
     assert cli.run("start", "mailhost", "--plan", str(fake_plan)).rc == 0
     ctx = app.Context(RunStore(cli.state))
     assert app_status.states(ctx, "mailhost")[0].state is RunState.PARKED
-    cli.kill_at("begin:decommission.*", "decommission", "mailhost", reached=tmp_path / "r")
+    cli.kill_at("begin:decommission.*", "decommission", "mailhost", "--yes", reached=tmp_path / "r")
     [status] = app_status.states(ctx, "mailhost")
     assert status.record.parked and status.state is RunState.INTERRUPTED, status
     assert "in the middle of decommission." in (status.hint or "")
     [listed] = app_status.history_states(ctx)
     assert listed.state is RunState.INTERRUPTED
-    assert cli.run("decommission", "mailhost").rc == 0
+    assert cli.run("decommission", "mailhost", "--yes").rc == 0
     assert app_status.states(ctx, "mailhost")[0].state is RunState.FINISHED
 
 

@@ -62,7 +62,7 @@ def test_status_and_list_json(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert entry["state"] == "parked" and entry["phase"] == "completed" and entry["parked"].startswith("old VM")
     assert len(entry["run_id"]) == len("20261124T201500Z-3f9a") and entry["holder"] is None
     assert entry["timings"][0]["phase"] == "preflight" and entry["timings"][0]["status"] == "done"
-    assert run(capsys, "--state-dir", state, "decommission", "mailhost")[0] == 0
+    assert run(capsys, "--state-dir", state, "decommission", "mailhost", "--yes")[0] == 0
     code, out = run(capsys, "--state-dir", state, "status", "mailhost", "--json")
     [entry] = check(json.loads(out))
     assert code == 0 and entry["state"] == "finished" and entry["phase"] == "decommissioned"

@@ -99,7 +99,7 @@ def test_kill_and_resume_on_the_lab(lab: Lab, tmp_path: Path, event: str, key: s
             proc.send_signal(signal.SIGKILL)
             killed = True
         proc.wait(timeout=30)
-        done = upgrader(state, "decommission" if event == "decommission" else "resume", "mailhost")
+        done = upgrader(state, *(("decommission", "mailhost", "--yes") if event == "decommission" else ("resume", "mailhost")))
         assert done.returncode == 0, done.stdout[-3000:]
     finally:
         seen = traffic.stop()

@@ -64,7 +64,7 @@ COMMANDS: dict[str, LazyCommand] = {
                        "A shell on HOST's twin or prod, or one command there (exit code: the command's; 255: ssh "
                        "could not connect or the host key did not match)."),
     "status": LazyCommand("upgrader.cli.inspect", "status",
-                          "The latest run of HOST (or of every host): phase, timings, figures."),
+                          "The latest run of HOST (or of every host): state, phase, timings, figures."),
     "list": LazyCommand("upgrader.cli.inspect", "list_runs", "Every run of every host, oldest first."),
     "show": LazyCommand("upgrader.cli.inspect", "show",
                         "HOST's latest run journal: every step begun and done, with its outputs."),

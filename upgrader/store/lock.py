@@ -122,7 +122,7 @@ class LockHolder:
     def alive(self) -> bool | None:
         """True: that process runs; False: it is gone (killed: it could not clear the file);
         None: cannot tell (the holder ran on another machine sharing the state dir)."""
-        if self.hostname != socket.gethostname():
+        if self.hostname != os.uname().nodename:
             return None
         try:
             os.kill(self.pid, 0)
