@@ -35,7 +35,9 @@ from upgrader.events import (
 )
 from upgrader.phases import FORWARD, Phase
 from upgrader.held import HeldView, summary, view_commands
-from upgrader.step_keys import revert_targets
+from upgrader.forecast import Forecast
+from upgrader.notice_keys import customers_not_told
+from upgrader.step_keys import presync_passes, revert_targets
 from upgrader.record import RunRecord, utcnow
 from upgrader.store import check_dir, secure_open, writing
 
@@ -217,17 +219,20 @@ def held_report(console: Console, record: RunRecord, view: HeldView) -> None:
 
 def figures(record: RunRecord) -> dict[str, str]:
     out: dict[str, str] = {}
-    presync = [v for k, v in record.outputs.items() if k.startswith("presync.pass[")]
+    presync = [v for _, v in presync_passes(record.outputs)]
     if presync:
         out["pre-sync passes"] = str(len(presync))
-        out["downtime forecast"] = f"{presync[-1].get('seconds', 0):.2f} s"
+        found = Forecast.from_outputs(record.output("await_window").get("forecast") or record.output("presync.forecast") or None)
+        out["downtime forecast"] = found.describe() if found else f"{presync[-1].get('seconds', 0):.2f} s"
+    if customers_not_told(record.outputs):
+        out["customers"] = "not told (the announcement could not be sent)"
     back = record.output("cutover.service_back")
     if back.get("downtime") is not None:
         out["observed downtime"] = f"{back['downtime']:.2f} s (quiesce -> service answers at its address)"
     final = record.output("cutover.final_sync")
     if final:
         out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
-    synced = sum(v.get("files", 0) for k, v in record.outputs.items() if k.startswith("presync.pass[")) + final.get("files", 0)
+    synced = sum(v.get("files", 0) for v in presync) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)
     undefine = record.output("decommission.undefine")
@@ -243,6 +248,7 @@ def status_table(console: Console, records: list[RunRecord]) -> None:
     for r in records:
         state = "finished" if r.finished else ("held" if r.phase == Phase.HELD else
                                                ("parked" if r.parked else ("error" if r.cleanup_error else "active")))
+        state += ", customers not told" if customers_not_told(r.outputs) else ""
         table.add_row(r.host, r.run_id, r.phase.value, state, r.updated.isoformat(timespec="seconds"))
     console.print(table)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import icalendar
 import pytest
 
-from upgrader import app
+from rich.console import Console
+
+from upgrader import app, ui
 from upgrader.lab import mailsink
 from upgrader.phases import Phase
 from upgrader.store import RunStore
@@ -159,16 +161,85 @@ def test_approval_gate(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> No
     assert approval["outputs"]["by"] == "alice"
 
 
-def test_failed_send_never_blocks_the_cutover(tmp_path: Path, fake_world: WorldFile, monkeypatch: pytest.MonkeyPatch) -> None:
+def smtp_down(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPGRADER_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("UPGRADER_SMTP_PORT", str(free_port()))  # nobody listens
+    monkeypatch.setenv("UPGRADER_SMTP_HELO", "upgrader.test")
     monkeypatch.setattr("upgrader.steps.notices.SEND_ATTEMPTS", 2)
     monkeypatch.setattr("upgrader.steps.notices.SEND_MAX_WAIT", 0.01)
+
+
+def announce_attempts(ctx: app.Context, run_id: str) -> list[tuple[str, object]]:
+    return [(e["key"], e["outputs"].get("sent")) for e in ctx.store.journal("mailhost", run_id)
+            if e.get("kind") == "done" and str(e.get("key", "")).startswith("notice.announce")]
+
+
+def test_a_failed_announcement_is_retried_and_the_cutover_waits_for_it(
+    tmp_path: Path, fake_world: WorldFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SMTP is down: the announcement is journaled not sent, tried again at each run-due, the
+    cutover waits in the window and `status` says the customers were not told; once SMTP is
+    back the announcement goes out once and the run cuts over."""
+    smtp_down(monkeypatch)
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T12:00:00, duration: 2h, timezone: UTC}\n")
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    assert record.phase == Phase.AWAIT_WINDOW and "customers not told" in (record.parked or "")
+    assert announce_attempts(ctx, record.run_id) == [("notice.announce", False)]
+    clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window, SMTP still down
+    [due] = app.run_due(ctx)
+    assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW
+    assert (due.record.parked or "").startswith("customers not told") and effects(fake_world, "set_link") == []
+    assert announce_attempts(ctx, record.run_id) == [("notice.announce", False), ("notice.announce.retry[1]", False)]
+    console = Console(record=True, width=200)
+    ui.status_table(console, app.status(ctx, "mailhost"))
+    assert "customers not told" in console.export_text()
+
+    port = int(os.environ["UPGRADER_SMTP_PORT"])  # SMTP comes back on the same port
+    controller = mailsink.start(tmp_path / "inbox", port)
+    try:
+        [due] = app.run_due(ctx)
+        time.sleep(0.2)
+    finally:
+        controller.stop()
+    assert due.record is not None and due.record.phase == Phase.COMPLETED
+    assert kinds(tmp_path / "inbox") == ["announce", "done"]
+    assert announce_attempts(ctx, record.run_id)[-1] == ("notice.announce.retry[2]", True)
+    console = Console(record=True, width=200)
+    ui.status_table(console, app.status(ctx, "mailhost"))
+    assert "customers not told" not in console.export_text()
+
+
+def test_a_failed_announcement_postpones_when_the_window_closes(
+    tmp_path: Path, fake_world: WorldFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp_down(monkeypatch)
+    plan = plan_with(tmp_path, fake_world, "window:\n  weekly: {weekday: fri, time: \"12:00\"}\n  duration: 1h\n  timezone: UTC\n")
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    clock.now = T0 + dt.timedelta(hours=4)  # the window closed, the customers never told
+    [due] = app.run_due(ctx)
+    assert due.record is not None and (due.record.parked or "").startswith("postponed")
+    assert effects(fake_world, "set_link") == []
+
+
+def test_announce_required_false_cuts_over_untold_and_status_says_so(
+    tmp_path: Path, fake_world: WorldFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp_down(monkeypatch)
     plan = plan_with(tmp_path, fake_world, "window: {start: 2026-11-27T09:00:00, duration: 2h, timezone: UTC}\n")
+    plan.write_text(plan.read_text() + "  required: false\n")
     ctx = app.Context(RunStore(tmp_path / "state"), now=Clock(T0))
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.COMPLETED
     assert record.output("notice.announce")["sent"] is False
+    console = Console(record=True, width=200)
+    ui.report(console, record)
+    ui.status_table(console, [record])
+    text = console.export_text()
+    assert "customers: not told" in text and "customers not told" in text
 
 
 def test_killed_right_after_a_send_does_not_send_it_twice(tmp_path: Path, fake_world: WorldFile) -> None:
