@@ -407,3 +407,25 @@ def test_the_forecast_takes_pass_10_not_pass_9() -> None:
     outputs["presync.pass[10]"] = {"files": 1, "bytes": 1, "seconds": 100.0}
     ctx = SimpleNamespace(plan=plan, record=SimpleNamespace(outputs=outputs), journal=SimpleNamespace(done=outputs))
     assert (forecast_seconds(ctx) or 0) >= 100.0  # type: ignore[arg-type]
+
+
+def test_cli_approve_and_status_for_a_plan_without_a_window(tmp_path: Path, fake_world: WorldFile,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's view: `start` says it waits for approval, `status` shows the run parked,
+    `approve` says what comes next without promising a window, `resume` cuts over."""
+    from upgrader.cli.main import main
+
+    def cli(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as info:
+            main(["--state-dir", str(tmp_path / "state"), *args])
+        out = capsys.readouterr()
+        return int(info.value.code or 0), out.out + out.err
+
+    plan = plan_without_announce(tmp_path, fake_world, "approval: required\n")
+    rc, out = cli("start", "mailhost", "--plan", str(plan))
+    assert rc == 0 and "waiting for approval" in out, out
+    rc, out = cli("approve", "mailhost", "--by", "alice")
+    assert rc == 0 and "approved by alice" in out and "upgrader resume mailhost" in out, out
+    assert "cuts over in its window" not in out  # the plan has none
+    rc, out = cli("resume", "mailhost")
+    assert rc == 0 and "completed" in out, out
