@@ -8,8 +8,8 @@
   them there (`presync.rehearse.quiesce`; the twin serves nobody on staging).
 * **takeover**: the NIC moves (and, for ip_move, claiming the address with gratuitous ARPs).
   They cannot be rehearsed without touching prod: a documented estimate per strategy,
-  `TAKEOVER_ESTIMATE` (from docs/benchmarks.md: the libvirt calls take ~0.1-0.3 s; ip_move adds
-  ~0.3-0.5 s for the claim over SSH).
+  `TAKEOVER_ESTIMATE`, from the lab (docs/benchmarks.md): two libvirt calls, ~0.1 s; ip_move
+  adds ~0.3-0.5 s for the claim over SSH.
 * **service start**: the plan's `sync.resume` commands until the service answers at its port.
   Measured on the twin by the same rehearsal (`presync.rehearse.service_start`).
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from upgrader.step_keys import presync_pass_key, presync_passes
 
-TAKEOVER_ESTIMATE = {"mac_move": 0.3, "ip_move": 0.8}  # seconds; see the module doc
+TAKEOVER_ESTIMATE = {"mac_move": 0.1, "ip_move": 0.5}  # seconds; see the module doc
 QUIESCE_ESTIMATE = 1.0  # seconds, when the plan has quiesce commands and they were not timed
 SERVICE_START_ESTIMATE = 2.0  # seconds, when the plan has resume commands and they were not timed
 
@@ -58,7 +58,7 @@ class Forecast:
                    estimated=tuple(data.get("estimated") or ()))
 
     def describe(self) -> str:
-        """`2.31 s (last pre-sync pass 1.10 + quiesce 0.20 + takeover 0.30 estimated + service start 0.71)`"""
+        """`2.11 s (last pre-sync pass 1.10 + quiesce 0.20 + takeover 0.10 estimated + service start 0.71)`"""
         parts = [("last pre-sync pass", "last_pass", self.last_pass), ("quiesce", "quiesce", self.quiesce),
                  ("takeover", "takeover", self.takeover), ("service start", "service_start", self.service_start)]
         shown = " + ".join(f"{label} {value:.2f}" + (" estimated" if name in self.estimated else "")
