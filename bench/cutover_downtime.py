@@ -7,8 +7,8 @@ Per run: a pristine mailhost; `--spool` messages written into its Maildir; `upgr
 window far ahead, so the run parks after pre-sync (the spool is on the twin); `--new` messages
 delivered over SMTP (what arrived since the last pre-sync pass); then the client namespace starts
 probing the service address (TCP connect at 20 Hz and an SMTP delivery every 50 ms) and
-`upgrader resume --now --yes` cuts over. Reported: the orchestrator's forecast (last pre-sync
-pass) and its observed downtime (quiesce -> the service answers), the final sync, the client's
+`upgrader resume --now --yes` pre-syncs again and cuts over. Reported: the orchestrator's forecast
+(last pre-sync pass + quiesce + takeover + service start, upgrader/forecast.py) and its observed downtime (quiesce -> the service answers), the final sync, the client's
 longest TCP outage and refused SMTP deliveries, and messages lost (accepted but not on the new
 prod: seeded + new + those accepted during the cutover). Needs root; brings the lab up.
 """
@@ -28,6 +28,7 @@ from typing import Any
 from labrun import lab_session, machine, plan_file, status, upgrader  # noqa: I001
 
 from upgrader.lab import Lab
+from upgrader.step_keys import presync_passes
 
 
 def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, Any]:
@@ -56,12 +57,14 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
     on_prod = lab.message_ids("prod")
     expected = {f"<seed-{i}@lab>" for i in range(1, spool + 1)} | set(seen["accepted"])
     final = outputs["cutover.final_sync"]
-    passes = [v for k, v in sorted(outputs.items()) if k.startswith("presync.pass[")]
+    passes = [v for _, v in presync_passes(outputs)]
+    forecast = outputs["await_window"]["forecast"]  # the forecast the fit was decided with, after the fresh pre-sync
     return {
         "strategy": strategy,
         "spool": spool,
         "new_since_presync": sent.get("sent", 0),
-        "forecast_s": passes[-1]["seconds"],
+        "forecast_s": forecast["total"],
+        "forecast_parts": {k: forecast[k] for k in ("last_pass", "quiesce", "takeover", "service_start")},
         "presync_passes": len(passes),
         "final_sync_s": final["seconds"],
         "final_sync_files": final["files"],

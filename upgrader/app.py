@@ -270,6 +270,11 @@ def approve(ctx: Context, host: str, who: str) -> RunRecord:
         if "approval" in engine.journal.done:
             raise IllegalAction(f"already approved by {engine.journal.done['approval'].get('by')}")
         engine.journal.write("done", key="approval", outputs={"by": who, "at": ctx.now().isoformat()})
+        if record.parked and record.parked.startswith("waiting for approval"):
+            record.parked = (f"approved by {who}; the next `upgrader resume {host}` or `upgrader run-due` goes on "
+                             + ("(cut over now was asked)" if record.options.now else
+                                "(in its window)" if engine.plan.window is not None else "(the plan has no window)"))
+            ctx.store.save(record)
         return record
 
 

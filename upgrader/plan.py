@@ -703,6 +703,11 @@ class Announce(_Model):
     reminder_before: Duration = Field(
         default=timedelta(hours=24), json_schema_extra={"default": "24h"}, description="send a reminder this long before the window"
     )
+    required: StrictBool = Field(
+        default=True,
+        description="the cutover waits until the customers are told of the window (a notice that could not be sent is "
+        "tried again at each `upgrader run-due`; the window is postponed if it closes meanwhile); false: cut over anyway",
+    )
 
 
 class OperatorWebhook(_Model):
@@ -819,6 +824,14 @@ class Plan(_Model):
                 at=("keep_old_for",),
                 got=_describe(self.keep_old_for),
             )
+        return self
+
+    @model_validator(mode="after")
+    def _announce_needs_window(self) -> Plan:
+        if self.announce is not None and self.window is None:
+            raise _fail("an announcement needs a window: customers are told the window's time (add a `window:`, "
+                        "or drop `announce:`; without a window the run cuts over right after pre-sync, or after "
+                        "`upgrader approve` with `approval: required`)", at=("announce",))
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from upgrader.app_status import RunStatus
+from upgrader.notice_keys import customers_not_told
 from upgrader.record import PhaseTiming
 
 SCHEMA = "upgrader.status/1"
@@ -48,6 +49,7 @@ def run_json(status: RunStatus) -> dict[str, Any]:
             "command": holder.command, "alive": holder.alive,
         },
         "warnings": list(r.warnings),
+        "customers_not_told": customers_not_told(r.outputs),
         "plan": {"path": r.plan_path, "sha256": r.plan_sha256},
         "vm": r.vm.model_dump(mode="json") if r.vm else None,
         "options": r.options.model_dump(mode="json"),

@@ -1,15 +1,18 @@
 """Journal keys that other modules read, in one place: the upgrade steps (`upgrade[N]`), the
-twin checkpoints taken before them (`checkpoint.upgrade[N]`) and what a held run may skip; and
-the outputs of an upgrade step its plan `probe:` skipped (`SkippedByProbe`), which the report
-reads. Pure functions; no other module parses these strings."""
+twin checkpoints taken before them (`checkpoint.upgrade[N]`), the pre-sync passes
+(`presync.pass[N]`, numbered on across the refreshes when a window opens) and what a held run may
+skip. Pure functions; no other module parses these strings."""
 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 _UPGRADE = re.compile(r"upgrade\[(\d+)\]\Z")
+_PRESYNC_PASS = re.compile(r"presync\.pass\[(\d+)\]\Z")
 CHECKPOINT_PREFIX = "checkpoint."
 MERGE_KEY = "checkpoints.merge"  # the checkpoints folded back: no revert after it
 VALIDATE_KEY = "validate_staging"
@@ -24,6 +27,23 @@ def upgrade_index(key: str | None) -> int | None:
     """N for "upgrade[N]", None for any other key."""
     found = _UPGRADE.match(key or "")
     return int(found.group(1)) if found else None
+
+
+def presync_pass_key(number: int) -> str:
+    return f"presync.pass[{number}]"
+
+
+def presync_pass_number(key: str | None) -> int | None:
+    """N for "presync.pass[N]", None for any other key."""
+    found = _PRESYNC_PASS.match(key or "")
+    return int(found.group(1)) if found else None
+
+
+def presync_passes(outputs: Mapping[str, T]) -> list[tuple[int, T]]:
+    """The pre-sync passes among `outputs` (a journal's done index, a record's outputs), as
+    (N, outputs) in pass order: by number, so pass 10 comes after pass 9."""
+    found = ((presync_pass_number(key), value) for key, value in outputs.items())
+    return sorted(((n, value) for n, value in found if n is not None), key=lambda pair: pair[0])
 
 
 def checkpoint_key(step: str) -> str:

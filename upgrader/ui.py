@@ -34,9 +34,11 @@ from upgrader.events import (
     Transition,
 )
 from upgrader.phases import FORWARD, Phase
-from upgrader.step_keys import revert_targets
+from upgrader.step_keys import presync_passes, revert_targets
 from upgrader.clock import utcnow
 from upgrader.held import HeldView, summary, view_commands
+from upgrader.forecast import Forecast
+from upgrader.notice_keys import customers_not_told
 from upgrader.store import check_dir, secure_open, writing
 
 if TYPE_CHECKING:  # pydantic (the record) and the live display are not imported for the status table
@@ -238,17 +240,20 @@ def held_report(console: Console, record: RunRecord, view: HeldView) -> None:
 
 def figures(record: RunRecord) -> dict[str, str]:
     out: dict[str, str] = {}
-    presync = [v for k, v in record.outputs.items() if k.startswith("presync.pass[")]
+    presync = [v for _, v in presync_passes(record.outputs)]
     if presync:
         out["pre-sync passes"] = str(len(presync))
-        out["downtime forecast"] = f"{presync[-1].get('seconds', 0):.2f} s"
+        found = Forecast.from_outputs(record.output("await_window").get("forecast") or record.output("presync.forecast") or None)
+        out["downtime forecast"] = found.describe() if found else f"{presync[-1].get('seconds', 0):.2f} s"
+    if customers_not_told(record.outputs):
+        out["customers"] = "not told (the announcement could not be sent)"
     back = record.output("cutover.service_back")
     if back.get("downtime") is not None:
         out["observed downtime"] = f"{back['downtime']:.2f} s (quiesce -> service answers at its address)"
     final = record.output("cutover.final_sync")
     if final:
         out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
-    synced = sum(v.get("files", 0) for k, v in record.outputs.items() if k.startswith("presync.pass[")) + final.get("files", 0)
+    synced = sum(v.get("files", 0) for v in presync) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)
     from upgrader.probe_skip import skipped_by_probe  # pydantic: not for the light status path
@@ -273,7 +278,9 @@ def status_table(console: Console, statuses: Sequence[RunStatus]) -> None:
     """One row per run; URGENT stands out. Not on a terminal (`list | grep`): plain aligned
     columns, never a cut or wrapped run id."""
     rows = [(visible(s.record.host, newlines=False), s.record.run_id, s.record.phase.value,
-             "URGENT" if s.state.value == "urgent" else s.state.value, s.record.updated.isoformat(timespec="seconds"))
+             ("URGENT" if s.state.value == "urgent" else s.state.value)
+             + (", customers not told" if customers_not_told(s.record.outputs) else ""),
+             s.record.updated.isoformat(timespec="seconds"))
             for s in statuses]
     header = ("host", "run", "phase", "state", "updated")
     if console.is_terminal:

@@ -46,6 +46,8 @@ POINTS = [
     ("begin", "validate_staging", 0.1, False),
     ("begin", "presync.pass[1]", 0.4, False),
     ("begin", "presync.pass[2]", 0.3, False),
+    ("begin", "presync.rehearse.quiesce", 0.1, False),  # inside: the twin's services stopping
+    ("begin", "presync.rehearse.service_start", 0.1, False),  # inside: the twin's services starting
     ("done", "await_window", 0, False),
     ("done", "cutover.quiesce", 0, False),
     ("begin", "cutover.final_sync", 0.4, True),

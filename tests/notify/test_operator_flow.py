@@ -248,7 +248,8 @@ def test_a_held_run_tells_the_operators_each_time_it_is_held(
     use(monkeypatch, smtp_server.port)
     with fake_world.change() as world:
         world["commands"].insert(0, {"match": "labos-update install", "rc": 1, "stdout": "port mailfilter: DB_PASSWORD=hunter2"})
-    plan = write_plan(tmp_path, fake_world, ANNOUNCE, operator_block(receiver.url))
+    plan = write_plan(tmp_path, fake_world, "window: {start: 2026-11-27T09:30:00, duration: 2h, timezone: UTC}\n",
+                      ANNOUNCE, operator_block(receiver.url))  # an announce block needs a window
     ctx = app.Context(RunStore(tmp_path / "state"), now=lambda: T0)
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.HELD

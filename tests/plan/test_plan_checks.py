@@ -252,13 +252,14 @@ operator:
     secret_env: UPGRADER_HOOK_SECRET
 """
 ANNOUNCE = "announce:\n  sender: ops@example.org\n  to: [customers@example.com]\n"
+WINDOW = "window: {start: 2030-01-04T12:00:00, duration: 1h, timezone: UTC}\n"  # an announce block needs one
 
 
 def test_an_operator_block_is_read() -> None:
     plan = parse_plan(MINIMAL + OPERATOR, "p.yml")
     assert plan.operator is not None and plan.operator.email == ["oncall@example.org"]
     assert plan.operator.webhook is not None and plan.operator.webhook.secret_env == "UPGRADER_HOOK_SECRET"
-    with_announce = parse_plan(MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org]\n", "p.yml")
+    with_announce = parse_plan(MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org]\n" + WINDOW, "p.yml")
     assert with_announce.operator is not None and with_announce.operator.sender is None  # announce.sender is used
 
 
@@ -300,7 +301,7 @@ def test_a_bad_operator_block_is_refused_with_its_position(block: str, expected:
 
 
 def test_a_customer_address_is_refused_as_an_operator_address() -> None:
-    text = MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org, Customers@Example.com]\n"
+    text = MINIMAL + ANNOUNCE + "operator:\n  email: [oncall@example.org, Customers@Example.com]\n" + WINDOW
     assert problems(text) == [
         "p.yml:24:31: operator.email[1]: Customers@Example.com is also in announce.to: operator notices carry error "
         "output and commands, which customers never get; use an address of the operators only"

@@ -129,4 +129,4 @@ def approve(ctx: click.Context, host: str, who: str | None) -> None:
     context, console = app_context(ctx, with_view=False)
     name = who or getpass.getuser()
     record = app.approve(context, host, name)
-    console.print(f"approved by {name}; run {record.run_id} cuts over in its window (`upgrader run-due`)")
+    console.print(f"approved by {name}; run {record.run_id} goes on at the next `upgrader resume {host}` or `upgrader run-due` (in its window, if the plan has one)")

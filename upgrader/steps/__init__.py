@@ -11,7 +11,7 @@ from upgrader.steps.decommission import Completed
 from upgrader.steps.preflight import Preflight
 from upgrader.steps.rollback import RollingBack
 from upgrader.steps.snapshot import Snapshot
-from upgrader.steps.sync import Presync
+from upgrader.steps.presync import Presync
 from upgrader.steps.upgrade import Upgrade
 from upgrader.steps.validate import ValidateStaging, Verify
 from upgrader.steps.window import AwaitWindow

@@ -1,5 +1,6 @@
-"""Telling customers, each notice at most once per run (journal), never blocking the workflow:
-a send that fails after its retries is reported and recorded as not sent.
+"""Telling customers, each notice at most once per run (journal): a send that fails after its
+retries is reported, recorded as not sent, and tried again at the step's next call (the window
+step parks the cutover until the customers are told, unless `announce.required: false`).
 
 Customers and operators are separate audiences. A customer notice never carries an error's text
 (it holds remote commands and guest output: paths, secrets, guest-supplied HTML): its reason is
@@ -12,7 +13,9 @@ import re
 from typing import Any
 
 from upgrader.errors import InfraError
+from upgrader.forecast import Forecast, forecast
 from upgrader.events import Notice as UiNotice
+from upgrader.notice_keys import ANNOUNCE_KEY, attempt_key, last_attempt, sent_state
 from upgrader.notify import Kind, Notice, render, send_with_retry
 from upgrader.phases import Phase
 from upgrader.record import RunError
@@ -23,17 +26,26 @@ SEND_ATTEMPTS = 4
 SEND_MAX_WAIT = 10.0
 
 
+def forecast_of(ctx: StepContext) -> Forecast | None:
+    """The downtime forecast from this run's outputs so far (upgrader/forecast.py)."""
+    sync = ctx.plan.sync
+    return forecast(ctx.journal.done, strategy=ctx.plan.takeover.strategy, quiesce_commands=len(sync.quiesce),
+                    resume_commands=len(sync.resume))
+
+
 def forecast_seconds(ctx: StepContext) -> float | None:
-    passes = [v for k, v in sorted(ctx.record.outputs.items()) if k.startswith("presync.pass[")]
-    return float(passes[-1]["seconds"]) if passes else None
+    found = forecast_of(ctx)
+    return found.total if found is not None else None
 
 
-def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reason: str | None = None) -> None:
-    """Send one notice as a `once`. A process that died during the send is not repeated: the
-    notice may have gone out, and customers must never get it twice."""
+def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reason: str | None = None) -> dict[str, Any] | None:
+    """Send one notice as a `once`; returns its outputs (`sent`: True, False or "unknown"), None
+    without an announce block. A process that died during the send is not repeated: the notice
+    may have gone out, and customers must never get it twice. One that failed (`sent: false`) is
+    tried again at the next call, under its next attempt key (upgrader/notice_keys.py)."""
     announce = ctx.plan.announce
     if announce is None or ctx.ports.notifier is None or ctx.plan.window is None:
-        return
+        return None
     template_dir = ctx.plan.resolve_path(announce.template_dir) if announce.template_dir else None
 
     def send(_: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +56,9 @@ def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reas
         try:
             message_id = send_with_retry(ctx.ports.notifier, message, attempts=SEND_ATTEMPTS, max_wait=SEND_MAX_WAIT)
         except InfraError as exc:
-            ctx.emit(UiNotice(f"the {kind.value} notice could not be sent: {exc.message}", "error"))
-            return {"sent": False, "error": exc.message}
+            ctx.emit(UiNotice(f"the {kind.value} notice could not be sent: {exc.message}; it is tried again at the "
+                              "next `upgrader run-due` or resume", "error"))
+            return {"sent": False, "error": exc.message, "sequence": sequence}
         ctx.emit(UiNotice(f"{kind.value} notice sent to {', '.join(announce.to)}"))
         return {"sent": True, "message_id": message_id, "sequence": sequence}
 
@@ -53,7 +66,17 @@ def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reas
         ctx.emit(UiNotice(f"the {kind.value} notice may have been sent before the crash; not sent again", "warning"))
         return {"sent": "unknown"}
 
-    ctx.once(key, f"tell customers: {kind.value}", send, died_during_send)
+    tried = last_attempt([*ctx.journal.begun, *ctx.journal.done], key)
+    attempt = 0 if tried is None else tried
+    if tried is not None and ctx.journal.done.get(attempt_key(key, tried), {}).get("sent") is False:
+        attempt = tried + 1  # the last try failed: try again
+    title = f"tell customers: {kind.value}" + (f" (attempt {attempt + 1})" if attempt else "")
+    return ctx.once(attempt_key(key, attempt), title, send, died_during_send)
+
+
+def told_of_maintenance(ctx: StepContext) -> bool:
+    """An announcement went out (or may have, before a crash): the customers know of the work."""
+    return sent_state(ctx.journal.done, ANNOUNCE_KEY) not in (None, False)
 
 
 def tell_about_window(ctx: StepContext, kind: Kind, key: str, reason: str | None = None) -> None:
@@ -64,7 +87,7 @@ def tell_about_window(ctx: StepContext, kind: Kind, key: str, reason: str | None
 
     del reason  # may be an error message: internal text, never for customers
     found = current_slot(ctx)
-    if found is None or "notice.announce" not in ctx.journal.done:
+    if found is None or not told_of_maintenance(ctx):
         return
     seq, slot = found
     tell(ctx, kind, key, slot, seq + (1 if kind == Kind.POSTPONED else 0), customer_reason(kind, ctx.record.error))

@@ -45,6 +45,7 @@ class RunSummary:
     parked: str | None
     cleanup_error: CleanupSummary | None  # the cleanup step's failure
     updated: dt.datetime
+    outputs: dict[str, dict[str, Any]]  # the step outputs as run.json has them (the table reads a few)
 
 
 class _Unsure(Exception):
@@ -64,7 +65,7 @@ def summary(store: RunStore, host: str, run_id: str) -> RunSummary:
         error = record.cleanup_error
         cleanup = CleanupSummary(error.phase, error.message, error.hint) if error is not None else None
         return RunSummary(record.host, record.run_id, record.phase, record.finished, record.parked, cleanup,
-                          record.updated)
+                          record.updated, record.outputs)
 
 
 def _light(store: RunStore, host: str, run_id: str) -> RunSummary:
@@ -89,11 +90,14 @@ def _light(store: RunStore, host: str, run_id: str) -> RunSummary:
     except ValueError:
         raise _Unsure from None
     cleanup = _cleanup(cleanup)
+    outputs = data.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
+        raise _Unsure
     entries = store.journal(host, run_id)
     dest = phase_behind(Phase(phase), entries, directory / RUN_FILE, directory / JOURNAL_FILE)
     if dest is not None:  # as load_checked(repair=False): rolled forward in memory
         phase, parked = dest.value, None
-    return RunSummary(host, run_id, Phase(phase), finished, parked, cleanup, updated)
+    return RunSummary(host, run_id, Phase(phase), finished, parked, cleanup, updated, outputs)
 
 
 def _cleanup(data: dict[str, Any] | None) -> CleanupSummary | None:

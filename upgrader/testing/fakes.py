@@ -324,6 +324,7 @@ class FakeShell:
             for out in stdout.splitlines():
                 on_output(out)
         maybe_pause(f"after:run:{line}")
+        maybe_pause(f"after:run@{self.name}:{line}")  # the same point, by role (the twin rehearses prod's commands)
         return Result(command.masked(), rc, stdout)
 
     def boot_id(self) -> str:
