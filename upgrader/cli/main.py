@@ -40,6 +40,7 @@ from upgrader import __version__
 from upgrader.cli.common import EXIT_INTERRUPTED, Globals, fail, internal_error, make_console
 from upgrader.cli.inspect import list_runs, show, status
 from upgrader.cli.plan import plan
+from upgrader.cli.preflight import preflight
 from upgrader.cli.repair import checkpoints, retry, revert, skip
 from upgrader.cli.run import abort, approve, decommission, resume, rollback, run_due, start
 from upgrader.cli.ssh import ssh
@@ -69,7 +70,7 @@ def cli(ctx: click.Context, state_dir: str | None, quiet: bool) -> None:
 
 
 for command in (start, resume, retry, skip, revert, checkpoints, ssh, status, list_runs, show, abort, rollback,
-                decommission, approve, run_due, plan):
+                decommission, approve, run_due, plan, preflight):
     cli.add_command(command)
 
 try:

@@ -21,7 +21,7 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import ValidationError
 
@@ -108,9 +108,10 @@ class RunStore:
             fsync_dir(path.parent)
 
     # ---- run.json ----------------------------------------------------------------------------
-    def create(self, record: RunRecord) -> None:
-        """Make the run's directory with its run.json and an empty journal, all or nothing (built
-        in a hidden temp directory, then renamed); refuse if the run exists already."""
+    def create(self, record: RunRecord, files: Mapping[str, bytes] | None = None) -> None:
+        """Make the run's directory with its run.json, an empty journal and `files` (name -> bytes,
+        0600; the plan's copy), all or nothing (built in a hidden temp directory, then renamed);
+        refuse if the run exists already."""
         directory = self.run_dir(record.host, record.run_id)
         self._ensure_dir(directory.parent)
         if os.path.lexists(directory):
@@ -122,6 +123,8 @@ class RunStore:
             tmp = Path(tempfile.mkdtemp(prefix=_NEW_RUN_PREFIX, dir=directory.parent))  # 0700
             try:
                 jfile.create_empty(tmp / JOURNAL_FILE)
+                for name, data in (files or {}).items():
+                    self._write_new(tmp / _check_name("file", name), data)
                 self._replace_run_json(tmp, record)
                 os.rename(tmp, directory)
             except BaseException:
@@ -136,6 +139,36 @@ class RunStore:
         self._ensure_dir(directory)
         with writing(directory):
             self._replace_run_json(directory, record)
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        fd = secure_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, host: str, run_id: str, name: str) -> bytes | None:
+        """A file kept in the run's directory (None if it has none: a run from before it was kept)."""
+        try:
+            return read_private(self.run_dir(host, run_id) / _check_name("file", name))
+        except FileNotFoundError:
+            return None
+
+    def replace_file(self, host: str, run_id: str, name: str, data: bytes) -> None:
+        """Replace a file kept in the run's directory atomically (0600; temp, fsync, rename, fsync dir)."""
+        directory = self.run_dir(host, run_id)
+        self._ensure_dir(directory)
+        with writing(directory):
+            tmp = directory / f".{_check_name('file', name)}.{secrets.token_hex(6)}.tmp"
+            try:
+                self._write_new(tmp, data)
+                os.replace(tmp, directory / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            fsync_dir(directory)
 
     @staticmethod
     def _replace_run_json(directory: Path, record: RunRecord) -> None:

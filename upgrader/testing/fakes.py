@@ -24,7 +24,7 @@ from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.hooks import maybe_pause
-from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, is_used, new_world
+from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -54,10 +54,14 @@ class FakeHypervisor(FakeCheckpoints):
         dom = self.world.read()["domains"].get(name)
         if dom is None:
             return None
-        return DomainInfo(name, dom["uuid"], dom["running"], dict(dom["disks"]), dict(dom["nics"]), dict(dom["links"]))
+        return DomainInfo(name, dom["uuid"], dom["running"], dict(dom["disks"]), dict(dom["nics"]), dict(dom["links"]),
+                          memory=int(dom.get("memory", DEFAULT_MEMORY)))
 
     def free_bytes(self, directory: str) -> int:
         return int(self.world.read()["free_bytes"])
+
+    def free_memory(self) -> int:
+        return int(self.world.read().get("free_memory", DEFAULT_FREE_MEMORY))
 
     def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
         with self.world.change() as world:

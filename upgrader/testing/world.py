@@ -2,7 +2,8 @@
 the orchestrator and resume in a new process), changed under an flock and replaced atomically.
 
 World shape (see `new_world`):
-  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest}
+  domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest, memory}
+  free_memory: bytes the hypervisor can give a new domain (preflight: the twin's memory must fit)
   images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
             the guest's state when it was taken (what a revert to it restores)
   guests:   id -> {boot_id, files[], mail[], release, services}
@@ -30,6 +31,10 @@ from upgrader.errors import InfraError
 
 World = dict[str, Any]
 
+# memory: a world (or domain) without the key has these (worlds written before they existed)
+DEFAULT_FREE_MEMORY = 16 * 2**30  # world["free_memory"]: what the hypervisor can give a new domain
+DEFAULT_MEMORY = 2**30  # domain["memory"]: what the domain is defined with (its twin gets as much)
+
 
 def new_world(
     domain: str = "mailhost",
@@ -41,6 +46,7 @@ def new_world(
     return {
         "hypervisor": "fake-hypervisor 1.0",
         "free_bytes": 50 * 2**30,
+        "free_memory": DEFAULT_FREE_MEMORY,
         "domains": {
             domain: {
                 "uuid": str(uuidlib.uuid4()),
@@ -49,6 +55,7 @@ def new_world(
                 "nics": {mac: production_network},
                 "links": {mac: True},
                 "guest": "g0",
+                "memory": DEFAULT_MEMORY,
             }
         },
         "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
