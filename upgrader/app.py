@@ -21,7 +21,7 @@ from upgrader.plan import Plan, load_plan, resolve_plan_path
 from upgrader.plan_files import plan_file_problems
 from upgrader.preflight_checks import PreflightReport, run_checks
 from upgrader.run_plan import PLAN_COPY, load_run_plan, load_run_plan_legacy, read_new_plan, sha256, take_plan
-from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight
+from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight, release_stale_claim
 from upgrader.config import load_settings
 from upgrader.held import HeldView
 from upgrader.step_keys import revert_targets, skippable
@@ -162,6 +162,7 @@ def start(ctx: Context, options: StartOptions) -> RunRecord:
         vm = VmIdentity(uri=plan.source.libvirt_uri, domain=source.name, uuid=source.uuid) if source else None
         if vm is not None:
             stack.enter_context(vm_lock(ctx, vm))
+            release_stale_claim(ctx.store, ports.hypervisor, vm.domain, ctx.emit_notice_event)
             refuse_foreign(ports.hypervisor, vm.domain, run_id)
         record = RunRecord(
             run_id=run_id,

@@ -251,9 +251,11 @@ class Shell(Protocol):
 
 
 class ShellFactory(Protocol):
-    def connect(self, role: str) -> Shell:
+    def connect(self, role: str, *, wait: float | None = None) -> Shell:
         """role: "prod" or "staging" (the plan's ssh targets). After takeover the twin answers
-        on the prod path and the old VM on the staging path."""
+        on the prod path and the old VM on the staging path. `wait`: how long to keep trying a
+        machine that does not answer yet (None: the adapter's default, long enough for a reboot;
+        0: one attempt, bounded by the target's connect_timeout - preflight)."""
 
     def reset(self) -> None:
         """Drop every open connection: the machines behind the roles changed (takeover)."""

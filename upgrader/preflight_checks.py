@@ -165,7 +165,7 @@ def _memory(hv: "Hypervisor", domain: DomainInfo, report: PreflightReport) -> No
 def _prod(plan: "Plan", ports: "Ports", report: PreflightReport) -> None:
     target = plan.ssh.prod
     try:
-        shell = ports.shells.connect("prod")
+        shell = ports.shells.connect("prod", wait=0)  # one attempt: a check, not a wait for a reboot
         boot = shell.boot_id()
     except InfraError as exc:
         report.add("SSH to prod", exc.message, unreachable=True)

@@ -9,6 +9,7 @@ clears it.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Callable
 
 from upgrader.errors import UpgraderError
@@ -18,10 +19,11 @@ from upgrader.record import utcnow
 from upgrader.steps.identity import CLAIM_KEY
 
 if TYPE_CHECKING:
+    from upgrader.ports import Hypervisor
     from upgrader.record import RunRecord
     from upgrader.store import RunStore
 
-__all__ = ["abort_untouched", "claim_made", "never_left_preflight"]
+__all__ = ["abort_untouched", "claim_made", "never_left_preflight", "release_stale_claim"]
 
 # journal keys of a run that changed nothing but (perhaps) the claim: the claim, the checks,
 # and the abort's release of that claim
@@ -73,3 +75,20 @@ def abort_untouched(store: "RunStore", record: "RunRecord", why: UpgraderError,
                     f"`virsh -c {record.vm.uri} metadata {record.vm.domain} urn:x-upgrader:claim:1 --config --remove` "
                     "(a new start says so too)", "warning"))
     return record
+
+
+def release_stale_claim(store: "RunStore", hv: "Hypervisor", domain: str, emit: Callable[[Notice], None]) -> None:
+    """A claim left on `domain` by a run of this state dir on this machine that has finished (an
+    abort that could not reach libvirt, see abort_untouched) is taken off before a new start
+    claims the VM. Any other claim is left for refuse_foreign to refuse."""
+    claim = hv.claim_of(domain)
+    if claim is None or claim.controller != socket.gethostname() or claim.state_dir != str(store.root.resolve()):
+        return
+    try:
+        record = store.load(claim.host, claim.run_id)
+    except UpgraderError:
+        return
+    if not record.finished:
+        return
+    hv.set_claim(domain, None)
+    emit(Notice(f"removed the claim run {claim.run_id} (finished: {record.phase.value}) left on {domain}", "warning"))

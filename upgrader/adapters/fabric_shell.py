@@ -243,11 +243,11 @@ class FabricShells:
         self.targets = {"prod": plan.ssh.prod, "staging": plan.ssh.staging}
         self._shells: dict[str, FabricShell] = {}
 
-    def connect(self, role: str) -> FabricShell:
+    def connect(self, role: str, *, wait: float | None = None) -> FabricShell:
         shell = self._shells.get(role)
         if shell is None:
             shell = self._shells[role] = FabricShell(self, role, self.targets[role])
-        shell.ensure()
+        shell.ensure(wait)
         return shell
 
     def reset(self) -> None:

@@ -10,7 +10,8 @@ World shape (see `new_world`):
   commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
             first match; add_mail: mail that clients deliver once the command has run
   incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
-  faults:   ["probe:prod", "probe:staging"  a service check fails on that role,
+  faults:   ["libvirt"       the hypervisor does not answer (check, domain, claims, free memory),
+             "probe:prod", "probe:staging"  a service check fails on that role,
              "ssh:staging"   SSH to that role does not answer,
              "reboot:staging" a reboot there never comes back,
              "sync:pass"     a pre-sync pass fails (rsync exits 23)]
