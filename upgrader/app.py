@@ -21,6 +21,7 @@ from upgrader.plan import Plan, load_plan, resolve_plan_path
 from upgrader.plan_files import plan_file_problems
 from upgrader.preflight_checks import PreflightReport, run_checks
 from upgrader.run_plan import PLAN_COPY, load_run_plan, load_run_plan_legacy, read_new_plan, sha256, take_plan
+from upgrader.window_edit import follow_window_edit
 from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight, release_stale_claim
 from upgrader.config import load_settings
 from upgrader.held import HeldView
@@ -221,6 +222,8 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
     engine = Engine(ctx.store, record, loaded.plan, ctx.ports_factory(loaded.plan, record.run_id), ctx.listeners,
                     now=ctx.now, force_decommission=force_decommission)
     take_plan(ctx.store, record, loaded, engine.journal.write, engine.emit)
+    if not going_back and loaded.edit is not None and "window" in loaded.edit.safe_fields:
+        follow_window_edit(engine.ctx)  # the fixed window gives way to the edited one; customers told
     return engine
 
 
