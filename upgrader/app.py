@@ -206,12 +206,13 @@ def _busy(ctx: Context, host: str, active: RunRecord) -> BusyError:
 
 
 def _plan_of(record: RunRecord, store: RunStore | None = None) -> Plan:
-    """The run's plan for a read-only look (no lock): the run's copy with safe edits of the file
-    taken, the copy alone when the file is gone or edited elsewhere (run_plan.py). Without
-    `store`, a run's plan file must be exactly as it was (runs from before copies were kept)."""
+    """The run's plan for a read-only look (no lock, nothing journaled): the run's copy with safe
+    edits of the file applied, the copy alone when the file is gone; an edit elsewhere is refused
+    (run_plan.py). Without `store`, a run's plan file must be exactly as it was (runs from before
+    copies were kept)."""
     if store is None:
         return load_run_plan_legacy(record)
-    return load_run_plan(store, record, going_back=True).plan
+    return load_run_plan(store, record).plan
 
 
 def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False, going_back: bool = False) -> Engine:
