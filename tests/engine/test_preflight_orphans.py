@@ -89,3 +89,19 @@ def test_legacy_run_without_copy_and_changed_plan_is_abortable(tmp_path: Path, f
     fake_plan.write_text(fake_plan.read_text() + "# fixed\n")
     done = app.abort(ctx, "mailhost")  # was: exit 2 "the plan changed ... or abort and start anew"
     assert done is not None and done.phase == Phase.ABORTED and done.finished
+
+
+def test_bad_smtp_settings_create_no_run(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the environment are read before the run is created (a regression test: the
+    review found `UPGRADER_SMTP_PORT=25x` leaving a run behind)."""
+    from upgrader.errors import InputError
+
+    monkeypatch.setenv("UPGRADER_SMTP_PORT", "25x")
+    plan = tmp_path / "announce.yml"
+    plan.write_text(fake_plan.read_text() + "window: {weekly: {weekday: sun, time: '03:00'}, duration: 2h}\n"
+                    "announce: {sender: ops@example.org, to: [users@example.org]}\n")
+    store = RunStore(tmp_path / "state")
+    with pytest.raises(InputError, match="UPGRADER_SMTP_PORT"):
+        app.start(app.Context(store, []), app.StartOptions("mailhost", str(plan)))
+    assert store.runs("mailhost") == [] and effects(fake_world, "set_claim") == []
