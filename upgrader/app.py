@@ -145,7 +145,7 @@ def holding(ctx: Context, host: str) -> Iterator[RunRecord]:
 
 def start(ctx: Context, options: StartOptions) -> RunRecord:
     path = resolve_plan_path(options.plan)
-    data, plan = read_new_plan(path, utcnow())
+    data, plan = read_new_plan(path, ctx.now())  # the window: seen from the run's clock
     _confirm_now(plan, options.now, options.yes)
     with ExitStack() as stack:
         stack.enter_context(ctx.store.lock(options.host))
