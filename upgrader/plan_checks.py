@@ -329,6 +329,7 @@ def window_problem(window: Any, now: datetime) -> tuple[str, str] | None:
     from `now` (a start in the past, a not_before or lead_time that leaves none, an exhausted
     rule) or is shorter than a cutover needs; None if it is fine. `plan check`, the dry run,
     `start` and `upgrader preflight` use it; a run under way never does (its window is journaled)."""
+    from upgrader.durations import format_duration
     from upgrader.windows import next_slot
 
     if window.duration < MIN_CUTOVER:
@@ -339,9 +340,9 @@ def window_problem(window: Any, now: datetime) -> tuple[str, str] | None:
     key = "start" if window.start is not None else "weekly" if window.weekly is not None else "rrule"
     why = "the window has no occurrence from now on"
     if window.start is not None:
-        why = f"the window ({window.start.isoformat()} {window.timezone}, {window.duration}) is in the past"
+        why = f"the window ({window.start.isoformat()} {window.timezone}, {format_duration(window.duration)}) is in the past"
     if window.lead_time:
-        why += f" or starts sooner than lead_time ({window.lead_time}) from now"
+        why += f" or starts sooner than lead_time ({format_duration(window.lead_time)}) from now"
     if window.not_before is not None:
         why += f" (not_before {window.not_before.isoformat()})"
     return key, why + "; a run would park forever after the upgrade: set a window that is still to come"

@@ -45,7 +45,7 @@ def plan_files(plan: "Plan") -> list[tuple[str, Path]]:
 def _problem(path: Path) -> str | None:
     try:
         if not path.exists():
-            return "no such file" + (" (relative paths are relative to the plan file)" if not path.is_absolute() else "")
+            return "no such file"
         if path.is_dir():
             return "is a directory, not a file"
     except OSError as exc:

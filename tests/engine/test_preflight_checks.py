@@ -97,7 +97,7 @@ def test_plan_check_and_dry_run_refuse_a_window_in_the_past(tmp_path: Path, fake
             main(args)
         out = capsys.readouterr()
         assert info.value.code == 2, out
-        assert "window.start: the window (2020-01-05T03:00:00 UTC, 2:00:00) is in the past" in out.out + out.err
+        assert "window.start: the window (2020-01-05T03:00:00 UTC, 2h) is in the past" in out.out + out.err
 
 
 def test_a_window_too_short_for_a_cutover_is_refused(tmp_path: Path, fake_world: WorldFile) -> None:
@@ -162,3 +162,16 @@ def test_real_libvirt_unreachable_uri_exits_5(tmp_path: Path, capsys: pytest.Cap
     code, out = cli(capsys, "--state-dir", str(tmp_path / "state"), "start", "mailhost", "--plan", str(plan))
     assert code == 5 and "cannot connect to libvirt" in out
     assert not list((tmp_path / "state").glob("mailhost/2*"))  # no run created
+
+
+def test_real_ssh_adapter_missing_known_hosts_is_input_error(tmp_path: Path) -> None:
+    """Was a raw FileNotFoundError (exit 70): load_host_keys ran outside the adapter's error handling."""
+    from upgrader.adapters.fabric_shell import FabricShells
+    from upgrader.errors import InputError
+    from upgrader.plan import parse_plan
+
+    text = FAKE_PLAN.format(world="/x", keep="1h").replace(
+        "prod: {host: 192.0.2.10}", "prod: {host: 127.0.0.1, port: 9, known_hosts: nowhere/kh}")
+    plan = parse_plan(text, str(tmp_path / "p.yml"))
+    with pytest.raises(InputError, match=f"cannot read the known_hosts file {tmp_path}/nowhere/kh"):
+        FabricShells(plan).connect("prod", wait=0)
