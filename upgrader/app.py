@@ -21,8 +21,8 @@ from upgrader.plan import Plan, load_plan, resolve_plan_path
 from upgrader.plan_files import plan_file_problems
 from upgrader.preflight_checks import PreflightReport, run_checks
 from upgrader.run_plan import PLAN_COPY, load_run_plan, load_run_plan_legacy, read_new_plan, sha256, take_plan
-from upgrader.window_edit import follow_window_edit
 from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight, release_stale_claim
+from upgrader.window_edit import follow_window_edit
 from upgrader.config import load_settings
 from upgrader.held import HeldView
 from upgrader.step_keys import revert_targets, skippable

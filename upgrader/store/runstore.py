@@ -6,6 +6,7 @@ Layout under `root` (default `state/`)::
     <root>/<host>/<run-id>/run.json          the RunRecord, replaced atomically
     <root>/<host>/<run-id>/journal.jsonl     one JSON object per line, fsynced per append
     <root>/<host>/<run-id>/events.jsonl      written by ui.EventLog
+    <root>/<host>/<run-id>/plan.yml          the run's copy of its plan (run_plan.py; written with the run)
 
 Files are 0600 and directories 0700, set explicitly whatever the umask; no state file is opened
 through a symlink, and a state directory that is a link, not ours, or writable by others is
