@@ -127,3 +127,14 @@ def test_compare_classifies_fields() -> None:
     edit = compare(old, parse_plan(new_text, "p.yml"), base, new_text)
     assert edit.safe_fields == ["announce", "approval"]
     assert edit.unsafe_fields == ["keep_old_for"] and not edit.safe
+
+
+def test_every_timeout_is_a_safe_field() -> None:
+    base = FAKE_PLAN.format(world="/w.json", keep="1h").replace("    run: labos-update fetch\n",
+                                                                 "    run: labos-update fetch\n    timeout: 2h\n")
+    new_text = (base.replace("timeout: 2h", "timeout: 5h").replace("smtp: {port: 25}", "smtp: {port: 25}\n    timeout: 1m")
+                .replace("prod: {host: 192.0.2.10}", "prod: {host: 192.0.2.10, connect_timeout: 30s}")
+                .replace("  - reboot: true\n  - name: rebuild", "  - reboot: true\n    timeout: 20m\n  - name: rebuild"))
+    edit = compare(parse_plan(base, "p.yml"), parse_plan(new_text, "p.yml"), base, new_text)
+    assert edit.safe and edit.safe_fields == ["ssh.prod.connect_timeout", "upgrade[0].timeout", "upgrade[2].timeout",
+                                              "validate[0].timeout"]
