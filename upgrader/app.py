@@ -19,7 +19,7 @@ from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
 from upgrader.plan import Plan, load_plan, resolve_plan_path
 from upgrader.plan_files import plan_file_problems
-from upgrader.preflight_checks import PreflightReport, run_checks
+from upgrader.preflight_checks import run_checks
 from upgrader.run_plan import PLAN_COPY, load_run_plan, load_run_plan_legacy, read_new_plan, sha256, take_plan
 from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight, release_stale_claim
 from upgrader.window_edit import follow_window_edit
@@ -89,21 +89,6 @@ def load(plan_arg: str, cwd: Path | None = None, *, files: bool = False) -> tupl
         raise PlanError([f"{path}: {p}" for p in problems],
                         hint="create the files, or fix the paths (relative ones are relative to the plan file)")
     return path, plan
-
-
-def preflight(ctx: Context, options: StartOptions) -> tuple[Path, Plan, PreflightReport]:
-    """Every check `start` makes before it creates a run, read-only: no run, no lock, no claim."""
-    path = resolve_plan_path(options.plan)
-    plan = load_plan(path)  # not refused for its window here: the window is one of the checks
-    ports = ctx.ports_factory(plan, "preflight")
-    report = PreflightReport()
-    if ports.operator is not None:
-        try:
-            ports.operator.check()
-        except InputError as exc:
-            report.add("operator channels", exc.message)
-    report.checks.extend(run_checks(plan, ports, ctx.now()).checks)
-    return path, plan, report
 
 
 def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:

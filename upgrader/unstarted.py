@@ -19,11 +19,11 @@ from upgrader.record import utcnow
 from upgrader.steps.identity import CLAIM_KEY
 
 if TYPE_CHECKING:
-    from upgrader.ports import Hypervisor
+    from upgrader.ports import Claim, Hypervisor
     from upgrader.record import RunRecord
     from upgrader.store import RunStore
 
-__all__ = ["abort_untouched", "claim_made", "never_left_preflight", "release_stale_claim"]
+__all__ = ["abort_untouched", "claim_made", "never_left_preflight", "release_stale_claim", "stale_claim"]
 
 # journal keys of a run that changed nothing but (perhaps) the claim: the claim, the checks,
 # and the abort's release of that claim
@@ -82,13 +82,17 @@ def release_stale_claim(store: "RunStore", hv: "Hypervisor", domain: str, emit: 
     abort that could not reach libvirt, see abort_untouched) is taken off before a new start
     claims the VM. Any other claim is left for refuse_foreign to refuse."""
     claim = hv.claim_of(domain)
-    if claim is None or claim.controller != socket.gethostname() or claim.state_dir != str(store.root.resolve()):
-        return
-    try:
-        record = store.load(claim.host, claim.run_id)
-    except UpgraderError:
-        return
-    if not record.finished:
+    if claim is None or not stale_claim(store, claim):
         return
     hv.set_claim(domain, None)
-    emit(Notice(f"removed the claim run {claim.run_id} (finished: {record.phase.value}) left on {domain}", "warning"))
+    emit(Notice(f"removed the claim that run {claim.run_id} (finished) left on {domain}", "warning"))
+
+
+def stale_claim(store: "RunStore", claim: "Claim") -> bool:
+    """Was `claim` made by a run of this state dir on this machine that has finished?"""
+    if claim.controller != socket.gethostname() or claim.state_dir != str(store.root.resolve()):
+        return False
+    try:
+        return store.load(claim.host, claim.run_id).finished
+    except UpgraderError:
+        return False

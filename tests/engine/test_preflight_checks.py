@@ -175,3 +175,16 @@ def test_real_ssh_adapter_missing_known_hosts_is_input_error(tmp_path: Path) -> 
     plan = parse_plan(text, str(tmp_path / "p.yml"))
     with pytest.raises(InputError, match=f"cannot read the known_hosts file {tmp_path}/nowhere/kh"):
         FabricShells(plan).connect("prod", wait=0)
+
+
+def test_preflight_command_reports_an_unfinished_run_and_a_foreign_claim(
+        tmp_path: Path, fake_world: WorldFile, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = plan_with(tmp_path, fake_world, "window: {start: 2030-01-01T01:30:00, duration: 1h}\n")
+    state = tmp_path / "state"
+    app.start(app.Context(RunStore(state), []), app.StartOptions("mailhost", str(plan)))  # parks, VM claimed
+    code, out = cli(capsys, "--state-dir", str(state), "preflight", "mailhost", "--plan", str(plan))
+    assert code == 1, out
+    assert '✗ no unfinished run: host "mailhost" has an unfinished run' in out
+    assert "✗ twin name free: a domain named mailhost-twin already exists" in out
+    code, out = cli(capsys, "--state-dir", str(tmp_path / "other"), "preflight", "other-name", "--plan", str(plan))
+    assert code == 1 and "✗ VM not claimed: mailhost is claimed by run" in out  # under any name, from any state dir

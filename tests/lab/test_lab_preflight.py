@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from upgrader import app
+from upgrader.app_preflight import preflight as run_preflight
 from upgrader.lab import Lab
 from upgrader.store import RunStore
 
@@ -19,7 +20,7 @@ PLAN = Path(__file__).resolve().parents[2] / "playbooks" / "lab-mailhost.yml"
 
 def test_preflight_on_the_lab(lab: Lab, tmp_path: Path) -> None:
     ctx = app.Context(RunStore(tmp_path / "state"), [])
-    _, plan, report = app.preflight(ctx, app.StartOptions("mailhost", str(PLAN)))
+    _, plan, report = run_preflight(ctx, app.StartOptions("mailhost", str(PLAN)))
     assert report.ok, report.inhibitors
     memory = next(c for c in report.checks if c.name == "memory")
     assert "0.5 GiB" in memory.detail  # the lab guest is defined with 512 MiB
@@ -32,6 +33,6 @@ def test_preflight_on_the_lab(lab: Lab, tmp_path: Path) -> None:
 
     edited = tmp_path / "lab.yml"
     edited.write_text(PLAN.read_text().replace("/var/mail/", "/var/nonexistent/"))
-    _, _, report = app.preflight(ctx, app.StartOptions("mailhost", str(edited)))
+    _, _, report = run_preflight(ctx, app.StartOptions("mailhost", str(edited)))
     failed = [c for c in report.checks if not c.ok]
     assert [c.name for c in failed] == ["sync paths"] and "/var/nonexistent/" in failed[0].detail

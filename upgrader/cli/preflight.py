@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from upgrader import app
+from upgrader.app_preflight import preflight as run_preflight
 from upgrader.cli.common import make_console, state_root
 from upgrader.store import RunStore
 
@@ -31,7 +32,7 @@ def preflight(ctx: click.Context, host: str, plan: str) -> None:
     answer, 2 for a plan that does not parse.
     """
     context, console = app.Context(RunStore(state_root(ctx)), []), make_console()  # no event log: nothing happens
-    path, parsed, report = app.preflight(context, app.StartOptions(host, plan))
+    path, parsed, report = run_preflight(context, app.StartOptions(host, plan))
     console.print(f"[bold]preflight[/]: {escape(host)} with plan {escape(str(path))} "
                   f"({escape(parsed.source.domain)} at {escape(parsed.source.libvirt_uri)}) — nothing is changed\n")
     for check in report.checks:
