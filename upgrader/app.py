@@ -12,11 +12,17 @@ from typing import Callable, Iterator
 
 from upgrader.adapters.factory import build_ports
 from upgrader.engine import AbortRequested, Engine, request_abort
-from upgrader.errors import BusyError, IllegalAction, InputError, LockedError, NoRun, StateUnwritable, UnknownHost
+from upgrader.errors import (BusyError, IllegalAction, InfraError, InputError, LockedError, NoRun, PlanError,
+                             StateUnwritable, UnknownHost, UpgraderError)
 from upgrader.events import Listener, Notice
 from upgrader.machine import RunMachine
 from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
-from upgrader.plan import Plan, load_plan, plan_digest, resolve_plan_path
+from upgrader.plan import Plan, load_plan, resolve_plan_path
+from upgrader.plan_files import plan_file_problems
+from upgrader.preflight_checks import run_checks
+from upgrader.run_plan import PLAN_COPY, load_run_plan, load_run_plan_legacy, read_new_plan, sha256, take_plan
+from upgrader.unstarted import abort_untouched, claim_made, never_left_preflight, release_stale_claim
+from upgrader.window_edit import follow_window_edit
 from upgrader.config import load_settings
 from upgrader.held import HeldView
 from upgrader.step_keys import revert_targets, skippable
@@ -43,8 +49,11 @@ class Context:
     lock_dir: Path = field(default_factory=lambda: load_settings().lock_dir)
 
     def emit_notice(self, text: str, level: str = "info") -> None:
+        self.emit_notice_event(Notice(text, level))
+
+    def emit_notice_event(self, notice: Notice) -> None:
         for listener in self.listeners:
-            listener(Notice(text, level))
+            listener(notice)
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,17 @@ class DryRunPhase:
     actions: list[str]
 
 
-def load(plan_arg: str, cwd: Path | None = None) -> tuple[Path, Plan]:
-    """A plan for a new run (start, check, dry run): also refused if its window rule has no
-    occurrence left from now on. A running run's plan is read by `_plan_of` without that check."""
+def load(plan_arg: str, cwd: Path | None = None, *, files: bool = False) -> tuple[Path, Plan]:
+    """A plan for a new run (start, check, dry run, preflight): also refused if its window has no
+    usable occurrence left from now on. `files` (plan check): also refused if an SSH key or
+    known_hosts file it names is missing or unreadable. A running run's plan is read by
+    `_plan_of` without these checks."""
     path = resolve_plan_path(plan_arg, cwd)
-    return path, load_plan(path, now=utcnow())
+    plan = load_plan(path, now=utcnow())
+    if files and (problems := plan_file_problems(plan)):
+        raise PlanError([f"{path}: {p}" for p in problems],
+                        hint="create the files, or fix the paths (relative ones are relative to the plan file)")
+    return path, plan
 
 
 def dry_run(options: StartOptions) -> tuple[Path, Plan, list[DryRunPhase]]:
@@ -114,34 +129,36 @@ def holding(ctx: Context, host: str) -> Iterator[RunRecord]:
 
 
 def start(ctx: Context, options: StartOptions) -> RunRecord:
-    path, plan = load(options.plan)
+    path = resolve_plan_path(options.plan)
+    data, plan = read_new_plan(path, ctx.now())  # the window: seen from the run's clock
     _confirm_now(plan, options.now, options.yes)
     with ExitStack() as stack:
         stack.enter_context(ctx.store.lock(options.host))
         active = ctx.store.active_run(options.host)
         if active is not None:
-            raise BusyError(
-                f'host "{options.host}" has an unfinished run {active.run_id} in phase {active.phase.value}',
-                hint=f"`upgrader resume {options.host}` continues it, `upgrader abort {options.host}` ends it",
-            )
+            raise _busy(ctx, options.host, active)
         run_id = new_run_id(ctx.now())
-        ports = ctx.ports_factory(plan, run_id)
+        ports = ctx.ports_factory(plan, run_id)  # bad SMTP settings in the environment: refused here
         if ports.operator is not None:  # a missing webhook secret is found now, not when a run is held
             ports.operator.check()
+        run_checks(plan, ports, ctx.now()).raise_if_inhibited(  # nothing is created when one fails
+            hint=f"nothing was created or changed: fix them, then start again (`upgrader preflight {options.host} "
+                 f"--plan {options.plan}` checks without starting)")
         source = ports.hypervisor.domain(plan.source.domain)  # None: preflight says so, nothing to claim
         vm = VmIdentity(uri=plan.source.libvirt_uri, domain=source.name, uuid=source.uuid) if source else None
         if vm is not None:
             stack.enter_context(vm_lock(ctx, vm))
+            release_stale_claim(ctx.store, ports.hypervisor, vm.domain, ctx.emit_notice_event)
             refuse_foreign(ports.hypervisor, vm.domain, run_id)
         record = RunRecord(
             run_id=run_id,
             host=options.host,
             plan_path=str(path.resolve()),
-            plan_sha256=plan_digest(path),
+            plan_sha256=sha256(data),
             options=RunOptions(now=options.now),
             vm=vm,
         )
-        ctx.store.create(record)
+        ctx.store.create(record, files={PLAN_COPY: data})  # the run's own copy of its plan (run_plan.py)
         if options.now:
             ctx.store.append(record.host, record.run_id, {"kind": "operator", "action": "now", "confirmed": options.yes})
         return Engine(ctx.store, record, plan, ports, ctx.listeners, now=ctx.now).run(resumed=False)
@@ -160,22 +177,40 @@ def _active(ctx: Context, host: str, *, repair: bool = True) -> RunRecord:
     return record
 
 
-def _plan_of(record: RunRecord) -> Plan:
-    path = Path(record.plan_path)
-    if not path.exists():
-        raise InputError(f"the run's plan {path} is gone", hint="put it back where it was when the run started")
-    if plan_digest(path) != record.plan_sha256:
-        raise InputError(
-            f"the plan {path} changed since the run started",
-            hint="restore the plan the run started with (`upgrader show HOST` has its sha256), or abort and start anew",
+def _busy(ctx: Context, host: str, active: RunRecord) -> BusyError:
+    if never_left_preflight(ctx.store, active):
+        return BusyError(
+            f'host "{host}" has an unfinished run {active.run_id} that never got past preflight (nothing was done '
+            "on any machine" + (" but its claim on the VM" if claim_made(ctx.store, active) else "") + ")",
+            hint=f"`upgrader abort {host}` clears it (also when libvirt does not answer or the plan changed), then start again",
         )
-    return load_plan(path)
+    return BusyError(
+        f'host "{host}" has an unfinished run {active.run_id} in phase {active.phase.value}',
+        hint=f"`upgrader resume {host}` continues it, `upgrader abort {host}` ends it",
+    )
 
 
-def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False) -> Engine:
-    plan = _plan_of(record)
-    return Engine(ctx.store, record, plan, ctx.ports_factory(plan, record.run_id), ctx.listeners, now=ctx.now,
-                  force_decommission=force_decommission)
+def _plan_of(record: RunRecord, store: RunStore | None = None) -> Plan:
+    """The run's plan for a read-only look (no lock, nothing journaled): the run's copy with safe
+    edits of the file applied, the copy alone when the file is gone; an edit elsewhere is refused
+    (run_plan.py). Without `store`, a run's plan file must be exactly as it was (runs from before
+    copies were kept)."""
+    if store is None:
+        return load_run_plan_legacy(record)
+    return load_run_plan(store, record).plan
+
+
+def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False, going_back: bool = False) -> Engine:
+    """An engine on the run's plan (run_plan.py): a safe edit of the plan file is taken and
+    journaled (`plan_edit`); an unsafe one is refused, or - `going_back` (abort, rollback,
+    decommission) - ignored with a warning: the run's copy is used."""
+    loaded = load_run_plan(ctx.store, record, going_back=going_back, now=ctx.now())
+    engine = Engine(ctx.store, record, loaded.plan, ctx.ports_factory(loaded.plan, record.run_id), ctx.listeners,
+                    now=ctx.now, force_decommission=force_decommission)
+    take_plan(ctx.store, record, loaded, engine.journal.write, engine.emit)
+    if not going_back and loaded.edit is not None and "window" in loaded.edit.safe_fields:
+        follow_window_edit(engine.ctx)  # the fixed window gives way to the edited one; customers told
+    return engine
 
 
 def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False, who: str = "") -> RunRecord:
@@ -286,11 +321,17 @@ def abort(ctx: Context, host: str) -> RunRecord | None:
         with holding(ctx, host) as record:
             if record.phase != Phase.ABORTED:
                 RunMachine(record.phase).fire("abort")  # raises IllegalAction with a hint
-                engine = _engine(ctx, record)
+            if never_left_preflight(ctx.store, record):
+                try:  # nothing to undo but the claim: never stuck on an unreachable hypervisor or a plan
+                    engine = _engine(ctx, record, going_back=True)
+                    engine.ports.hypervisor.check()
+                except (InputError, InfraError) as exc:
+                    return abort_untouched(ctx.store, record, exc, ctx.emit_notice_event)
+            else:
+                engine = _engine(ctx, record, going_back=True)
+            if record.phase != Phase.ABORTED:
                 engine.journal.write("operator", action="abort")
                 engine.fire("abort")
-            else:
-                engine = _engine(ctx, record)
             return engine.run(resumed=True)
     except LockedError:
         record = _active(ctx, host, repair=False)
@@ -311,12 +352,12 @@ def rollback(ctx: Context, host: str) -> RunRecord:
         if record.phase not in (Phase.ROLLING_BACK, Phase.ROLLED_BACK):  # (rolled back: only the record to finish)
             if record.phase not in AFTER_CUTOVER:
                 RunMachine(record.phase).fire("rollback")  # raises IllegalAction with a hint
-            engine = _engine(ctx, record)
+            engine = _engine(ctx, record, going_back=True)
             _check_rollback_possible(engine)
             engine.journal.write("operator", action="rollback")
             engine.fire("rollback")
         else:
-            engine = _engine(ctx, record)
+            engine = _engine(ctx, record, going_back=True)
         return engine.run(resumed=True)
 
 
@@ -339,11 +380,11 @@ def _check_rollback_possible(engine: Engine) -> None:
 def decommission(ctx: Context, host: str) -> RunRecord:
     with holding(ctx, host) as record:
         if record.phase == Phase.DECOMMISSIONED:  # done; killed before run.json said so: just finish the record
-            return _engine(ctx, record).run(resumed=True)
+            return _engine(ctx, record, going_back=True).run(resumed=True)
         if record.phase != Phase.COMPLETED:
             raise IllegalAction(f"cannot decommission: the run is in phase {record.phase.value}",
                                 hint="decommission follows a completed cutover")
-        engine = _engine(ctx, record, force_decommission=True)
+        engine = _engine(ctx, record, force_decommission=True, going_back=True)
         engine.journal.write("operator", action="decommission")
         return engine.run(resumed=True)
 

@@ -137,7 +137,7 @@ def prepare(ctx: Context, options: SshOptions) -> Session:
         raise NoRun(exc.message, hint=f"`upgrader ssh` reaches the VMs of an unfinished run (running, parked or held); "
                                       f"`upgrader show {options.host}` names a finished run's plan, whose ssh section "
                                       "says how to reach them by hand") from None
-    plan = _plan_of(record)
+    plan = _plan_of(record, ctx.store)
     journal = Journal.from_entries(_RunJournal(ctx.store, record.host, record.run_id),
                                    ctx.store.journal(record.host, record.run_id))
     way = route(options.machine, journal, plan, record)

@@ -66,7 +66,7 @@ from upgrader.durations import (
 )
 from upgrader.errors import InputError, PlanError
 from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
-                                  lone_surrogates, normalise_sync_path, printable, rrule_problem)
+                                  lone_surrogates, normalise_sync_path, printable, rrule_problem, window_problem)
 
 __all__ = [
     "MAX_PLAN_BYTES",
@@ -1296,6 +1296,10 @@ def _schedule_problems(plan: Plan, doc: _Doc, problems: _Problems, now: datetime
         problem = rrule_problem(window.rrule, window.timezone, now)
         if problem is not None:
             problems.add(doc.values.get(("window", "rrule"), (1, 1)), ("window", "rrule"), problem)
+            return
+    if window is not None and (found := window_problem(window, now)) is not None:
+        at = ("window", found[0])
+        problems.add(doc.values.get(at, doc.keys.get(at, (1, 1))), at, found[1])
 
 
 def parse_plan(text: str | bytes, filename: str, *, now: datetime | None = None) -> Plan:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from upgrader.windows import first_rrule_wall, rrule_anchor, rrule_rules
 
 __all__ = [
+    "MIN_CUTOVER",
     "RRULE_HORIZON",
     "SYSTEM_DIRECTORIES",
     "PlanCheckError",
@@ -35,6 +36,7 @@ __all__ = [
     "normalise_sync_path",
     "printable",
     "rrule_problem",
+    "window_problem",
 ]
 
 KeyPath = tuple[str | int, ...]
@@ -311,3 +313,36 @@ def check_operator(email: Sequence[str], sender: str | None, webhook: bool, anno
                 "customers never get; use an address of the operators only",
                 ("email", i),
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Windows: is there one left from now on, long enough for a cutover?
+# --------------------------------------------------------------------------------------------
+
+# What await_window needs with a forecast of zero (steps/window.py FORECAST_SLACK): a window
+# shorter than this can never take a cutover.
+MIN_CUTOVER = timedelta(seconds=30)
+
+
+def window_problem(window: Any, now: datetime) -> tuple[str, str] | None:
+    """(key below `window`, what is wrong) if the window (a plan.Window) has no usable slot seen
+    from `now` (a start in the past, a not_before or lead_time that leaves none, an exhausted
+    rule) or is shorter than a cutover needs; None if it is fine. `plan check`, the dry run,
+    `start` and `upgrader preflight` use it; a run under way never does (its window is journaled)."""
+    from upgrader.durations import format_duration
+    from upgrader.windows import next_slot
+
+    if window.duration < MIN_CUTOVER:
+        return "duration", (f"a window of {window.duration.total_seconds():g} s cannot take a cutover: it needs at least "
+                            f"{MIN_CUTOVER.total_seconds():g} s (quiesce, final sync, takeover)")
+    if window.rrule is not None or next_slot(window, now) is not None:
+        return None  # a rule's occurrences: rrule_problem (10 years; next_slot looks 2 years ahead)
+    key = "start" if window.start is not None else "weekly" if window.weekly is not None else "rrule"
+    why = "the window has no occurrence from now on"
+    if window.start is not None:
+        why = f"the window ({window.start.isoformat()} {window.timezone}, {format_duration(window.duration)}) is in the past"
+    if window.lead_time:
+        why += f" or starts sooner than lead_time ({format_duration(window.lead_time)}) from now"
+    if window.not_before is not None:
+        why += f" (not_before {window.not_before.isoformat()})"
+    return key, why + "; a run would park forever after the upgrade: set a window that is still to come"

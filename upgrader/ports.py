@@ -93,6 +93,7 @@ class DomainInfo:
     disks: dict[str, str]  # target -> source path
     nics: dict[str, str] = field(default_factory=dict)  # mac -> network/bridge
     links: dict[str, bool] = field(default_factory=dict)  # mac -> link up?
+    memory: int = 0  # bytes the domain is defined with (a twin cloned from it gets as much); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class Hypervisor(Protocol):
     def domain(self, name: str) -> DomainInfo | None: ...
 
     def free_bytes(self, directory: str) -> int: ...
+
+    def free_memory(self) -> int:
+        """Bytes of memory the hypervisor host can still give a new domain (free plus what the
+        kernel's caches give back); preflight compares it with the twin's memory."""
 
     def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
         """External, disk-only, atomic snapshot: prod continues on new overlays."""
@@ -253,9 +258,11 @@ class Shell(Protocol):
 
 
 class ShellFactory(Protocol):
-    def connect(self, role: str) -> Shell:
+    def connect(self, role: str, *, wait: float | None = None) -> Shell:
         """role: "prod" or "staging" (the plan's ssh targets). After takeover the twin answers
-        on the prod path and the old VM on the staging path."""
+        on the prod path and the old VM on the staging path. `wait`: how long to keep trying a
+        machine that does not answer yet (None: the adapter's default, long enough for a reboot;
+        0: one attempt, bounded by the target's connect_timeout - preflight)."""
 
     def reset(self) -> None:
         """Drop every open connection: the machines behind the roles changed (takeover)."""

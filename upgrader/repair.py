@@ -47,7 +47,7 @@ def check_revert(ctx: Context, host: str, to: str) -> None:
                             hint=f"`upgrader status {host}` shows where it is")
     entries = ctx.store.journal(host, record.run_id)
     journal = Journal.from_entries(ReadOnlyJournal(), entries)
-    check_target(StepContext(plan=_plan_of(record), record=record, ports=None, journal=journal,  # type: ignore[arg-type]
+    check_target(StepContext(plan=_plan_of(record, ctx.store), record=record, ports=None, journal=journal,  # type: ignore[arg-type]
                              emit=lambda _: None), to)
 
 
@@ -67,7 +67,7 @@ def checkpoints(ctx: Context, host: str) -> tuple[RunRecord, list[CheckpointRow]
     targets = revert_targets(journal.done)
     if not targets or record.phase not in BEFORE_CUTOVER or MERGE_KEY in journal.begun:
         return record, []  # none taken yet, or merged back (or being merged) before the cutover
-    plan = _plan_of(record)
+    plan = _plan_of(record, ctx.store)
     sizes = {c.name: c.bytes for c in ctx.ports_factory(plan, record.run_id).hypervisor.checkpoints(plan.twin_name)}
     rows = []
     for step in targets:

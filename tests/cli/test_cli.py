@@ -20,14 +20,36 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"  {name} " in out
 
 
-def test_plan_check_ok(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+def _playbooks_with_keys(tmp_path: Path) -> Path:
+    """A copy of playbooks/ with the key and known_hosts files freebsd7.yml names (not shipped)."""
+    books = tmp_path / "playbooks"
+    books.mkdir()
+    (books / "freebsd7.yml").write_text((REPO / "playbooks" / "freebsd7.yml").read_text())
+    (books / "keys").mkdir()
+    for name in ("upgrader_ed25519", "known_hosts"):
+        (books / "keys" / name).write_text("")
+    return books
+
+
+def test_plan_check_ok(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _playbooks_with_keys(tmp_path)
+    monkeypatch.chdir(tmp_path)
     code, out = run(capsys, "plan", "check", "playbooks/freebsd7.yml")
     assert code == 0 and "ok" in out
 
 
-def test_plan_check_bare_name_found_in_playbooks(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+def test_plan_check_refuses_missing_key_files(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the shipped example names keys/ files next to it that are not shipped
+    code, out = run(capsys, "plan", "check", "playbooks/freebsd7.yml")
+    assert code == 2
+    assert f"ssh.prod.key: {REPO}/playbooks/keys/upgrader_ed25519: no such file" in out
+    assert "ssh.staging.known_hosts" in out
+
+
+def test_plan_check_bare_name_found_in_playbooks(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    _playbooks_with_keys(tmp_path)
+    monkeypatch.chdir(tmp_path)
     code, _ = run(capsys, "plan", "check", "freebsd7.yml")
     assert code == 0
 

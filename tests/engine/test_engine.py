@@ -132,9 +132,11 @@ def test_resume_refuses_changed_plan(tmp_path: Path, fake_world: WorldFile, fake
     ctx = context(tmp_path)
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW and record.parked
-    plan.write_text(plan.read_text() + "# edited\n")
-    with pytest.raises(InputError, match="changed since the run started"):
+    plan.write_text(plan.read_text().replace("/var/mail/", "/var/spool/mail/"))  # not a field a run can take
+    with pytest.raises(InputError, match="cannot take") as info:
         app.resume(ctx, "mailhost")
+    assert "sync.paths[0].path: '/var/mail/' -> '/var/spool/mail/'" in info.value.message
+    assert "+    - path: /var/spool/mail/" in info.value.message  # the diff is shown
 
 
 def test_window_parks_and_now_goes_on(tmp_path: Path, fake_world: WorldFile) -> None:

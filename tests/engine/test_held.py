@@ -199,8 +199,22 @@ def test_a_step_may_hold_when_the_plan_aborts(tmp_path: Path, fake_world: WorldF
 
 
 def test_preflight_failure_still_aborts(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    from upgrader.events import StepDone
+    from upgrader.preflight_checks import PreflightFailed
+
     _break(fake_world, {"faults": ["ssh:prod"]})
-    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    with pytest.raises(PreflightFailed):  # found before the run is created: nothing to hold or abort
+        app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    assert RunStore(tmp_path / "state").runs("mailhost") == []
+    with fake_world.change() as world:
+        world["faults"].remove("ssh:prod")
+
+    def ssh_goes_away(event: Event) -> None:  # after the run was created: its own preflight step fails
+        if isinstance(event, StepDone) and event.key == "claim":
+            _break(fake_world, {"faults": ["ssh:prod"]})
+
+    ctx = app.Context(RunStore(tmp_path / "state"), [ssh_goes_away])
+    record = app.start(ctx, app.StartOptions("mailhost", str(fake_plan)))
     assert record.phase == Phase.ABORTED and record.error is not None and record.error.phase == Phase.PREFLIGHT
 
 

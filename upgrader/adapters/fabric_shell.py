@@ -18,7 +18,7 @@ from invoke.exceptions import CommandTimedOut
 from invoke.watchers import Responder
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from upgrader.errors import ConnectionLost, InfraError, StepFailed
+from upgrader.errors import ConnectionLost, InfraError, InputError, StepFailed
 from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, Result, running_path
 
 if TYPE_CHECKING:
@@ -108,10 +108,16 @@ class FabricShell:
             kwargs["sock"] = EofProxyCommand(expand(t.proxy_command, t.host, t.port, t.user))
         conn = Connection(t.host, user=t.user, port=t.port, config=config, connect_kwargs=kwargs, connect_timeout=timeout)
         conn.client = paramiko.SSHClient()  # drop fabric's AutoAddPolicy and the system known_hosts
-        if t.known_hosts:
-            conn.client.load_host_keys(str(plan.resolve_path(t.known_hosts)))
-        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         where = f"{t.user}@{t.host}:{t.port} ({self.name})"
+        if t.known_hosts:
+            known = plan.resolve_path(t.known_hosts)
+            try:
+                conn.client.load_host_keys(str(known))
+            except (OSError, paramiko.SSHException) as exc:  # missing, unreadable, or not a known_hosts file
+                raise InputError(f"cannot read the known_hosts file {known} for {where}: {getattr(exc, 'strerror', None) or exc}",
+                                 hint="ssh.*.known_hosts must name a readable known_hosts file (`upgrader plan check FILE`; "
+                                      "docs/production.md: making known_hosts)") from exc
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             conn.open()
         except paramiko.BadHostKeyException as exc:
@@ -237,11 +243,11 @@ class FabricShells:
         self.targets = {"prod": plan.ssh.prod, "staging": plan.ssh.staging}
         self._shells: dict[str, FabricShell] = {}
 
-    def connect(self, role: str) -> FabricShell:
+    def connect(self, role: str, *, wait: float | None = None) -> FabricShell:
         shell = self._shells.get(role)
         if shell is None:
             shell = self._shells[role] = FabricShell(self, role, self.targets[role])
-        shell.ensure()
+        shell.ensure(wait)
         return shell
 
     def reset(self) -> None:

@@ -105,7 +105,20 @@ class LibvirtHypervisor:
             links[address] = link is None or link.get("state", "up") == "up"
         with libvirt_errors(f"state of {name}"):
             running = bool(dom.isActive())
-        return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics, links=links)
+        return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics, links=links,
+                          memory=_memory_bytes(root))
+
+    def free_memory(self) -> int:
+        """MemFree plus buffers and page cache of the hypervisor host (what a new domain can get
+        without swapping); libvirt's plain free figure where the node stats are not offered."""
+        with libvirt_errors("free memory of the hypervisor"):
+            try:
+                stats = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                return int(self.conn.getFreeMemory())
+        return sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached")) * 1024
 
     def free_bytes(self, directory: str) -> int:
         """libvirt's pool figure (statvfs f_bfree on the hypervisor) counts the blocks a
@@ -552,3 +565,17 @@ def _retarget(iface: ET.Element, kind: str, name: str) -> None:
 def _suffixed(path: str, twin: str) -> str:
     folder, base = os.path.split(path)
     return os.path.join(folder, f"{twin}.{base}")
+
+
+_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+          "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
+
+
+def _memory_bytes(root: ET.Element) -> int:
+    """The memory a domain starts with (<currentMemory>, else <memory>; libvirt's default unit
+    is KiB), in bytes; 0 when the XML says neither."""
+    for tag in ("currentMemory", "memory"):
+        element = root.find(tag)
+        if element is not None and (element.text or "").strip().isdigit():
+            return int(element.text.strip()) * _UNITS.get(element.get("unit", "KiB").lower(), 1024)  # type: ignore[union-attr]
+    return 0

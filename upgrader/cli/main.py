@@ -49,6 +49,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # keeps the short help equal to the command's own docstring).
 COMMANDS: dict[str, LazyCommand] = {
     "start": LazyCommand("upgrader.cli.run", "start", "Start the twin upgrade of HOST as described by the plan."),
+    "preflight": LazyCommand("upgrader.cli.preflight", "preflight",
+                             "Check, without starting anything, that HOST's upgrade by this plan can begin."),
     "resume": LazyCommand("upgrader.cli.run", "resume", "Continue HOST's unfinished run from its last checkpoint."),
     "retry": LazyCommand("upgrader.cli.repair", "retry",
                          "Run the failed step of HOST's held run again from scratch, then continue the run."),

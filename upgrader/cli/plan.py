@@ -21,8 +21,9 @@ def plan() -> None:
 @plan.command()
 @click.argument("file", metavar="FILE")
 def check(file: str) -> None:
-    """Validate FILE: exit 0 if it is a valid plan, 2 with file:line:col messages if not."""
-    path, parsed = app.load(file)
+    """Validate FILE: exit 0 if it is a valid plan, 2 with file:line:col messages if not (also when its
+    window has no occurrence left, or an SSH key or known_hosts file it names is missing)."""
+    path, parsed = app.load(file, files=True)
     console = make_console()
     console.print(f"[green]ok[/] {escape(str(path))}: {parsed.source.domain} at {escape(parsed.source.libvirt_uri)}, "
                   f"{len(parsed.upgrade)} upgrade step(s), {len(parsed.validate)} check(s), takeover {parsed.takeover.strategy}")

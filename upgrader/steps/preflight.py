@@ -1,4 +1,8 @@
-"""preflight: is everything in place? Read-only; reports every inhibitor, then stops if any."""
+"""preflight: is everything in place? Read-only; reports every inhibitor, then stops if any.
+
+The full set of checks runs before the run is created (upgrader/preflight_checks.py, also
+`upgrader preflight`); this step checks hypervisor, domain, space and SSH again, for a run that is
+resumed after a crash or a failed start."""
 
 from __future__ import annotations
 
@@ -6,15 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed, UpgraderError
 from upgrader.phases import Phase
+from upgrader.preflight_checks import MIN_FREE_BYTES, overlay_space
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.identity import claim_source
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
     from upgrader.ports import DomainInfo
-
-# Overlays start empty but grow with every write during the upgrade; ask for a sane minimum.
-MIN_FREE_BYTES = 256 * 1024 * 1024
 
 
 class Preflight:
@@ -68,13 +70,4 @@ class Preflight:
 
 def space_for_overlays(ctx: StepContext, domain: "DomainInfo") -> tuple[int, str | None]:
     """Free bytes where the overlays go, and what is wrong if that is below the minimum."""
-    directory = ctx.plan.source.disk_dir or _dirname(next(iter(domain.disks.values()), "/"))
-    free = ctx.ports.hypervisor.free_bytes(directory)
-    if free >= MIN_FREE_BYTES:
-        return free, None
-    return free, (f"only {free >> 20} MiB free in {directory}; need {MIN_FREE_BYTES >> 20} MiB for overlays "
-                  "(prod's writes go to its new overlay: a full disk would pause it)")
-
-
-def _dirname(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
+    return overlay_space(ctx.plan, ctx.ports.hypervisor, domain)

@@ -6,6 +6,7 @@ Layout under `root` (default `state/`)::
     <root>/<host>/<run-id>/run.json          the RunRecord, replaced atomically
     <root>/<host>/<run-id>/journal.jsonl     one JSON object per line, fsynced per append
     <root>/<host>/<run-id>/events.jsonl      written by ui.EventLog
+    <root>/<host>/<run-id>/plan.yml          the run's copy of its plan (run_plan.py; written with the run)
 
 Files are 0600 and directories 0700, set explicitly whatever the umask; no state file is opened
 through a symlink, and a state directory that is a link, not ours, or writable by others is
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from upgrader.clock import utcnow
 from upgrader.errors import InputError, NoRun, StateCorrupt
@@ -106,9 +107,10 @@ class RunStore:
             fsync_dir(path.parent)
 
     # ---- run.json ----------------------------------------------------------------------------
-    def create(self, record: RunRecord) -> None:
-        """Make the run's directory with its run.json and an empty journal, all or nothing (built
-        in a hidden temp directory, then renamed); refuse if the run exists already."""
+    def create(self, record: RunRecord, files: Mapping[str, bytes] | None = None) -> None:
+        """Make the run's directory with its run.json, an empty journal and `files` (name -> bytes,
+        0600; the plan's copy), all or nothing (built in a hidden temp directory, then renamed);
+        refuse if the run exists already."""
         import shutil  # here, not at the top: reading the state (`upgrader status`) starts faster
         import tempfile
 
@@ -123,6 +125,8 @@ class RunStore:
             tmp = Path(tempfile.mkdtemp(prefix=_NEW_RUN_PREFIX, dir=directory.parent))  # 0700
             try:
                 jfile.create_empty(tmp / JOURNAL_FILE)
+                for name, data in (files or {}).items():
+                    self._write_new(tmp / _check_name("file", name), data)
                 self._replace_run_json(tmp, record)
                 os.rename(tmp, directory)
             except BaseException:
@@ -137,6 +141,38 @@ class RunStore:
         self._ensure_dir(directory)
         with writing(directory):
             self._replace_run_json(directory, record)
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        fd = secure_open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_file(self, host: str, run_id: str, name: str) -> bytes | None:
+        """A file kept in the run's directory (None if it has none: a run from before it was kept)."""
+        try:
+            return read_private(self.run_dir(host, run_id) / _check_name("file", name))
+        except FileNotFoundError:
+            return None
+
+    def replace_file(self, host: str, run_id: str, name: str, data: bytes) -> None:
+        """Replace a file kept in the run's directory atomically (0600; temp, fsync, rename, fsync dir)."""
+        import secrets
+
+        directory = self.run_dir(host, run_id)
+        self._ensure_dir(directory)
+        with writing(directory):
+            tmp = directory / f".{_check_name('file', name)}.{secrets.token_hex(6)}.tmp"
+            try:
+                self._write_new(tmp, data)
+                os.replace(tmp, directory / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            fsync_dir(directory)
 
     @staticmethod
     def _replace_run_json(directory: Path, record: RunRecord) -> None:

@@ -24,7 +24,7 @@ from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.hooks import maybe_pause
-from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, is_used, new_world
+from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -47,17 +47,28 @@ class FakeHypervisor(FakeCheckpoints):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
+    def _read(self) -> World:
+        """The world, as libvirt would answer: not at all under the fault "libvirt"."""
+        world = self.world.read()
+        if "libvirt" in world["faults"]:
+            raise InfraError("fake: cannot connect to libvirt (fault)", hint="is libvirtd running and the URI right?")
+        return world
+
     def check(self) -> str:
-        return str(self.world.read()["hypervisor"])
+        return str(self._read()["hypervisor"])
 
     def domain(self, name: str) -> DomainInfo | None:
-        dom = self.world.read()["domains"].get(name)
+        dom = self._read()["domains"].get(name)
         if dom is None:
             return None
-        return DomainInfo(name, dom["uuid"], dom["running"], dict(dom["disks"]), dict(dom["nics"]), dict(dom["links"]))
+        return DomainInfo(name, dom["uuid"], dom["running"], dict(dom["disks"]), dict(dom["nics"]), dict(dom["links"]),
+                          memory=int(dom.get("memory", DEFAULT_MEMORY)))
 
     def free_bytes(self, directory: str) -> int:
         return int(self.world.read()["free_bytes"])
+
+    def free_memory(self) -> int:
+        return int(self._read().get("free_memory", DEFAULT_FREE_MEMORY))
 
     def snapshot(self, domain: str, name: str, directory: str | None) -> SnapshotInfo:
         with self.world.change() as world:
@@ -236,11 +247,12 @@ class FakeHypervisor(FakeCheckpoints):
         maybe_pause("after:flatten")
 
     def claim_of(self, domain: str) -> Claim | None:
-        dom = self.world.read()["domains"].get(domain)
+        dom = self._read()["domains"].get(domain)
         claim = dom.get("claim") if dom else None
         return Claim(**claim) if claim else None
 
     def set_claim(self, domain: str, claim: Claim | None) -> None:
+        self._read()
         with self.world.change() as world:
             domain_of(world, domain)["claim"] = asdict(claim) if claim else None
             effect(world, "set_claim" if claim else "release_claim", domain=domain)
@@ -350,7 +362,7 @@ class FakeShells:
     def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
         self.world, self.networks = world, networks
 
-    def connect(self, role: str) -> FakeShell:
+    def connect(self, role: str, *, wait: float | None = None) -> FakeShell:
         if f"ssh:{role}" in self.world.read()["faults"]:
             raise InfraError(f"fake: SSH to {role} does not answer (fault)")
         shell = FakeShell(self.world, role, self.networks[role])

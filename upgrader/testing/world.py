@@ -3,14 +3,16 @@ the orchestrator and resume in a new process), changed under an flock and replac
 
 World shape (see `new_world`):
   domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest,
-                    autostart}  autostart: host-level, not copied by a clone (like libvirt)
+                    autostart, memory}  autostart: host-level, not copied by a clone (like libvirt)
+  free_memory: bytes the hypervisor can give a new domain (preflight: the twin's memory must fit)
   images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
             the guest's state when it was taken (what a revert to it restores)
   guests:   id -> {boot_id, files[], mail[], release, services}
   commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
             first match; add_mail: mail that clients deliver once the command has run
   incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
-  faults:   ["probe:prod", "probe:staging"  a service check fails on that role,
+  faults:   ["libvirt"       the hypervisor does not answer (check, domain, claims, free memory),
+             "probe:prod", "probe:staging"  a service check fails on that role,
              "ssh:staging"   SSH to that role does not answer,
              "reboot:staging" a reboot there never comes back,
              "sync:pass"     a pre-sync pass fails (rsync exits 23)]
@@ -31,6 +33,10 @@ from upgrader.errors import InfraError
 
 World = dict[str, Any]
 
+# memory: a world (or domain) without the key has these (worlds written before they existed)
+DEFAULT_FREE_MEMORY = 16 * 2**30  # world["free_memory"]: what the hypervisor can give a new domain
+DEFAULT_MEMORY = 2**30  # domain["memory"]: what the domain is defined with (its twin gets as much)
+
 
 def new_world(
     domain: str = "mailhost",
@@ -42,6 +48,7 @@ def new_world(
     return {
         "hypervisor": "fake-hypervisor 1.0",
         "free_bytes": 50 * 2**30,
+        "free_memory": DEFAULT_FREE_MEMORY,
         "domains": {
             domain: {
                 "uuid": str(uuidlib.uuid4()),
@@ -51,6 +58,7 @@ def new_world(
                 "links": {mac: True},
                 "guest": "g0",
                 "autostart": True,  # a production VM starts with its hypervisor
+                "memory": DEFAULT_MEMORY,
             }
         },
         "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
