@@ -58,8 +58,15 @@ def test_after_the_subcommand_wins(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 0 and "no runs yet" in out
 
 
-def test_nested_group_commands_accept_them(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+def test_nested_group_commands_accept_them(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    books = tmp_path / "playbooks"  # the shipped example with the key files it names (not shipped)
+    books.mkdir()
+    (books / "freebsd7.yml").write_text((REPO / "playbooks" / "freebsd7.yml").read_text())
+    (books / "keys").mkdir()
+    for name in ("upgrader_ed25519", "known_hosts"):
+        (books / "keys" / name).write_text("")
+    monkeypatch.chdir(tmp_path)
     code, out = run(capsys, "plan", "check", "playbooks/freebsd7.yml", "-q", "--state-dir", "/nonexistent")
     assert code == 0 and "ok" in out, out
 

@@ -90,7 +90,7 @@ def test_one_hosts_error_or_bug_does_not_keep_the_others_from_their_cutover(tmp_
     ctx = app.Context(store, now=clock, ports_factory=ports)
     plans = {host: world_and_plan(tmp_path, host, OPEN_AT_NOON) for host in ("aaa-edited", "bbb-bug", "ccc-good")}
     ids = {host: app.start(ctx, app.StartOptions(host, str(plan))).run_id for host, plan in plans.items()}
-    plans["aaa-edited"].write_text(plans["aaa-edited"].read_text() + "\n# edited\n")
+    plans["aaa-edited"].write_text(plans["aaa-edited"].read_text().replace("keep_old_for: 1h", "keep_old_for: 2h"))  # not a safe edit
     bugs.add(ids["bbb-bug"])
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window
 
@@ -101,7 +101,7 @@ def test_one_hosts_error_or_bug_does_not_keep_the_others_from_their_cutover(tmp_
         return tmp_path / "debug.log"
 
     results = {r.host: r for r in app_due.run_due(ctx, bug_log=bug_log)}
-    assert results["aaa-edited"].outcome is DueOutcome.ERROR and "changed" in (results["aaa-edited"].message or "")
+    assert results["aaa-edited"].outcome is DueOutcome.ERROR and "edited in fields a running run cannot take" in (results["aaa-edited"].message or "")
     assert results["bbb-bug"].outcome is DueOutcome.ERROR and "RuntimeError: a bug in the adapter" in (results["bbb-bug"].message or "")
     assert results["bbb-bug"].debug_log == tmp_path / "debug.log" and isinstance(logs[0], RuntimeError)
     good = results["ccc-good"]
@@ -116,10 +116,10 @@ def test_cli_exit_code_and_errors_by_host_name(capsys: pytest.CaptureFixture[str
     code, out = run(capsys, "--state-dir", state, "run-due")
     assert code == 0, out
     assert out.count("await_window — parked: window opens 2030-01-04") == 2, out  # one line per host
-    (tmp_path / "aaa.yml").write_text((tmp_path / "aaa.yml").read_text() + "# edited\n")
+    (tmp_path / "aaa.yml").write_text((tmp_path / "aaa.yml").read_text().replace("keep_old_for: 1h", "keep_old_for: 2h"))
     code, out = run(capsys, "--state-dir", state, "-q", "run-due")
     assert code == 7, out  # a host needs an operator
-    assert "aaa: error: the plan" in out and "changed since the run started" in out and "hint:" in out, out
+    assert "aaa: error: the plan" in out and "edited in fields a running run cannot take" in out and "hint:" in out, out
     assert "bbb" not in out, out  # nothing due there: -q says nothing
 
 

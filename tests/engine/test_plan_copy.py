@@ -123,9 +123,10 @@ def test_compare_classifies_fields() -> None:
     base = FAKE_PLAN.format(world="/w.json", keep="1h")
     old = parse_plan(base, "p.yml")
     new_text = (base.replace("keep_old_for: 1h", "keep_old_for: 2h") + "approval: required\n"
-                + "announce: {sender: a@example.org, to: [b@example.org]}\n")
+                + "announce: {sender: a@example.org, to: [b@example.org]}\n"
+                + "window: {start: 2030-01-01T03:00:00, duration: 2h, timezone: UTC}\n")
     edit = compare(old, parse_plan(new_text, "p.yml"), base, new_text)
-    assert edit.safe_fields == ["announce", "approval"]
+    assert edit.safe_fields == ["announce", "approval", "window"]
     assert edit.unsafe_fields == ["keep_old_for"] and not edit.safe
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from rich.console import Console
 
-from upgrader import app, ui
+from upgrader import app, app_status, ui
 from upgrader.lab import mailsink
 from upgrader.phases import Phase
 from upgrader.store import RunStore
@@ -193,7 +193,7 @@ def test_a_failed_announcement_is_retried_and_the_cutover_waits_for_it(
     assert (due.record.parked or "").startswith("customers not told") and effects(fake_world, "set_link") == []
     assert announce_attempts(ctx, record.run_id) == [("notice.announce", False), ("notice.announce.retry[1]", False)]
     console = Console(record=True, width=200)
-    ui.status_table(console, app.status(ctx, "mailhost"))
+    ui.status_table(console, app_status.states(ctx, "mailhost"))
     assert "customers not told" in console.export_text()
 
     port = int(os.environ["UPGRADER_SMTP_PORT"])  # SMTP comes back on the same port
@@ -207,7 +207,7 @@ def test_a_failed_announcement_is_retried_and_the_cutover_waits_for_it(
     assert kinds(tmp_path / "inbox") == ["announce", "done"]
     assert announce_attempts(ctx, record.run_id)[-1] == ("notice.announce.retry[2]", True)
     console = Console(record=True, width=200)
-    ui.status_table(console, app.status(ctx, "mailhost"))
+    ui.status_table(console, app_status.states(ctx, "mailhost"))
     assert "customers not told" not in console.export_text()
 
 
@@ -237,7 +237,7 @@ def test_announce_required_false_cuts_over_untold_and_status_says_so(
     assert record.output("notice.announce")["sent"] is False
     console = Console(record=True, width=200)
     ui.report(console, record)
-    ui.status_table(console, [record])
+    ui.status_table(console, app_status.states(ctx, "mailhost"))
     text = console.export_text()
     assert "customers: not told" in text and "customers not told" in text
 
