@@ -126,3 +126,25 @@ class _added:
 
     def __exit__(self, *_: object) -> None:
         cli.commands.pop(self.command.name or "", None)
+
+
+def test_a_broken_install_is_an_internal_error_not_no_such_command(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Only the optional lab may be hidden by a failed import; any other command's ImportError is a
+    bug to report (exit 70, a debug log), not "No such command" (exit 2)."""
+    real = importlib.import_module
+
+    def broken(name: str, *args: object) -> object:
+        if name == "upgrader.cli.run":
+            raise ImportError("cannot import name 'Calendar' from 'icalendar'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "start", "mailhost", "--plan", "x.yml")
+    assert code == 70 and "internal error" in out and "No such command" not in out, out
+    assert list((tmp_path / "state").glob("debug-*.log")), "no debug log written"
+
+
+def test_the_lab_is_the_one_optional_command() -> None:
+    assert [name for name, entry in COMMANDS.items() if entry.optional] == ["lab"]

@@ -81,3 +81,11 @@ def test_a_detached_start_with_a_bad_plan_is_refused_before_detaching(tmp_path: 
     cmd = [sys.executable, "-m", "upgrader.cli.main", "--state-dir", str(state), "-q", "start", "mailhost", "--plan"]
     done = subprocess.run([*cmd, str(tmp_path / "missing.yml"), "--detach"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "missing.yml" in done.stderr and not (state / "mailhost").exists(), done
+
+
+def test_the_detached_log_makes_a_fresh_state_root_private(tmp_path: Path) -> None:
+    from upgrader.cli.detach import detached_log
+
+    root = tmp_path / "new" / "state"
+    log = detached_log(root, "mailhost")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700

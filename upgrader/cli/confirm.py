@@ -71,7 +71,8 @@ _QUESTIONS = {
 def confirm(context: app.Context, command: str, host: str, yes: bool) -> None:
     """Ask before `command` changes HOST's run, unless `yes`; refuse (exit 2) when nobody can be
     asked. Nothing is asked for a run the command would refuse anyway (no run, finished, wrong
-    phase): the command says why. Declined: click.Abort (`Aborted!`, exit 1), nothing changed."""
+    phase): the command says why. Declined: click.Abort, which the CLI reports as "not confirmed:
+    nothing was changed" (exit 1)."""
     if yes:
         return
     ids = context.store.runs(host)

@@ -29,7 +29,8 @@ def detached_log(root: Path, host: str) -> Path:
     """A new 0600 log file in the host's directory (created 0700 if needed; UnsafeState if not ours)."""
     directory = RunStore(root).host_dir(host)  # checks the host name
     if not check_dir(directory):
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for each in (root, directory):  # each 0700 (parents=True would make the state root 0755)
+            each.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_dir(directory)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return directory / f"detached-{stamp}-{os.getpid()}.log"

@@ -26,6 +26,7 @@ class LazyCommand:
     module: str
     attribute: str
     short_help: str  # what `upgrader --help` shows; a test keeps it equal to the command's own
+    optional: bool = False  # a part that may be missing here (the lab): a failed import hides it
 
 
 def _shortened(text: str, limit: int) -> str:
@@ -87,8 +88,10 @@ class LazyGroup(click.Group):
             entry = self.lazy[cmd_name]
             try:
                 module = importlib.import_module(entry.module)
-            except ImportError:  # an optional part (the lab) not installed here
-                return None
+            except ImportError:
+                if entry.optional:  # an optional part (the lab) not installed here
+                    return None
+                raise  # a broken install: an internal error with a debug log, never "no such command"
             command = getattr(module, entry.attribute)
         return accept_global_options(command) if command is not None else None
 

@@ -86,7 +86,8 @@ COMMANDS: dict[str, LazyCommand] = {
                            "reminder to send, an old VM to decommission."),
     "plan": LazyCommand("upgrader.cli.plan", "plan", "Check plan files and print their JSON Schema."),
     "lab": LazyCommand("upgrader.cli.lab", "lab",
-                       "The rehearsal lab: a LabOS mailhost guest (TCG) in network namespaces of its own."),
+                       "The rehearsal lab: a LabOS mailhost guest (TCG) in network namespaces of its own.",
+                       optional=True),
 }
 
 
