@@ -5,6 +5,7 @@ with backoff (tenacity) for a bounded time; a key mismatch is never retried."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import select
 import shlex
@@ -20,6 +21,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from upgrader.errors import ConnectionLost, InfraError, InputError, StepFailed
 from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, Result, running_path
+
+# paramiko's transport thread logs every failed handshake with a traceback (e.g. "Error reading SSH
+# protocol banner" while a rebooting guest's sshd is not up yet). Without a handler, Python's
+# last-resort handler prints those to the operator's terminal; the failure itself reaches us as an
+# exception and is handled (retried, or reported with a hint).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan, SshTarget
