@@ -72,7 +72,7 @@ demo() {
 
 tests() {
   log "pytest"
-  .venv/bin/python -m pytest -q "$@"
+  .venv/bin/python -m pytest -q --durations=30 "$@"
 }
 
 case "${1:-}" in
