@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from upgrader.events import Notice
 from upgrader.forecast import FORECAST_KEY
-from upgrader.notice_keys import ANNOUNCE_KEY, attempt_key, customers_told, last_attempt, postponed_key
+from upgrader.notice_keys import ANNOUNCE_KEY, attempt_key, customers_told, last_attempt, postponed_key, sent_state
 from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_of, forecast_seconds, tell
 from upgrader.steps.presync import converge
 from upgrader.steps.operator_notice import APPROVAL_KEY, approval_event, tell_operator
+from upgrader.window_fit import FORECAST_FACTOR, FORECAST_SLACK
 from upgrader.windows import Slot, describe, next_slot
 from upgrader.durations import format_duration
 
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
 
 DECISION_KEY = "await_window"  # journaled once the run goes on to the cutover
 APPROVAL = "approval"  # journaled by `upgrader approve`
-# the forecast is partly estimated; leave room for a slower final pass and takeover
-FORECAST_FACTOR = 1.5
-FORECAST_SLACK = dt.timedelta(seconds=30)
 
 
 def current_slot(ctx: StepContext) -> tuple[int, Slot] | None:
@@ -98,10 +96,20 @@ def announce_state(ctx: StepContext, seq: int, slot: Slot) -> bool:
     if ctx.plan.announce is None or ctx.ports.notifier is None:
         return True
     tell(ctx, Kind.ANNOUNCE, ANNOUNCE_KEY, slot, seq)
-    if seq > 0 and not customers_told(ctx.journal.done, seq) and postponed_key(seq) in ctx.journal.done:
-        why = str(ctx.journal.done.get(f"window[{seq}]", {}).get("why") or "") or None  # a failed postponement notice
-        tell(ctx, Kind.POSTPONED, postponed_key(seq), slot, seq, reason=why)
+    tell_postponed(ctx, seq, slot)
     return customers_told(ctx.journal.done, seq)
+
+
+def tell_postponed(ctx: StepContext, seq: int, slot: Slot) -> None:
+    """The `postponed` notice of window `seq` (> 0), if the customers were told of an earlier
+    window and not yet of this one: whether its first try failed, or the process died between
+    fixing `window[seq]` and sending it (never begun). `tell` sends it at most once: one that may
+    have gone out before a crash is not repeated."""
+    done = ctx.journal.done
+    if seq == 0 or sent_state(done, ANNOUNCE_KEY) in (None, False) or customers_told(done, seq):
+        return  # an announcement not sent yet goes out (tried again) naming window `seq` itself
+    why = str(done.get(f"window[{seq}]", {}).get("why") or "") or None
+    tell(ctx, Kind.POSTPONED, postponed_key(seq), slot, seq, reason=why)
 
 
 class AwaitWindow:
@@ -120,7 +128,8 @@ class AwaitWindow:
         lines = [f"fix the next window ({describe(plan.window)}) and park until it opens; `upgrader run-due` resumes it"]
         if plan.announce:
             lines.append(f"tell {', '.join(plan.announce.to)}: announcement now, reminder {format_duration(plan.announce.reminder_before)} before")
-            lines.append("a notice that could not be sent is tried again at each `upgrader run-due`; "
+            lines.append("a notice that could not be sent is tried again by `upgrader run-due` (after 1, 5, 15, 60 min, "
+                         "then hourly); "
                          + ("the cutover waits until the customers are told of the window"
                             if plan.announce.required else "the cutover does not wait for it (announce.required: false)"))
         if approval:
@@ -185,7 +194,7 @@ class AwaitWindow:
         if later is None:
             return Outcome(park=f"{why}; the plan has no later window")
         fix_slot(ctx, seq + 1, later, why)
-        tell(ctx, Kind.POSTPONED, postponed_key(seq + 1), later, seq + 1, reason=why)
+        tell_postponed(ctx, seq + 1, later)
         return Outcome(park=f"postponed: {why}; next window opens {local(ctx, later.start)}")
 
 
