@@ -148,9 +148,14 @@ def test_a_failing_smtp_server_backs_off_instead_of_growing_the_run(
     for minute in range(1, 61):
         clock.now = T0 + dt.timedelta(minutes=minute)
         before = len(notice_keys(ctx, record.run_id))
+        lines = len(ctx.store.journal("mailhost", record.run_id))
+        run_json = (ctx.store.run_dir("mailhost", record.run_id) / "run.json").read_bytes()
         [due] = app.run_due(ctx)
         assert due.record is not None and "customers not told" in (due.record.parked or ""), due.record
         growth.append(len(notice_keys(ctx, record.run_id)) - before)
+        if not growth[-1]:  # not due: nothing tried, nothing written
+            assert len(ctx.store.journal("mailhost", record.run_id)) == lines, minute
+            assert (ctx.store.run_dir("mailhost", record.run_id) / "run.json").read_bytes() == run_json, minute
     tried_at = [m for m, g in enumerate(growth, start=1) if g]
     assert tried_at == [1, 6, 21], tried_at  # failures at 0, 1, 6, 21; the next at 81
     assert notice_keys(ctx, record.run_id) == ["notice.announce", *(f"notice.announce.retry[{n}]" for n in (1, 2, 3))]

@@ -2,7 +2,9 @@
 
 The window in use is journaled as `window[N]` (N = its iCalendar SEQUENCE: 0, then +1 for every
 postponement). Each call of the step (a start, a resume, `upgrader run-due`) looks at the clock:
-  * a notice to customers that could not be sent is tried again;
+  * a notice to customers that could not be sent is tried again once its back-off is over
+    (steps/notices.py), and the `postponed` notice of a later window the customers were not
+    told of is sent (also when a crash came between fixing that window and telling them);
   * `approval: required` and no `upgrader approve HOST` yet: park (with or without a window,
     with or without `--now`; the operators are told once);
   * before the window: send the reminder once it is due, then park (the process exits);
@@ -171,7 +173,7 @@ class AwaitWindow:
             return decide(ctx, "approved: cut over", {"decision": "approved"}, refresh(ctx, "approved"))
         seq, slot = found
         assert plan.window is not None
-        not_told = "" if told else "; customers not told yet (the announcement is tried again at each `upgrader run-due`)"
+        not_told = "" if told else "; customers not told yet (the announcement is tried again by `upgrader run-due`, backing off to hourly)"
         if now < slot.start:
             if plan.announce is not None and now >= slot.start - plan.announce.reminder_before:
                 tell(ctx, Kind.REMINDER, f"notice.reminder[{seq}]", slot, seq)
@@ -179,8 +181,8 @@ class AwaitWindow:
                                 f"`upgrader run-due` (cron / systemd timer) cuts over then{not_told}")
         if slot.contains(now) and not told and plan.announce is not None and plan.announce.required:
             return Outcome(park=f"customers not told: the announcement of window {seq} could not be sent "
-                                f"({last_error(ctx, seq)}); the cutover waits for it, and the notice is tried again at "
-                                "each `upgrader run-due` (the window is postponed if it closes meanwhile; "
+                                f"({last_error(ctx, seq)}); the cutover waits for it, and the notice is tried again by "
+                                "`upgrader run-due`, backing off to hourly (the window is postponed if it closes meanwhile; "
                                 "`announce.required: false` in a plan cuts over without it)")
         if slot.contains(now):  # the fit is decided with the forecast of the data as it is now
             parts = refresh(ctx, f"window[{seq}]")
