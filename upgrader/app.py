@@ -207,9 +207,10 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
     loaded = load_run_plan(ctx.store, record, going_back=going_back, now=ctx.now())
     engine = Engine(ctx.store, record, loaded.plan, ctx.ports_factory(loaded.plan, record.run_id), ctx.listeners,
                     now=ctx.now, force_decommission=force_decommission)
-    take_plan(ctx.store, record, loaded, engine.journal.write, engine.emit)
     if not going_back and loaded.edit is not None and "window" in loaded.edit.safe_fields:
+        # before the copy is replaced: a crash in between finds the edit again on the next load
         follow_window_edit(engine.ctx)  # the fixed window gives way to the edited one; customers told
+    take_plan(ctx.store, record, loaded, engine.journal.write, engine.emit)
     return engine
 
 

@@ -661,7 +661,7 @@ class Window(_Model):
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] = Field(
         default="UTC", description="IANA time zone the times are in"
     )
-    duration: PositiveDuration = Field(description="how long the window stays open")
+    duration: PositiveDuration = Field(description="how long the window stays open (at least 90s: the shortest cutover with its margin)")
     start: LaxDatetime | None = Field(default=None, description="one absolute window start (ISO 8601)")
     weekly: Weekly | None = Field(default=None, description="a weekly window")
     rrule: StrictStr | None = Field(
@@ -706,7 +706,7 @@ class Announce(_Model):
     required: StrictBool = Field(
         default=True,
         description="the cutover waits until the customers are told of the window (a notice that could not be sent is "
-        "tried again at each `upgrader run-due`; the window is postponed if it closes meanwhile); false: cut over anyway",
+        "tried again by `upgrader run-due`, backing off 1, 5, 15, 60 min, then hourly; the window is postponed if it closes meanwhile); false: cut over anyway",
     )
 
 

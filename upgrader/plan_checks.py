@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from upgrader.windows import first_rrule_wall, rrule_anchor, rrule_rules
+from upgrader.window_fit import FORECAST_FACTOR, FORECAST_SLACK, MIN_CUTOVER, SHORTEST_DOWNTIME
 
 __all__ = [
     "MIN_CUTOVER",
@@ -319,9 +320,8 @@ def check_operator(email: Sequence[str], sender: str | None, webhook: bool, anno
 # Windows: is there one left from now on, long enough for a cutover?
 # --------------------------------------------------------------------------------------------
 
-# What await_window needs with a forecast of zero (steps/window.py FORECAST_SLACK): a window
-# shorter than this can never take a cutover.
-MIN_CUTOVER = timedelta(seconds=30)
+# A window shorter than MIN_CUTOVER (window_fit.py: what await_window asks for the shortest
+# downtime a cutover has) can never take a cutover.
 
 
 def window_problem(window: Any, now: datetime) -> tuple[str, str] | None:
@@ -334,7 +334,9 @@ def window_problem(window: Any, now: datetime) -> tuple[str, str] | None:
 
     if window.duration < MIN_CUTOVER:
         return "duration", (f"a window of {window.duration.total_seconds():g} s cannot take a cutover: it needs at least "
-                            f"{MIN_CUTOVER.total_seconds():g} s (quiesce, final sync, takeover)")
+                            f"{MIN_CUTOVER.total_seconds():g} s (quiesce, final sync, takeover, services started: "
+                            f"{SHORTEST_DOWNTIME.total_seconds():g} s at the least, x{FORECAST_FACTOR:g} + "
+                            f"{FORECAST_SLACK.total_seconds():g} s of slack)")
     if window.rrule is not None or next_slot(window, now) is not None:
         return None  # a rule's occurrences: rrule_problem (10 years; next_slot looks 2 years ahead)
     key = "start" if window.start is not None else "weekly" if window.weekly is not None else "rrule"

@@ -5,7 +5,9 @@ that copy (plan_edits.py):
 * the same bytes: the plan as it is;
 * the file is gone: the copy (rollback, decommission, abort, status, resume all go on);
 * edited in safe fields only (window, announce, operator, approval, timeouts): taken - the
-  caller journals a `plan_edit` (fields, old and new sha256) and the copy is replaced;
+  caller follows a window edit first (window_edit.py: the new window fixed, customers told),
+  then journals a `plan_edit` (fields, old and new sha256) and the copy is replaced; a crash
+  before the copy is replaced finds the edit again at the next load;
 * edited elsewhere: refused with the fields and a diff for a command that goes forward
   (resume, retry, approve ...); a command that goes back (abort, rollback, decommission)
   works from the copy and says the edits were ignored.
@@ -85,7 +87,8 @@ def take_plan(store: "RunStore", record: "RunRecord", loaded: LoadedPlan, journa
               emit: Callable[[Notice], None]) -> None:
     """Make `loaded` the run's plan (with the run's lock held): an edit is journaled
     (`plan_edit`: fields, old and new sha256), then the copy and run.json's sha256 follow. A
-    crash in between repeats the edit's journal entry on the next load, nothing worse."""
+    crash in between repeats the edit's journal entry on the next load, nothing worse. A window
+    edit is followed (window_edit.py) before this is called: the copy replaced means it was."""
     if loaded.note:
         emit(Notice(loaded.note, "warning"))
     if loaded.source != "edited":
@@ -94,6 +97,9 @@ def take_plan(store: "RunStore", record: "RunRecord", loaded: LoadedPlan, journa
     fields = loaded.edit.safe_fields if loaded.edit is not None else []
     journal("plan_edit", fields=fields, old=record.plan_sha256, new=new)
     store.replace_file(record.host, record.run_id, PLAN_COPY, loaded.data)
+    from upgrader.testing import hooks  # a pause point for the crash tests: one environment lookup
+
+    hooks.maybe_pause("after:plan_copy")  # the copy replaced, run.json not yet
     record.plan_sha256 = new
     store.save(record)
     what = ", ".join(fields) if fields else "comments or formatting only"

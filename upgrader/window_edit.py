@@ -6,11 +6,9 @@ edited plan anyway."""
 
 from __future__ import annotations
 
-from upgrader.notify import Kind
 from upgrader.phases import BEFORE_CUTOVER
 from upgrader.steps.base import StepContext
-from upgrader.steps.notices import tell
-from upgrader.steps.window import current_slot, fix_slot
+from upgrader.steps.window import current_slot, fix_slot, tell_postponed
 from upgrader.windows import next_slot
 
 __all__ = ["follow_window_edit"]
@@ -29,7 +27,8 @@ def follow_window_edit(ctx: StepContext) -> bool:
     seq, slot = found
     new = next_slot(window, ctx.now())
     if new is None or new == slot:
+        tell_postponed(ctx, seq, slot)  # refixed by a call that died before telling the customers
         return False
     fix_slot(ctx, seq + 1, new, WHY)
-    tell(ctx, Kind.POSTPONED, f"notice.postponed[{seq + 1}]", new, seq + 1, reason=WHY)
+    tell_postponed(ctx, seq + 1, new)
     return True

@@ -306,3 +306,29 @@ def test_a_customer_address_is_refused_as_an_operator_address() -> None:
         "p.yml:24:31: operator.email[1]: Customers@Example.com is also in announce.to: operator notices carry error "
         "output and commands, which customers never get; use an address of the operators only"
     ]
+
+
+# -- a window long enough for a cutover ---------------------------------------------------------
+
+
+def test_the_shortest_window_can_hold_a_cutover(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MIN_CUTOVER was 30 s, the window step's slack alone: a 30-60 s window passed the checks
+    and then never held a cutover (slack + 1.5 x forecast). It is now what the window step asks
+    for the shortest downtime a cutover has."""
+    from types import SimpleNamespace
+
+    from upgrader.plan_checks import MIN_CUTOVER, window_problem
+    from upgrader.steps import window as step
+    from upgrader.window_fit import FORECAST_SLACK, SHORTEST_DOWNTIME
+
+    monkeypatch.setattr(step, "forecast_seconds", lambda _: SHORTEST_DOWNTIME.total_seconds())
+    assert step.needed(None) == MIN_CUTOVER > FORECAST_SLACK  # type: ignore[arg-type]
+    window = SimpleNamespace(duration=FORECAST_SLACK + timedelta(seconds=30), rrule=None)
+    found = window_problem(window, NOW)
+    assert found is not None and found[0] == "duration" and "cannot take a cutover" in found[1]
+    text = MINIMAL.replace("takeover:\n", "window: {start: 2030-01-01T03:00:00, duration: 1m}\ntakeover:\n")
+    found_all = problems(text, now=NOW)
+    assert any("window.duration: a window of 60 s cannot take a cutover: it needs at least 90 s" in p
+               for p in found_all), found_all
+    ok = MINIMAL.replace("takeover:\n", "window: {start: 2030-01-01T03:00:00, duration: 2m}\ntakeover:\n")
+    assert parse_plan(ok, "p.yml", now=NOW).window is not None

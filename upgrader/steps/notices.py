@@ -1,6 +1,8 @@
 """Telling customers, each notice at most once per run (journal): a send that fails after its
-retries is reported, recorded as not sent, and tried again at the step's next call (the window
-step parks the cutover until the customers are told, unless `announce.required: false`).
+retries is reported, recorded as not sent (with its time), and tried again at the step's next
+call once its back-off is over (`RETRY_BACKOFF`: 1, 5, 15, 60 minutes, then hourly; a call
+before that tries nothing and writes nothing). The window step parks the cutover until the
+customers are told, unless `announce.required: false`.
 
 Customers and operators are separate audiences. A customer notice never carries an error's text
 (it holds remote commands and guest output: paths, secrets, guest-supplied HTML): its reason is
@@ -9,6 +11,7 @@ get the error trimmed by `operator_tail`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -26,6 +29,24 @@ SEND_ATTEMPTS = 4
 SEND_MAX_WAIT = 10.0
 
 
+# after the n-th failed try of a notice, the next one is due this long after it (then hourly):
+# `upgrader run-due` every minute with the SMTP server down writes a few keys, not one a minute
+RETRY_BACKOFF = (dt.timedelta(minutes=1), dt.timedelta(minutes=5), dt.timedelta(minutes=15), dt.timedelta(hours=1))
+
+
+def retry_due(failed: dict[str, Any], failures: int) -> dt.datetime | None:
+    """When the notice whose last try (`failed`, its outputs) was its `failures`-th failure may be
+    tried again; None: at once (a try journaled before the time was kept)."""
+    at = failed.get("at")
+    if not isinstance(at, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return when + RETRY_BACKOFF[min(failures, len(RETRY_BACKOFF)) - 1]
+
+
 def forecast_of(ctx: StepContext) -> Forecast | None:
     """The downtime forecast from this run's outputs so far (upgrader/forecast.py)."""
     sync = ctx.plan.sync
@@ -40,7 +61,7 @@ def forecast_seconds(ctx: StepContext) -> float | None:
 
 def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reason: str | None = None) -> dict[str, Any] | None:
     """Send one notice as a `once`; returns its outputs (`sent`: True, False or "unknown"), None
-    without an announce block. A process that died during the send is not repeated: the notice
+    without an announce block or while a failed notice backs off (`retry_due`). A process that died during the send is not repeated: the notice
     may have gone out, and customers must never get it twice. One that failed (`sent: false`) is
     tried again at the next call, under its next attempt key (upgrader/notice_keys.py)."""
     announce = ctx.plan.announce
@@ -58,7 +79,7 @@ def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reas
         except InfraError as exc:
             ctx.emit(UiNotice(f"the {kind.value} notice could not be sent: {exc.message}; it is tried again at the "
                               "next `upgrader run-due` or resume", "error"))
-            return {"sent": False, "error": exc.message, "sequence": sequence}
+            return {"sent": False, "error": exc.message, "sequence": sequence, "at": ctx.now().isoformat()}
         ctx.emit(UiNotice(f"{kind.value} notice sent to {', '.join(announce.to)}"))
         return {"sent": True, "message_id": message_id, "sequence": sequence}
 
@@ -69,6 +90,9 @@ def tell(ctx: StepContext, kind: Kind, key: str, slot: Slot, sequence: int, reas
     tried = last_attempt([*ctx.journal.begun, *ctx.journal.done], key)
     attempt = 0 if tried is None else tried
     if tried is not None and ctx.journal.done.get(attempt_key(key, tried), {}).get("sent") is False:
+        due = retry_due(ctx.journal.done[attempt_key(key, tried)], tried + 1)
+        if due is not None and ctx.now() < due:
+            return None  # backing off: nothing tried, nothing written
         attempt = tried + 1  # the last try failed: try again
     title = f"tell customers: {kind.value}" + (f" (attempt {attempt + 1})" if attempt else "")
     return ctx.once(attempt_key(key, attempt), title, send, died_during_send)

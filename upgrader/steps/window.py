@@ -2,7 +2,9 @@
 
 The window in use is journaled as `window[N]` (N = its iCalendar SEQUENCE: 0, then +1 for every
 postponement). Each call of the step (a start, a resume, `upgrader run-due`) looks at the clock:
-  * a notice to customers that could not be sent is tried again;
+  * a notice to customers that could not be sent is tried again once its back-off is over
+    (steps/notices.py), and the `postponed` notice of a later window the customers were not
+    told of is sent (also when a crash came between fixing that window and telling them);
   * `approval: required` and no `upgrader approve HOST` yet: park (with or without a window,
     with or without `--now`; the operators are told once);
   * before the window: send the reminder once it is due, then park (the process exits);
@@ -22,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from upgrader.events import Notice
 from upgrader.forecast import FORECAST_KEY
-from upgrader.notice_keys import ANNOUNCE_KEY, attempt_key, customers_told, last_attempt, postponed_key
+from upgrader.notice_keys import ANNOUNCE_KEY, attempt_key, customers_told, last_attempt, postponed_key, sent_state
 from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_of, forecast_seconds, tell
 from upgrader.steps.presync import converge
 from upgrader.steps.operator_notice import APPROVAL_KEY, approval_event, tell_operator
+from upgrader.window_fit import FORECAST_FACTOR, FORECAST_SLACK
 from upgrader.windows import Slot, describe, next_slot
 from upgrader.durations import format_duration
 
@@ -37,9 +40,6 @@ if TYPE_CHECKING:
 
 DECISION_KEY = "await_window"  # journaled once the run goes on to the cutover
 APPROVAL = "approval"  # journaled by `upgrader approve`
-# the forecast is partly estimated; leave room for a slower final pass and takeover
-FORECAST_FACTOR = 1.5
-FORECAST_SLACK = dt.timedelta(seconds=30)
 
 
 def current_slot(ctx: StepContext) -> tuple[int, Slot] | None:
@@ -98,10 +98,20 @@ def announce_state(ctx: StepContext, seq: int, slot: Slot) -> bool:
     if ctx.plan.announce is None or ctx.ports.notifier is None:
         return True
     tell(ctx, Kind.ANNOUNCE, ANNOUNCE_KEY, slot, seq)
-    if seq > 0 and not customers_told(ctx.journal.done, seq) and postponed_key(seq) in ctx.journal.done:
-        why = str(ctx.journal.done.get(f"window[{seq}]", {}).get("why") or "") or None  # a failed postponement notice
-        tell(ctx, Kind.POSTPONED, postponed_key(seq), slot, seq, reason=why)
+    tell_postponed(ctx, seq, slot)
     return customers_told(ctx.journal.done, seq)
+
+
+def tell_postponed(ctx: StepContext, seq: int, slot: Slot) -> None:
+    """The `postponed` notice of window `seq` (> 0), if the customers were told of an earlier
+    window and not yet of this one: whether its first try failed, or the process died between
+    fixing `window[seq]` and sending it (never begun). `tell` sends it at most once: one that may
+    have gone out before a crash is not repeated."""
+    done = ctx.journal.done
+    if seq == 0 or sent_state(done, ANNOUNCE_KEY) in (None, False) or customers_told(done, seq):
+        return  # an announcement not sent yet goes out (tried again) naming window `seq` itself
+    why = str(done.get(f"window[{seq}]", {}).get("why") or "") or None
+    tell(ctx, Kind.POSTPONED, postponed_key(seq), slot, seq, reason=why)
 
 
 class AwaitWindow:
@@ -120,7 +130,8 @@ class AwaitWindow:
         lines = [f"fix the next window ({describe(plan.window)}) and park until it opens; `upgrader run-due` resumes it"]
         if plan.announce:
             lines.append(f"tell {', '.join(plan.announce.to)}: announcement now, reminder {format_duration(plan.announce.reminder_before)} before")
-            lines.append("a notice that could not be sent is tried again at each `upgrader run-due`; "
+            lines.append("a notice that could not be sent is tried again by `upgrader run-due` (after 1, 5, 15, 60 min, "
+                         "then hourly); "
                          + ("the cutover waits until the customers are told of the window"
                             if plan.announce.required else "the cutover does not wait for it (announce.required: false)"))
         if approval:
@@ -162,7 +173,7 @@ class AwaitWindow:
             return decide(ctx, "approved: cut over", {"decision": "approved"}, refresh(ctx, "approved"))
         seq, slot = found
         assert plan.window is not None
-        not_told = "" if told else "; customers not told yet (the announcement is tried again at each `upgrader run-due`)"
+        not_told = "" if told else "; customers not told yet (the announcement is tried again by `upgrader run-due`, backing off to hourly)"
         if now < slot.start:
             if plan.announce is not None and now >= slot.start - plan.announce.reminder_before:
                 tell(ctx, Kind.REMINDER, f"notice.reminder[{seq}]", slot, seq)
@@ -170,8 +181,8 @@ class AwaitWindow:
                                 f"`upgrader run-due` (cron / systemd timer) cuts over then{not_told}")
         if slot.contains(now) and not told and plan.announce is not None and plan.announce.required:
             return Outcome(park=f"customers not told: the announcement of window {seq} could not be sent "
-                                f"({last_error(ctx, seq)}); the cutover waits for it, and the notice is tried again at "
-                                "each `upgrader run-due` (the window is postponed if it closes meanwhile; "
+                                f"({last_error(ctx, seq)}); the cutover waits for it, and the notice is tried again by "
+                                "`upgrader run-due`, backing off to hourly (the window is postponed if it closes meanwhile; "
                                 "`announce.required: false` in a plan cuts over without it)")
         if slot.contains(now):  # the fit is decided with the forecast of the data as it is now
             parts = refresh(ctx, f"window[{seq}]")
@@ -185,7 +196,7 @@ class AwaitWindow:
         if later is None:
             return Outcome(park=f"{why}; the plan has no later window")
         fix_slot(ctx, seq + 1, later, why)
-        tell(ctx, Kind.POSTPONED, postponed_key(seq + 1), later, seq + 1, reason=why)
+        tell_postponed(ctx, seq + 1, later)
         return Outcome(park=f"postponed: {why}; next window opens {local(ctx, later.start)}")
 
 

@@ -7,7 +7,8 @@ Points: `begin:<step key>` (journaled, side effect not yet done), `done:<step ke
 transition), `operator:<retry|skip|revert>` (journaled, not yet the transition) from the
 engine's events, and `after:<op>` from inside the fakes (the side effect happened, the journal
 does not know yet) or `during:<op>` (half of it happened: e.g. `during:revert_checkpoint:NAME`,
-the disks switched, the old images not yet deleted).
+the disks switched, the old images not yet deleted); `after:run@ROLE:CMD` (a command ran on that
+role), `after:plan_copy` (a safe plan edit's copy replaced, run.json not yet told).
 Unset (always, outside tests) the hooks cost one environment lookup.
 """
 
