@@ -245,3 +245,43 @@ def test_a_failure_after_a_park_keeps_its_timing_row(tmp_path: Path, fake_plan: 
     assert record.cleanup_error is not None
     assert [(t.phase, t.status) for t in record.timings[-2:]] == [(Phase.COMPLETED, "parked"), (Phase.COMPLETED, "failed")]
     assert [(t.phase.value, t.status) for t in RunStore(tmp_path / "state").load("mailhost", record.run_id).timings[-1:]] == [("completed", "failed")]
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_a_failed_decommission_is_an_error_left_to_an_operator_not_retried_every_minute(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decommission run-due starts fails (libvirt away): the run is `error` (old code: `parked`,
+    because a failed decommission stays parked in `completed`), and the next run-due lists it for an
+    operator (exit 7) instead of trying it again (old code: tried at every call)."""
+    from upgrader.cli.due import exit_code
+    from upgrader.errors import InfraError
+    from upgrader.testing.fakes import FakeHypervisor
+
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(world_and_plan(tmp_path, "m"))))
+    assert record.phase == Phase.COMPLETED and record.parked
+    tries: list[str] = []
+
+    def broken(self: object, name: str) -> None:
+        tries.append(name)
+        raise InfraError("libvirt went away")
+
+    monkeypatch.setattr(FakeHypervisor, "flatten", broken)
+    clock.now = T0 + dt.timedelta(hours=2)  # keep_old_for (1h) passed: the decommission is due
+    [due] = app_due.run_due(ctx)
+    assert due.outcome is DueOutcome.RAN and due.failed and exit_code([due]) == 1 and len(tries) == 1
+    [status] = app_status.states(ctx, "mailhost")
+    assert status.state is RunState.ERROR, status  # old code: parked
+    assert "the decommission failed: libvirt went away" in (status.hint or "") and "upgrader resume mailhost" in (status.hint or "")
+    journal = run_files(tmp_path / "state", "mailhost")["journal.jsonl"]
+    for _ in range(2):  # cron, every minute
+        [due] = app_due.run_due(ctx)
+        assert due.outcome is DueOutcome.LEFT and due.state is RunState.ERROR and exit_code([due]) == 7
+    assert len(tries) == 1 and run_files(tmp_path / "state", "mailhost")["journal.jsonl"] == journal  # old code: tried again each time
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "-q", "run-due")
+    assert code == 7 and "mailhost: error in completed" in out and "the decommission failed" in out, out
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "status", "--json")
+    assert json.loads(out)["runs"][0]["state"] == "error", out
