@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from upgrader import app
 from upgrader.app_status import RunState, RunStatus, lock_holder, state_of
@@ -33,6 +34,9 @@ from upgrader.events import Event, Parked
 from upgrader.phases import PROD_AT_STAKE, UNSUCCESSFUL, Phase
 from upgrader.record import RunRecord
 from upgrader.steps.operator_notice import tell_operator, urgent_event, urgent_key
+
+if TYPE_CHECKING:
+    from upgrader.engine import Engine
 
 BugLog = Callable[[BaseException], Path]  # writes a traceback somewhere, returns where
 
@@ -132,18 +136,25 @@ def _due(ctx: app.Context, host: str) -> DueResult | None:
 
 
 def _resume_urgent(ctx: app.Context, host: str, status: RunStatus) -> RunRecord:
-    """Tell the operators (before anything else: prod may be down), then resume; under the lock."""
+    """Tell the operators (as soon as their channels exist: prod may be down), then resume; under
+    the lock. The run works from its plan copy (app.FROM_COPY): an edit of the plan file, even a
+    broken one, never keeps prod down; it is ignored with a warning."""
     if status.killed and status.holder is not None:
         how = f"its process (pid {status.holder.pid}, `{status.holder.command}`) died"
     else:
         how = "its process stopped"
+
+    def tell(engine: Engine) -> None:
+        record = engine.record
+        if record.phase not in PROD_AT_STAKE:  # nobody resumed it between our look and the lock
+            return
+        entries = ctx.store.journal(host, record.run_id)
+        note = (f"{how} in {record.phase.value}, since {record.updated.isoformat(timespec='seconds')}; "
+                "run-due resumes it now")
+        tell_operator(engine.ctx, urgent_key(entries), urgent_event(record, note, state_dir=engine.ctx.state_dir))
+
     with app.holding(ctx, host) as record:
-        engine = app._engine(ctx, record)
-        if record.phase in PROD_AT_STAKE:  # still (nobody resumed it between our look and the lock)
-            entries = ctx.store.journal(host, record.run_id)
-            note = (f"{how} in {record.phase.value}, since {record.updated.isoformat(timespec='seconds')}; "
-                    "run-due resumes it now")
-            tell_operator(engine.ctx, urgent_key(entries), urgent_event(record, note, state_dir=engine.ctx.state_dir))
+        engine = app._engine(ctx, record, going_back=record.phase in app.FROM_COPY, first=tell)
         return engine.run(resumed=True)
 
 

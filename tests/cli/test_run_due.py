@@ -285,3 +285,54 @@ def test_a_failed_decommission_is_an_error_left_to_an_operator_not_retried_every
     assert code == 7 and "mailhost: error in completed" in out and "the decommission failed" in out, out
     code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "status", "--json")
     assert json.loads(out)["runs"][0]["state"] == "error", out
+
+
+# --------------------------------------------------------------------------------------------- plan edits
+
+
+EDITS = {
+    "unsafe": lambda text: text.replace("keep_old_for: 1h", "keep_old_for: 2h"),  # not a safe field
+    "broken": lambda text: text + "  oops: [not yaml\n",  # no longer parses
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_an_urgent_run_comes_back_whatever_happened_to_the_plan_file(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, inbox: Path, edit: str) -> None:
+    """Killed in the final sync (prod's services stopped), then the plan file is edited: run-due
+    still tells the operators and brings the run back, from the run's copy, saying the edit was
+    ignored (old code: refused, exit 7, the run still URGENT and no notice sent)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m", f"operator:\n  email: [{ONCALL}]\n  sender: upgrader@example.org\n")
+    cli.kill_at("begin:cutover.final_sync", "start", "mailhost", "--plan", str(plan), reached=tmp_path / "r")
+    plan.write_text(EDITS[edit](plan.read_text()))
+    code, out = run(capsys, "--state-dir", str(cli.state), "run-due")
+    assert code == 0 and "mailhost: URGENT" in out and "now completed" in out, out
+    assert ("ignored, using the plan the run started with" if edit == "unsafe" else "no longer parses: using the run's copy") in out, out
+    assert [r.message["To"] for r in mailsink.received(inbox) if r.kind == "urgent"] == [ONCALL]
+    assert cli.record()["phase"] == "completed"
+
+
+def test_resume_of_an_urgent_run_works_from_the_copy(tmp_path: Path) -> None:
+    """`upgrader resume HOST` typed by an operator for a run killed in the cutover: prod may be
+    down, an edit of the plan file does not keep it so (old code: refused, exit 2)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m")
+    cli.kill_at("begin:cutover.final_sync", "start", "mailhost", "--plan", str(plan), reached=tmp_path / "r")
+    plan.write_text(EDITS["unsafe"](plan.read_text()))
+    done = cli.run("resume", "mailhost")
+    assert done.rc == 0 and cli.record()["phase"] == "completed", done
+    assert "keep_old_for: ignored" in done.out, done
+
+
+def test_the_decommission_run_due_starts_works_from_the_copy(tmp_path: Path) -> None:
+    """keep_old_for passed and the plan file was edited elsewhere since: the decommission goes on
+    from the run's copy, as `upgrader decommission` does (old code: refused at every call)."""
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    plan = world_and_plan(tmp_path, "m")
+    app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    plan.write_text(plan.read_text().replace("max_passes: 5", "max_passes: 6"))  # not a safe field
+    clock.now = T0 + dt.timedelta(hours=2)
+    [due] = app_due.run_due(ctx)
+    assert due.outcome is DueOutcome.RAN and due.record is not None and due.record.phase == Phase.DECOMMISSIONED, due
