@@ -7,9 +7,13 @@ host isolated from the others (cron or a systemd timer calls it, see docs/schedu
     urgent       interrupted inside the cutover (prod may be down): the operators are told and the
                  run is resumed at once; the resume is crash-safe by design (it finishes the
                  cutover or rolls back), and waiting for a human is what would keep prod down
-    interrupted  listed with the resume hint, not resumed: it stopped in the middle of work a
-                 person started (an upgrade, a pre-sync, an abort); its last output may need a look
-                 first, and nothing is down while it waits
+    interrupted  in await_window: resumed like a parked run. What await_window does before the
+                 cutover is the run's own waiting work - notices, the fresh pre-sync passes when
+                 the window opens (read-only to prod) - and a run-due killed there would otherwise
+                 lose the window (listed, exit 7, every minute)
+                 elsewhere: listed with the resume hint, not resumed: it stopped in the middle of
+                 work a person started (an upgrade, the pre-sync phase, an abort); its last output
+                 may need a look first, and nothing is down while it waits
     error        (a cleanup that failed, an urgent run whose rollback failed) listed, not retried
                  every minute: each try counts towards MAX_CLEANUP_ATTEMPTS
     held, active, finished: left alone
@@ -121,7 +125,7 @@ def _due(ctx: app.Context, host: str) -> DueResult | None:
         return None
     if state is RunState.ACTIVE:
         return DueResult(host, DueOutcome.BUSY, record, state, message=status.hint)
-    if state is RunState.PARKED:
+    if state is RunState.PARKED or (state is RunState.INTERRUPTED and record.phase == Phase.AWAIT_WINDOW):
         watch = _ParkedAgain()
         ctx.listeners.append(watch)
         try:

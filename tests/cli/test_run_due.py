@@ -126,6 +126,7 @@ def test_cli_exit_code_and_errors_by_host_name(capsys: pytest.CaptureFixture[str
 def test_run_due_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "run-due", "--help")
     assert code == 0 and "Exit: 0" in out and "1  a run it resumed failed" in out and "7  a host needs an operator" in out
+    assert "await_window" in out and "a failed cleanup" in out, out
 
 
 # --------------------------------------------------------------------------------------------- no-op calls
@@ -336,3 +337,31 @@ def test_the_decommission_run_due_starts_works_from_the_copy(tmp_path: Path) -> 
     clock.now = T0 + dt.timedelta(hours=2)
     [due] = app_due.run_due(ctx)
     assert due.outcome is DueOutcome.RAN and due.record is not None and due.record.phase == Phase.DECOMMISSIONED, due
+
+
+# --------------------------------------------------------------------------------------------- await_window
+
+
+def open_window_now() -> str:
+    """A window that opened 10 minutes ago (the CLI runs on the real clock)."""
+    start = (dt.datetime.now(UTC) - dt.timedelta(minutes=10)).replace(microsecond=0, tzinfo=None)
+    return f"window: {{start: {start.isoformat()}, duration: 2h, timezone: UTC}}\n"
+
+
+def test_a_run_due_killed_in_its_fresh_presync_is_resumed_by_the_next(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The window is open, run-due begins the pre-sync again and is killed there: the run is
+    `interrupted` in await_window, and the next run-due goes on with it (its own pre-window work,
+    read-only to prod) and cuts over in the window (old code: listed, exit 7 at every call, the
+    window lost)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m", open_window_now() + "approval: required\n")
+    assert cli.run("start", "mailhost", "--plan", str(plan)).rc == 0  # parks: waiting for approval
+    assert cli.run("approve", "mailhost").rc == 0
+    point = cli.kill_at("begin:presync.pass*", "run-due", reached=tmp_path / "r")
+    [status] = app_status.states(app.Context(RunStore(cli.state)), "mailhost")
+    assert status.state is RunState.INTERRUPTED and status.record.phase == Phase.AWAIT_WINDOW, (point, status)
+    code, out = run(capsys, "--state-dir", str(cli.state), "-q", "run-due")
+    assert code == 0 and "mailhost: completed" in out, out
+    rounds = [e.get("outputs", {}).get("round") for e in map(json.loads, run_files(cli.state, "mailhost")["journal.jsonl"].splitlines())
+              if e.get("kind") == "done" and str(e.get("key", "")).startswith("presync.pass")]
+    assert "window[0]" in rounds, rounds  # the fresh pre-sync was done (again), then the cutover
