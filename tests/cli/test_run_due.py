@@ -365,3 +365,24 @@ def test_a_run_due_killed_in_its_fresh_presync_is_resumed_by_the_next(capsys: py
     rounds = [e.get("outputs", {}).get("round") for e in map(json.loads, run_files(cli.state, "mailhost")["journal.jsonl"].splitlines())
               if e.get("kind") == "done" and str(e.get("key", "")).startswith("presync.pass")]
     assert "window[0]" in rounds, rounds  # the fresh pre-sync was done (again), then the cutover
+
+
+@pytest.mark.parametrize(("error", "code"), [("infra", 5), ("step", 1)])
+def test_decommission_with_libvirt_unreachable_exits_5(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, error: str, code: int) -> None:
+    """A cleanup step that failed because libvirt (or SSH) did not answer: exit 5, as documented
+    for infrastructure unreachable (old code: 1, like any cleanup failure, which still exits 1)."""
+    from upgrader.errors import InfraError, StepFailed
+    from upgrader.testing.fakes import FakeHypervisor
+
+    state = str(tmp_path / "state")
+    rc, out = run(capsys, "--state-dir", state, "start", "mailhost", "--plan", str(world_and_plan(tmp_path, "m")))
+    assert rc == 0 and "parked" in out, out
+
+    def broken(self: object, name: str) -> None:
+        raise InfraError("cannot connect to libvirt") if error == "infra" else StepFailed("qemu-img said no")
+
+    monkeypatch.setattr(FakeHypervisor, "flatten", broken)
+    rc, out = run(capsys, "--state-dir", state, "decommission", "mailhost", "--yes")
+    assert rc == code, out
+    assert app_status.states(app.Context(RunStore(tmp_path / "state")), "mailhost")[0].state is RunState.ERROR
