@@ -124,15 +124,17 @@ def run_exit_code(record: RunRecord, journal: list[dict[str, object]]) -> int:
 
 
 def finish_run(console: Console, record: RunRecord | None, context: app.Context) -> None:
-    """Print the report and exit with the run's code (run_exit_code); a cleanup step (abort,
-    rollback, decommission) that failed because libvirt or SSH did not answer exits 5, as an
-    unreachable infrastructure does everywhere else (any other cleanup failure: 1)."""
+    """Print the report and exit with the run's code (run_exit_code). A decommission that failed
+    because libvirt or SSH did not answer exits 5, as an unreachable infrastructure does
+    everywhere else: the upgrade itself succeeded. A failed abort or rollback cleanup stays 1
+    whatever the cause: the run failed, and it has not got back to where it was."""
     if record is None:
         return
     from upgrader.ui import report
 
     report(console, record)
-    if record.cleanup_error is not None and _is_infra(record.cleanup_error.kind):
+    error = record.cleanup_error
+    if error is not None and error.phase in (Phase.COMPLETED, Phase.DECOMMISSIONED) and _is_infra(error.kind):
         sys.exit(InfraError.exit_code)
     journal = context.store.journal(record.host, record.run_id) if record.phase in _REQUESTED else []
     sys.exit(run_exit_code(record, journal))
