@@ -16,7 +16,7 @@ from upgrader.errors import (BusyError, IllegalAction, InfraError, InputError, L
                              StateUnwritable, UnknownHost, UpgraderError)
 from upgrader.events import Listener, Notice
 from upgrader.machine import RunMachine
-from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, Phase
+from upgrader.phases import AFTER_CUTOVER, BEFORE_CUTOVER, FORWARD, PROD_AT_STAKE, Phase
 from upgrader.plan import Plan, load_plan, resolve_plan_path
 from upgrader.plan_files import plan_file_problems
 from upgrader.preflight_checks import run_checks
@@ -200,13 +200,26 @@ def _plan_of(record: RunRecord, store: RunStore | None = None) -> Plan:
     return load_run_plan(store, record).plan
 
 
-def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False, going_back: bool = False) -> Engine:
+# A resume of a run in one of these works from the run's copy of its plan, like abort, rollback
+# and decommission do (going_back): prod may be down (cutover, verify, rolling_back: nothing may
+# keep it down, not even an edit of the plan file), or what is left is to go back or to remove the
+# old VM. An edit of the plan file that is not safe (or a file that no longer parses) is ignored
+# with a warning; a safe edit is taken as usual.
+FROM_COPY: frozenset[Phase] = PROD_AT_STAKE | {Phase.COMPLETED, Phase.DECOMMISSIONED, Phase.ABORTED, Phase.ROLLED_BACK}
+
+
+def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False, going_back: bool = False,
+            first: Callable[[Engine], None] | None = None) -> Engine:
     """An engine on the run's plan (run_plan.py): a safe edit of the plan file is taken and
     journaled (`plan_edit`); an unsafe one is refused, or - `going_back` (abort, rollback,
-    decommission) - ignored with a warning: the run's copy is used."""
+    decommission, a resume of a run in FROM_COPY) - ignored with a warning: the run's copy is
+    used. `first`: what must happen as soon as the engine exists, before the plan edit is taken
+    (the URGENT notice of run-due)."""
     loaded = load_run_plan(ctx.store, record, going_back=going_back, now=ctx.now())
     engine = Engine(ctx.store, record, loaded.plan, ctx.ports_factory(loaded.plan, record.run_id), ctx.listeners,
                     now=ctx.now, force_decommission=force_decommission)
+    if first is not None:
+        first(engine)
     if not going_back and loaded.edit is not None and "window" in loaded.edit.safe_fields:
         # before the copy is replaced: a crash in between finds the edit again on the next load
         follow_window_edit(engine.ctx)  # the fixed window gives way to the edited one; customers told
@@ -215,9 +228,10 @@ def _engine(ctx: Context, record: RunRecord, *, force_decommission: bool = False
 
 
 def resume(ctx: Context, host: str, *, now: bool = False, yes: bool = False, who: str = "") -> RunRecord:
-    """Continue the run; a held run is retried (its failed step runs again from scratch)."""
+    """Continue the run; a held run is retried (its failed step runs again from scratch). A run in
+    FROM_COPY (inside the cutover, completed, cleaning up) works from its plan copy."""
     with holding(ctx, host) as record:
-        engine = _engine(ctx, record)
+        engine = _engine(ctx, record, going_back=record.phase in FROM_COPY)
         if now and not record.options.now:
             _confirm_now(engine.plan, now, yes)
             record.options.now = True

@@ -7,9 +7,13 @@ host isolated from the others (cron or a systemd timer calls it, see docs/schedu
     urgent       interrupted inside the cutover (prod may be down): the operators are told and the
                  run is resumed at once; the resume is crash-safe by design (it finishes the
                  cutover or rolls back), and waiting for a human is what would keep prod down
-    interrupted  listed with the resume hint, not resumed: it stopped in the middle of work a
-                 person started (an upgrade, a pre-sync, an abort); its last output may need a look
-                 first, and nothing is down while it waits
+    interrupted  in await_window: resumed like a parked run. What await_window does before the
+                 cutover is the run's own waiting work - notices, the fresh pre-sync passes when
+                 the window opens (read-only to prod) - and a run-due killed there would otherwise
+                 lose the window (listed, exit 7, every minute)
+                 elsewhere: listed with the resume hint, not resumed: it stopped in the middle of
+                 work a person started (an upgrade, the pre-sync phase, an abort); its last output
+                 may need a look first, and nothing is down while it waits
     error        (a cleanup that failed, an urgent run whose rollback failed) listed, not retried
                  every minute: each try counts towards MAX_CLEANUP_ATTEMPTS
     held, active, finished: left alone
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from upgrader import app
 from upgrader.app_status import RunState, RunStatus, lock_holder, state_of
@@ -33,6 +38,9 @@ from upgrader.events import Event, Parked
 from upgrader.phases import PROD_AT_STAKE, UNSUCCESSFUL, Phase
 from upgrader.record import RunRecord
 from upgrader.steps.operator_notice import tell_operator, urgent_event, urgent_key
+
+if TYPE_CHECKING:
+    from upgrader.engine import Engine
 
 BugLog = Callable[[BaseException], Path]  # writes a traceback somewhere, returns where
 
@@ -117,7 +125,7 @@ def _due(ctx: app.Context, host: str) -> DueResult | None:
         return None
     if state is RunState.ACTIVE:
         return DueResult(host, DueOutcome.BUSY, record, state, message=status.hint)
-    if state is RunState.PARKED:
+    if state is RunState.PARKED or (state is RunState.INTERRUPTED and record.phase == Phase.AWAIT_WINDOW):
         watch = _ParkedAgain()
         ctx.listeners.append(watch)
         try:
@@ -132,18 +140,25 @@ def _due(ctx: app.Context, host: str) -> DueResult | None:
 
 
 def _resume_urgent(ctx: app.Context, host: str, status: RunStatus) -> RunRecord:
-    """Tell the operators (before anything else: prod may be down), then resume; under the lock."""
+    """Tell the operators (as soon as their channels exist: prod may be down), then resume; under
+    the lock. The run works from its plan copy (app.FROM_COPY): an edit of the plan file, even a
+    broken one, never keeps prod down; it is ignored with a warning."""
     if status.killed and status.holder is not None:
         how = f"its process (pid {status.holder.pid}, `{status.holder.command}`) died"
     else:
         how = "its process stopped"
+
+    def tell(engine: Engine) -> None:
+        record = engine.record
+        if record.phase not in PROD_AT_STAKE:  # nobody resumed it between our look and the lock
+            return
+        entries = ctx.store.journal(host, record.run_id)
+        note = (f"{how} in {record.phase.value}, since {record.updated.isoformat(timespec='seconds')}; "
+                "run-due resumes it now")
+        tell_operator(engine.ctx, urgent_key(entries), urgent_event(record, note, state_dir=engine.ctx.state_dir))
+
     with app.holding(ctx, host) as record:
-        engine = app._engine(ctx, record)
-        if record.phase in PROD_AT_STAKE:  # still (nobody resumed it between our look and the lock)
-            entries = ctx.store.journal(host, record.run_id)
-            note = (f"{how} in {record.phase.value}, since {record.updated.isoformat(timespec='seconds')}; "
-                    "run-due resumes it now")
-            tell_operator(engine.ctx, urgent_key(entries), urgent_event(record, note, state_dir=engine.ctx.state_dir))
+        engine = app._engine(ctx, record, going_back=record.phase in app.FROM_COPY, first=tell)
         return engine.run(resumed=True)
 
 

@@ -10,7 +10,9 @@ and clears it on exit, so a record left behind names a process that died (upgrad
     interrupted  nobody runs it (the process was killed, or Ctrl-C): `upgrader resume HOST`
     urgent       interrupted inside the cutover (cutover, verify, rolling_back): prod may be down;
                  `run-due` resumes it at once and tells the operators
-    error        a cleanup step (abort, decommission) failed; `resume` retries it
+    error        a cleanup step (abort, decommission) failed; `resume` retries it, `run-due`
+                 leaves it to an operator (shown before `parked`: a failed decommission is still
+                 parked in `completed`)
     finished     nothing more to do (decommissioned, aborted, rolled back, failed)
 
 The JSON of these (`status --json`, `list --json`) is versioned: docs/json-schema.md.
@@ -120,6 +122,8 @@ def state_of(record: RunLike, lock: LockHolder | None, *, latest: bool = True,
     dead = lock if latest else None
     if record.phase == Phase.HELD:
         return RunStatus(record, RunState.HELD, dead, f"`upgrader status {host}` says what to run next")
+    if record.cleanup_error is not None and record.phase not in PROD_AT_STAKE:  # before `parked`: a failed
+        return RunStatus(record, RunState.ERROR, dead, _error_hint(record))  # decommission stays parked in `completed`
     how = "its process was killed" if dead is not None else "its process stopped"
     step = open_step(entries) if (record.parked and dead is not None and entries is not None) else None
     if record.parked and step is None:
@@ -134,11 +138,21 @@ def state_of(record: RunLike, lock: LockHolder | None, *, latest: bool = True,
         return RunStatus(record, RunState.URGENT, dead,
                          f"{how} in {record.phase.value}: prod may be down; `upgrader resume {host}` brings it back "
                          "(`upgrader run-due` does it by itself)")
-    if record.cleanup_error is not None:
-        return RunStatus(record, RunState.ERROR, dead,
-                         record.cleanup_error.hint or f"`upgrader resume {host}` retries {record.cleanup_error.phase.value}")
     return RunStatus(record, RunState.INTERRUPTED, dead,
                      f"{how} in {record.phase.value}; `upgrader resume {host}` continues from the last checkpoint")
+
+
+_CLEANUP_NAMES = {Phase.COMPLETED: "decommission", Phase.DECOMMISSIONED: "decommission", Phase.ABORTED: "abort cleanup",
+                  Phase.ROLLED_BACK: "rollback cleanup"}
+
+
+def _error_hint(record: RunLike) -> str:
+    """What failed and what retries it (`run-due` does not: an operator looks first)."""
+    error = record.cleanup_error
+    assert error is not None
+    what = _CLEANUP_NAMES.get(error.phase, error.phase.value)
+    hint = f" ({error.hint})" if error.hint else ""
+    return f"the {what} failed: {error.message}{hint}; `upgrader resume {record.host}` retries it"
 
 
 def _latest(ctx: "Context", host: str | None) -> list[tuple[RunRecord, list[dict[str, Any]]]]:

@@ -126,6 +126,7 @@ def test_cli_exit_code_and_errors_by_host_name(capsys: pytest.CaptureFixture[str
 def test_run_due_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "run-due", "--help")
     assert code == 0 and "Exit: 0" in out and "1  a run it resumed failed" in out and "7  a host needs an operator" in out
+    assert "await_window" in out and "a failed cleanup" in out, out
 
 
 # --------------------------------------------------------------------------------------------- no-op calls
@@ -245,3 +246,143 @@ def test_a_failure_after_a_park_keeps_its_timing_row(tmp_path: Path, fake_plan: 
     assert record.cleanup_error is not None
     assert [(t.phase, t.status) for t in record.timings[-2:]] == [(Phase.COMPLETED, "parked"), (Phase.COMPLETED, "failed")]
     assert [(t.phase.value, t.status) for t in RunStore(tmp_path / "state").load("mailhost", record.run_id).timings[-1:]] == [("completed", "failed")]
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_a_failed_decommission_is_an_error_left_to_an_operator_not_retried_every_minute(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decommission run-due starts fails (libvirt away): the run is `error` (old code: `parked`,
+    because a failed decommission stays parked in `completed`), and the next run-due lists it for an
+    operator (exit 7) instead of trying it again (old code: tried at every call)."""
+    from upgrader.cli.due import exit_code
+    from upgrader.errors import InfraError
+    from upgrader.testing.fakes import FakeHypervisor
+
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    record = app.start(ctx, app.StartOptions("mailhost", str(world_and_plan(tmp_path, "m"))))
+    assert record.phase == Phase.COMPLETED and record.parked
+    tries: list[str] = []
+
+    def broken(self: object, name: str) -> None:
+        tries.append(name)
+        raise InfraError("libvirt went away")
+
+    monkeypatch.setattr(FakeHypervisor, "flatten", broken)
+    clock.now = T0 + dt.timedelta(hours=2)  # keep_old_for (1h) passed: the decommission is due
+    [due] = app_due.run_due(ctx)
+    assert due.outcome is DueOutcome.RAN and due.failed and exit_code([due]) == 1 and len(tries) == 1
+    [status] = app_status.states(ctx, "mailhost")
+    assert status.state is RunState.ERROR, status  # old code: parked
+    assert "the decommission failed: libvirt went away" in (status.hint or "") and "upgrader resume mailhost" in (status.hint or "")
+    journal = run_files(tmp_path / "state", "mailhost")["journal.jsonl"]
+    for _ in range(2):  # cron, every minute
+        [due] = app_due.run_due(ctx)
+        assert due.outcome is DueOutcome.LEFT and due.state is RunState.ERROR and exit_code([due]) == 7
+    assert len(tries) == 1 and run_files(tmp_path / "state", "mailhost")["journal.jsonl"] == journal  # old code: tried again each time
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "-q", "run-due")
+    assert code == 7 and "mailhost: error in completed" in out and "the decommission failed" in out, out
+    code, out = run(capsys, "--state-dir", str(tmp_path / "state"), "status", "--json")
+    assert json.loads(out)["runs"][0]["state"] == "error", out
+
+
+# --------------------------------------------------------------------------------------------- plan edits
+
+
+EDITS = {
+    "unsafe": lambda text: text.replace("keep_old_for: 1h", "keep_old_for: 2h"),  # not a safe field
+    "broken": lambda text: text + "  oops: [not yaml\n",  # no longer parses
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_an_urgent_run_comes_back_whatever_happened_to_the_plan_file(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, inbox: Path, edit: str) -> None:
+    """Killed in the final sync (prod's services stopped), then the plan file is edited: run-due
+    still tells the operators and brings the run back, from the run's copy, saying the edit was
+    ignored (old code: refused, exit 7, the run still URGENT and no notice sent)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m", f"operator:\n  email: [{ONCALL}]\n  sender: upgrader@example.org\n")
+    cli.kill_at("begin:cutover.final_sync", "start", "mailhost", "--plan", str(plan), reached=tmp_path / "r")
+    plan.write_text(EDITS[edit](plan.read_text()))
+    code, out = run(capsys, "--state-dir", str(cli.state), "run-due")
+    assert code == 0 and "mailhost: URGENT" in out and "now completed" in out, out
+    assert ("ignored, using the plan the run started with" if edit == "unsafe" else "no longer parses: using the run's copy") in out, out
+    assert [r.message["To"] for r in mailsink.received(inbox) if r.kind == "urgent"] == [ONCALL]
+    assert cli.record()["phase"] == "completed"
+
+
+def test_resume_of_an_urgent_run_works_from_the_copy(tmp_path: Path) -> None:
+    """`upgrader resume HOST` typed by an operator for a run killed in the cutover: prod may be
+    down, an edit of the plan file does not keep it so (old code: refused, exit 2)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m")
+    cli.kill_at("begin:cutover.final_sync", "start", "mailhost", "--plan", str(plan), reached=tmp_path / "r")
+    plan.write_text(EDITS["unsafe"](plan.read_text()))
+    done = cli.run("resume", "mailhost")
+    assert done.rc == 0 and cli.record()["phase"] == "completed", done
+    assert "keep_old_for: ignored" in done.out, done
+
+
+def test_the_decommission_run_due_starts_works_from_the_copy(tmp_path: Path) -> None:
+    """keep_old_for passed and the plan file was edited elsewhere since: the decommission goes on
+    from the run's copy, as `upgrader decommission` does (old code: refused at every call)."""
+    clock = Clock(T0)
+    ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
+    plan = world_and_plan(tmp_path, "m")
+    app.start(ctx, app.StartOptions("mailhost", str(plan)))
+    plan.write_text(plan.read_text().replace("max_passes: 5", "max_passes: 6"))  # not a safe field
+    clock.now = T0 + dt.timedelta(hours=2)
+    [due] = app_due.run_due(ctx)
+    assert due.outcome is DueOutcome.RAN and due.record is not None and due.record.phase == Phase.DECOMMISSIONED, due
+
+
+# --------------------------------------------------------------------------------------------- await_window
+
+
+def open_window_now() -> str:
+    """A window that opened 10 minutes ago (the CLI runs on the real clock)."""
+    start = (dt.datetime.now(UTC) - dt.timedelta(minutes=10)).replace(microsecond=0, tzinfo=None)
+    return f"window: {{start: {start.isoformat()}, duration: 2h, timezone: UTC}}\n"
+
+
+def test_a_run_due_killed_in_its_fresh_presync_is_resumed_by_the_next(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The window is open, run-due begins the pre-sync again and is killed there: the run is
+    `interrupted` in await_window, and the next run-due goes on with it (its own pre-window work,
+    read-only to prod) and cuts over in the window (old code: listed, exit 7 at every call, the
+    window lost)."""
+    cli = cli_for(tmp_path)
+    plan = world_and_plan(tmp_path, "m", open_window_now() + "approval: required\n")
+    assert cli.run("start", "mailhost", "--plan", str(plan)).rc == 0  # parks: waiting for approval
+    assert cli.run("approve", "mailhost").rc == 0
+    point = cli.kill_at("begin:presync.pass*", "run-due", reached=tmp_path / "r")
+    [status] = app_status.states(app.Context(RunStore(cli.state)), "mailhost")
+    assert status.state is RunState.INTERRUPTED and status.record.phase == Phase.AWAIT_WINDOW, (point, status)
+    code, out = run(capsys, "--state-dir", str(cli.state), "-q", "run-due")
+    assert code == 0 and "mailhost: completed" in out, out
+    rounds = [e.get("outputs", {}).get("round") for e in map(json.loads, run_files(cli.state, "mailhost")["journal.jsonl"].splitlines())
+              if e.get("kind") == "done" and str(e.get("key", "")).startswith("presync.pass")]
+    assert "window[0]" in rounds, rounds  # the fresh pre-sync was done (again), then the cutover
+
+
+@pytest.mark.parametrize(("error", "code"), [("infra", 5), ("step", 1)])
+def test_decommission_with_libvirt_unreachable_exits_5(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, error: str, code: int) -> None:
+    """A cleanup step that failed because libvirt (or SSH) did not answer: exit 5, as documented
+    for infrastructure unreachable (old code: 1, like any cleanup failure, which still exits 1)."""
+    from upgrader.errors import InfraError, StepFailed
+    from upgrader.testing.fakes import FakeHypervisor
+
+    state = str(tmp_path / "state")
+    rc, out = run(capsys, "--state-dir", state, "start", "mailhost", "--plan", str(world_and_plan(tmp_path, "m")))
+    assert rc == 0 and "parked" in out, out
+
+    def broken(self: object, name: str) -> None:
+        raise InfraError("cannot connect to libvirt") if error == "infra" else StepFailed("qemu-img said no")
+
+    monkeypatch.setattr(FakeHypervisor, "flatten", broken)
+    rc, out = run(capsys, "--state-dir", state, "decommission", "mailhost", "--yes")
+    assert rc == code, out
+    assert app_status.states(app.Context(RunStore(tmp_path / "state")), "mailhost")[0].state is RunState.ERROR

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 import click
 
 from upgrader.config import load_settings
-from upgrader.errors import PlanError, UpgraderError
+from upgrader.errors import InfraError, PlanError, UpgraderError
 from upgrader.phases import UNSUCCESSFUL, Phase
 
 if TYPE_CHECKING:
@@ -124,14 +124,32 @@ def run_exit_code(record: RunRecord, journal: list[dict[str, object]]) -> int:
 
 
 def finish_run(console: Console, record: RunRecord | None, context: app.Context) -> None:
-    """Print the report and exit with the run's code (run_exit_code)."""
+    """Print the report and exit with the run's code (run_exit_code). A decommission that failed
+    because libvirt or SSH did not answer exits 5, as an unreachable infrastructure does
+    everywhere else: the upgrade itself succeeded. A failed abort or rollback cleanup stays 1
+    whatever the cause: the run failed, and it has not got back to where it was."""
     if record is None:
         return
     from upgrader.ui import report
 
     report(console, record)
+    error = record.cleanup_error
+    if error is not None and error.phase in (Phase.COMPLETED, Phase.DECOMMISSIONED) and _is_infra(error.kind):
+        sys.exit(InfraError.exit_code)
     journal = context.store.journal(record.host, record.run_id) if record.phase in _REQUESTED else []
     sys.exit(run_exit_code(record, journal))
+
+
+def _is_infra(kind: str | None) -> bool:
+    """`kind` (a RunError's: the exception's class name) names InfraError or a subclass of it (a
+    subclass is known once its module is imported: the failure was raised by this process's run)."""
+    found: list[type[InfraError]] = [InfraError]
+    names = set()
+    while found:
+        cls = found.pop()
+        names.add(cls.__name__)
+        found.extend(cls.__subclasses__())
+    return kind in names
 
 
 def fail(error: UpgraderError, console: Console | None = None) -> NoReturn:

@@ -28,14 +28,17 @@ def run_due(ctx: click.Context) -> None:
     written to a debug log under the state dir) is reported with its name; the others go on.
     A run whose time has not come parks again and leaves no trace; with -q such a call prints
     nothing at all. A run interrupted inside the cutover (URGENT: prod may be down) is resumed
-    at once and the operators are told; one interrupted elsewhere is listed with the resume
-    hint, not resumed (a person started that work and should look first).
+    at once, from the run's plan copy, and the operators are told; one interrupted while it
+    waited for its window (await_window: notices, the fresh pre-sync, read-only to prod) is
+    resumed like a parked one; one interrupted elsewhere is listed with the resume hint, not
+    resumed (a person started that work and should look first). A failed cleanup (abort,
+    decommission) is listed, not retried every call.
 
     \b
     Exit: 0  nothing due, or every due run went on fine (parked, cut over, decommissioned)
           1  a run it resumed failed: aborted, rolled back, failed, held or a cleanup error
           7  a host needs an operator: an error, an interrupted run left for `upgrader resume`,
-             or an URGENT run whose rollback failed (7 wins over 1)"""
+             a failed cleanup, or an URGENT run whose rollback failed (7 wins over 1)"""
     quiet = globals_of(ctx).quiet
     root = state_root(ctx)
     console = make_console()
