@@ -95,31 +95,37 @@ def test_expect_plan_cans_exactly_what_the_plan_declares(tmp_path: Path) -> None
         staging.run(Command.raw("labos-update fetch --force"))
 
 
-def _without_fetch(tmp_path: Path) -> tuple[WorldFile, Path]:
-    """The scenario plan, its world told about everything but `labos-update fetch`."""
+def _without(tmp_path: Path, word: str) -> tuple[WorldFile, Path]:
+    """The scenario plan, its world told about everything but the commands with `word`."""
     wf = WorldFile(tmp_path / "world.json")
     path = tmp_path / "plan.yml"
     path.write_text(FAKE_PLAN.format(world=wf.path, keep="1h"))
     world = expect_plan({**new_world(), "commands": list(RELEASE_COMMANDS)}, path)
-    world["commands"] = [e for e in world["commands"] if "fetch" not in e["match"]]
+    world["commands"] = [e for e in world["commands"] if word not in e["match"]]
     wf.write(world)
     return wf, path
 
 
-def test_the_engine_does_not_swallow_an_unexpected_call(tmp_path: Path) -> None:
-    """An UnexpectedCall in a step reaches the caller: the run is neither held nor aborted for it."""
-    wf, path = _without_fetch(tmp_path)
+@pytest.mark.parametrize("word, command, role, phase", [
+    ("fetch", "labos-update fetch", "staging", Phase.UPGRADE),  # a failed step would hold
+    ("labos-release", "cat /etc/labos-release", "staging", Phase.VALIDATE_STAGING),  # a failed check would hold
+    ("smtpd stop", "/etc/init.d/smtpd stop", "prod", Phase.CUTOVER),  # a failed cutover would roll back
+])
+def test_the_engine_does_not_swallow_an_unexpected_call(tmp_path: Path, word: str, command: str, role: str,
+                                                        phase: Phase) -> None:
+    """An UnexpectedCall in a step reaches the caller: the run is neither held, aborted nor rolled back for it."""
+    wf, path = _without(tmp_path, word)
     store = RunStore(tmp_path / "state")
     with pytest.raises(UnexpectedCall) as info:
         app.start(app.Context(store, []), app.StartOptions("mailhost", str(path)))
-    assert (info.value.command, info.value.role) == ("labos-update fetch", "staging")
+    assert (info.value.command, info.value.role) == (command, role)
     record = store.latest("mailhost")
-    assert record is not None and record.phase == Phase.UPGRADE and record.held is None and record.error is None
+    assert record is not None and record.phase == phase and record.held is None and record.error is None
     assert "mailhost-twin" in json.loads(wf.path.read_text())["domains"]  # not aborted: the twin is still there
 
 
 def test_through_the_cli_an_unexpected_call_is_an_internal_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _, path = _without_fetch(tmp_path)
+    _, path = _without(tmp_path, "fetch")
     with pytest.raises(SystemExit) as info:
         main(["--state-dir", str(tmp_path / "state"), "start", "mailhost", "--plan", str(path)])
     out = capsys.readouterr()
