@@ -32,8 +32,9 @@ from upgrader import app  # noqa: E402
 from upgrader.phases import Phase  # noqa: E402
 from upgrader.record import PhaseTiming, RunRecord, new_run_id  # noqa: E402
 from upgrader.store import RunStore  # noqa: E402
-from upgrader.testing.fakes import WorldFile, expect_plan, new_world  # noqa: E402
+from upgrader.testing.fakes import WorldFile, new_world  # noqa: E402
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS  # noqa: E402
+from upgrader.testing.world import expect_plan  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -12,8 +12,9 @@ import pytest
 
 from upgrader.lab import Lab
 from upgrader.plan import parse_plan
-from upgrader.testing.fakes import WorldFile, expect_plan, new_world
+from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
+from upgrader.testing.world import expect_plan
 
 
 @pytest.fixture(autouse=True)

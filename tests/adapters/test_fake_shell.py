@@ -17,8 +17,9 @@ from upgrader.plan import load_plan
 from upgrader.ports import Command, cmd
 from upgrader.steps import guest
 from upgrader.store import RunStore
-from upgrader.testing.fakes import FakeHypervisor, FakeShells, UnexpectedCall, WorldFile, expect_plan, new_world
+from upgrader.testing.fakes import FakeHypervisor, FakeShells, UnexpectedCall, WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS, effects
+from upgrader.testing.world import expect_plan
 
 PLAN_EXTRAS = """\
   - name: migrate

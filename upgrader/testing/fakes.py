@@ -26,13 +26,13 @@ from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.fake_commands import UnexpectedCall, canned_for, own_command
 from upgrader.testing.hooks import maybe_pause
-from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, expect_plan, is_used, new_world
+from upgrader.testing.world import World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
 __all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "World", "WorldFile",
-           "build", "expect_plan", "new_world"]
+           "build", "new_world"]
 
 
 def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:

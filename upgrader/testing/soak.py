@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from upgrader.testing.crash import CHECKS, Cli, world_of
-from upgrader.testing.fakes import WorldFile, expect_plan, new_world
+from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
+from upgrader.testing.world import expect_plan
 
 WINDOW = "window: {start: 2030-01-01T01:30:00, duration: 1h}\n"
 NEW_PROD_MAIL = {"match": "smtpd start", "role": "prod", "set": {"services": True}, "add_mail": 3}
