@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import upgrader
 from upgrader import app
 from upgrader.cli.main import main
 from upgrader.errors import UpgraderError
@@ -63,12 +64,24 @@ def test_a_canned_command_and_upgraders_own_guest_commands_run(shells: tuple[Wor
     staging = fake.connect("staging")
     assert staging.run(guest.flush()).rc == 0  # before a checkpoint
     assert staging.run(guest.is_marked("/var/db/upgrader", "r1", "upgrade[0]")).rc == 1  # no marker yet
+    assert fake.connect("prod").run(cmd("command -v rsync")).ok  # preflight's tool test
     claimed = fake.connect("prod").run(guest.claim_address("192.0.2.10/24", None, 3))
     assert claimed.ok and claimed.stdout.strip() == "192.0.2.10/24 on eth0"
     with pytest.raises(UnexpectedCall):  # the flush is the twin's: prod has no checkpoints
         fake.connect("prod").run(guest.flush())
     with pytest.raises(UnexpectedCall):  # a template that merely looks like one of ours
         staging.run(cmd("test -e {}", "/var/db/upgrader/r1/upgrade_0_.done"))
+
+
+def test_preflights_tests_on_prod_are_modelled(shells: tuple[WorldFile, FakeShells]) -> None:
+    """The fake's copy of preflight's tests is the one preflight sends (where preflight_checks exists)."""
+    _, fake = shells
+    if not (Path(upgrader.__file__).parent / "preflight_checks.py").exists():
+        pytest.skip("no upgrader/preflight_checks.py in this tree")
+    from upgrader.preflight_checks import TOOLS as tools  # type: ignore[import-not-found,unused-ignore]
+
+    assert tools and all(fake.connect("prod").run(cmd(test)).ok for _, test in tools)
+    assert fake.connect("prod").run(cmd("test -d {}", "/var/mail/")).ok
 
 
 def test_expect_plan_cans_exactly_what_the_plan_declares(tmp_path: Path) -> None:

@@ -29,6 +29,12 @@ class UnexpectedCall(AssertionError):
             f"plan's own commands). Canned for {role}:\n{canned}")
 
 
+# preflight's read-only tests on prod (upgrader/preflight_checks.py TOOLS and its sync path test):
+# the fake prod has the sync's tools and every sync path (a test cans rc 1 to take one away)
+PREFLIGHT_TESTS = ("command -v rsync", "command -v ssh-keygen || command -v dropbearkey",
+                   "command -v ssh || command -v dbclient", "test -d {}")
+
+
 def exact(text: str) -> str:
     """A `match` regex for exactly this command line (only regex syntax escaped: it stays readable)."""
     return "^" + re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text) + "$"
@@ -44,6 +50,8 @@ def own_command(command: Command, role: str, guest: dict[str, Any]) -> tuple[int
     if command.template == IS_MARKED_TEMPLATE:  # the done-marker (mark=) the fake wrote, or not
         return (0 if command.args[-1] in guest["files"] else 1), ""
     if command.template == FLUSH_TEMPLATE and role == "staging":  # before a checkpoint of the twin
+        return 0, ""
+    if command.template in PREFLIGHT_TESTS and role == "prod":
         return 0, ""
     if command.template == CLAIM_ADDRESS_TEMPLATE and role == "prod":  # ip_move: address + gratuitous ARPs
         interface, _, address, _ = command.args
