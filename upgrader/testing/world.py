@@ -73,7 +73,7 @@ def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc
     (an exact match, appended after the entries already there, which win): upgrade `run:` steps
     (on the twin, exit 0), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
     run), `command` checks of validate/verify (any role, exit 0, no output: a check that wants
-    output needs its own entry first) and the sync quiesce/resume commands (on prod, exit 0).
+    output needs its own entry first) and the sync quiesce/resume commands (any role, exit 0).
     Anything else the engine runs - but upgrader's own guest commands - raises UnexpectedCall.
     Idempotent. `plan`: a Plan or a plan file."""
     from upgrader.plan import Plan, load_plan
@@ -88,7 +88,7 @@ def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc
     for check in [*loaded.validate, *(loaded.verify or [])]:
         if check.kind == "command":
             entries.append({"match": exact(check.command.run)})
-    entries += [{"match": exact(c), "role": "prod"} for c in [*loaded.sync.quiesce, *loaded.sync.resume]]
+    entries += [{"match": exact(c)} for c in [*loaded.sync.quiesce, *loaded.sync.resume]]  # prod (and a rehearsal on the twin)
     for entry in entries:
         if not any(e["match"] == entry["match"] and e.get("role") == entry.get("role") for e in world["commands"]):
             world["commands"].append(entry)
