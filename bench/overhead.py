@@ -38,6 +38,7 @@ from upgrader.record import PhaseTiming, RunRecord, new_run_id  # noqa: E402
 from upgrader.store import RunStore  # noqa: E402
 from upgrader.testing.fakes import WorldFile, new_world  # noqa: E402
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS  # noqa: E402
+from upgrader.testing.world import expect_plan  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -70,9 +71,9 @@ def bench_full_runs(n: int, base: Path) -> dict[str, float]:
         world = new_world(production_network="prod-net")
         world["commands"] = list(RELEASE_COMMANDS)
         wf = WorldFile(d / "world.json")
-        wf.write(world)
         plan = d / "fake.yml"
         plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h"))
+        wf.write(expect_plan(world, plan))
         ctx = app.Context(RunStore(d / "state"))
         with FsyncCounter() as counter:
             t0 = time.perf_counter()

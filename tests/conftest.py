@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from upgrader.lab import Lab
+from upgrader.plan import parse_plan
 from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
+from upgrader.testing.world import expect_plan
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +28,7 @@ def fake_world(tmp_path: Path) -> WorldFile:
     world = new_world(production_network="prod-net")
     world["commands"] = list(RELEASE_COMMANDS)
     wf = WorldFile(tmp_path / "world.json")
+    expect_plan(world, parse_plan(FAKE_PLAN.format(world=wf.path, keep="1h"), str(tmp_path / "fake.yml")))
     wf.write(world)
     return wf
 

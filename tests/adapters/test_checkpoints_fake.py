@@ -33,7 +33,7 @@ def ckpt_file(name: str, generation: int = 0) -> str:
 def wf(tmp_path: Path) -> WorldFile:
     """prod on its snapshot overlay, the twin on its own overlay over the base, running."""
     world = WorldFile(tmp_path / "world.json")
-    world.write(new_world())
+    world.write({**new_world(), "commands": [{"match": r"^touch ", "role": "staging"}]})  # what write() runs
     hv = FakeHypervisor(world)
     hv.clone("mailhost", TWIN, hv.snapshot("mailhost", "snap", None), "stg-net")
     hv.start(TWIN)

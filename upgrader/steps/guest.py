@@ -10,6 +10,14 @@ from upgrader.ports import Command, cmd, running_path
 IS_MARKED_TEMPLATE = 'while [ -f {0} ] && kill -0 "$(cat {0})" 2>/dev/null; do sleep 1; done; test -e {1}'
 
 
+# Flush the guest's buffers to disk (before a checkpoint of the twin's disks).
+FLUSH_TEMPLATE = "sync"
+
+
+def flush() -> Command:
+    return Command(FLUSH_TEMPLATE)
+
+
 def marker_path(state_dir: str, run_id: str, key: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
     return f"{state_dir.rstrip('/')}/{run_id}/{safe}.done"

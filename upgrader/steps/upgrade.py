@@ -45,7 +45,7 @@ def take_checkpoint(ctx: StepContext, key: str) -> None:
     hv, twin = ctx.ports.hypervisor, ctx.plan.twin_name
 
     def take(_: dict[str, Any]) -> dict[str, Any]:
-        ctx.ports.shells.connect("staging").run(Command.raw("sync"), timeout=300)
+        ctx.ports.shells.connect("staging").run(guest.flush(), timeout=300)
         made = hv.checkpoint(twin, key)
         return {"name": made.name, "disks": made.disks}
 

@@ -3,7 +3,8 @@ fake:///abs/path/world.json`. The world lives in that JSON file so it survives t
 being killed (the crash tests kill the orchestrator and resume in a new process).
 
 Every side effect is appended to `effects` so a test can assert it happened exactly once.
-Fakes fail loudly: an unknown domain, an unsafe merge or an unexpected command shape raises.
+Fakes fail loudly: an unknown domain, an unsafe merge or a command the shell was not told about
+(fake_commands.UnexpectedCall: no canned entry, none of upgrader's own guest commands) raises.
 
 The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py;
 checkpoints of the fake hypervisor in fake_checkpoints.py.
@@ -23,14 +24,15 @@ from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
+from upgrader.testing.fake_commands import UnexpectedCall, canned_for, own_command
 from upgrader.testing.hooks import maybe_pause
 from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "World", "WorldFile", "build",
-           "new_world"]
+__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "World", "WorldFile",
+           "build", "new_world"]
 
 
 def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
@@ -303,6 +305,7 @@ class FakeShell:
     ) -> Result:
         line = command.line
         maybe_pause(f"before:run:{line}")
+        unexpected: UnexpectedCall | None = None
         with self.world.change() as world:
             domain, guest = _guest_of(world, self.network)
             if command.template == IS_MARKED_TEMPLATE:
@@ -321,8 +324,15 @@ class FakeShell:
                     for n in range(int(canned.get("add_mail", 0))):  # clients write while it serves
                         guest["mail"].append(f"after-{domain}-{len(guest['mail'])}-{n}")
                     break
+            else:  # no canned entry: one of upgrader's own commands, or a call nobody told the fake about
+                own = own_command(command, self.name, guest)
+                if own is None:
+                    unexpected = UnexpectedCall(self.name, command.masked(), canned_for(world["commands"], self.name))
+                    effect(world, "unexpected_run", role=self.name, domain=domain, cmd=line)
+                else:
+                    rc, stdout = own
             lost = cut
-            if not cut:
+            if unexpected is None and not cut:
                 if mark and rc == 0:
                     guest["files"].append(mark)
                 effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
@@ -330,6 +340,8 @@ class FakeShell:
                 if canned is not None and int(canned.get("drop", 0)) > int(canned.get("dropped", 0)):
                     canned["dropped"] = int(canned.get("dropped", 0)) + 1
                     lost = True
+        if unexpected is not None:
+            raise unexpected
         if lost:
             raise ConnectionLost(f"fake: connection to {self.name} lost while running `{command.short()}`")
         if on_output and stdout:

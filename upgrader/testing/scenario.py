@@ -48,7 +48,8 @@ takeover:
 keep_old_for: {keep}
 """
 
-RELEASE_COMMANDS = [
+RELEASE_COMMANDS = [  # every command FAKE_PLAN runs (the fake shell raises on any other)
+    {"match": r"^labos-update fetch$"},
     {"match": r"labos-update install", "set": {"release": "2"}},
     {"match": r"cat /etc/labos-release", "stdout": "{release}"},
     {"match": r"smtpd stop", "set": {"services": False}},

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from upgrader.testing.crash import CHECKS, Cli, world_of
 from upgrader.testing.fakes import WorldFile, new_world
 from upgrader.testing.scenario import FAKE_PLAN, RELEASE_COMMANDS
+from upgrader.testing.world import expect_plan
 
 WINDOW = "window: {start: 2030-01-01T01:30:00, duration: 1h}\n"
 NEW_PROD_MAIL = {"match": "smtpd start", "role": "prod", "set": {"services": True}, "add_mail": 3}
@@ -99,11 +100,11 @@ def _setup(directory: Path, kind: Kind) -> tuple[WorldFile, Path]:
     world["commands"] = [NEW_PROD_MAIL, *kind.commands, *RELEASE_COMMANDS]
     world["faults"] = list(kind.faults)
     wf = WorldFile(directory / "world.json")
-    wf.write(world)
     plan = directory / "plan.yml"
     # `on_failure: abort`, but for the held kind: the kinds with a fault end aborted
     on_failure = "" if kind.held else "on_failure: abort\n"
     plan.write_text(FAKE_PLAN.format(world=wf.path, keep="1h") + on_failure + (WINDOW if kind.window else ""))
+    wf.write(expect_plan(world, plan))
     return wf, plan
 
 

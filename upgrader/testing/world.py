@@ -9,7 +9,9 @@ World shape (see `new_world`):
             the guest's state when it was taken (what a revert to it restores)
   guests:   id -> {boot_id, files[], mail[], release, services}
   commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
-            first match; add_mail: mail that clients deliver once the command has run
+            first match; add_mail: mail that clients deliver once the command has run. A command
+            with no entry that is none of upgrader's own guest commands raises UnexpectedCall
+            (fake_commands.py); `expect_plan(world, plan)` cans what the plan itself runs
   incoming: [n, ...]   mails that reach prod before each pre-sync pass (traffic while it serves)
   faults:   ["libvirt"       the hypervisor does not answer (check, domain, claims, free memory),
              "probe:prod", "probe:staging"  a service check fails on that role,
@@ -27,9 +29,13 @@ import os
 import uuid as uuidlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from upgrader.errors import InfraError
+from upgrader.testing.fake_commands import exact
+
+if TYPE_CHECKING:
+    from upgrader.plan import Plan
 
 World = dict[str, Any]
 
@@ -68,6 +74,33 @@ def new_world(
         "faults": [],
         "effects": [],
     }
+
+
+def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc: int = 1) -> World:
+    """Tell the fake shell what the plan runs: every command the plan declares gets a canned entry
+    (an exact match, appended after the entries already there, which win): upgrade `run:` steps
+    (on the twin, exit 0), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
+    run), `command` checks of validate/verify (any role, exit 0, no output: a check that wants
+    output needs its own entry first) and the sync quiesce/resume commands (any role, exit 0).
+    Anything else the engine runs - but upgrader's own guest commands - raises UnexpectedCall.
+    Idempotent. `plan`: a Plan or a plan file."""
+    from upgrader.plan import Plan, load_plan
+
+    loaded = plan if isinstance(plan, Plan) else load_plan(plan)
+    entries: list[dict[str, Any]] = []
+    for step in loaded.upgrade:
+        if getattr(step, "run", None):
+            entries.append({"match": exact(step.run), "role": "staging"})
+        if getattr(step, "probe", None):
+            entries.append({"match": exact(step.probe), "role": "staging", "rc": probe_rc})
+    for check in [*loaded.validate, *(loaded.verify or [])]:
+        if check.kind == "command":
+            entries.append({"match": exact(check.command.run)})
+    entries += [{"match": exact(c)} for c in [*loaded.sync.quiesce, *loaded.sync.resume]]  # prod (and a rehearsal on the twin)
+    for entry in entries:
+        if not any(e["match"] == entry["match"] and e.get("role") == entry.get("role") for e in world["commands"]):
+            world["commands"].append(entry)
+    return world
 
 
 class WorldFile:
