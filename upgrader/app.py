@@ -137,7 +137,8 @@ def start(ctx: Context, options: StartOptions) -> RunRecord:
         active = ctx.store.active_run(options.host)
         if active is not None:
             raise _busy(ctx, options.host, active)
-        run_id = new_run_id(ctx.now())
+        earlier = ctx.store.runs(options.host)
+        run_id = new_run_id(ctx.now(), after=earlier[-1] if earlier else None)
         ports = ctx.ports_factory(plan, run_id)  # bad SMTP settings in the environment: refused here
         if ports.operator is not None:  # a missing webhook secret is found now, not when a run is held
             ports.operator.check()

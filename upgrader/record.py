@@ -14,10 +14,16 @@ from upgrader.phases import Phase
 RECORD_VERSION = 1
 
 
-def new_run_id(now: dt.datetime | None = None) -> str:
-    """Sortable and unique: 20261124T201500Z-3f9a."""
+def new_run_id(now: dt.datetime | None = None, after: str | None = None) -> str:
+    """Sortable and unique: 20261124T201500Z-0c35a3f (the second, its microseconds in hex, a random
+    byte). `after`: the host's latest run id; the new one sorts after it even if the clock did not
+    move on (a frozen test clock, a clock stepped back): the store takes a host's last id in sorted
+    order as its current run."""
     now = now or utcnow()
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+    run_id = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{now.microsecond:05x}{secrets.token_hex(1)}"
+    if after is not None and run_id <= after:
+        run_id = f"{after}{secrets.token_hex(1)}"  # a longer string with `after` as prefix sorts after it
+    return run_id
 
 
 class PhaseTiming(BaseModel):
