@@ -59,7 +59,7 @@ def test_run_due_cuts_the_good_run_over_and_reports_the_broken_one(lab: Lab, tmp
         done = upgrader(state, "-q", "run-due")  # cron's role, every few seconds
         calls += 1
         assert done.returncode == 7, done.stdout + done.stderr  # the broken host needs an operator
-        assert "broken-host: error: the plan" in done.stderr and "changed since the run started" in done.stderr
+        assert "broken-host: error: the plan" in done.stderr and "edited in fields a running run cannot take" in done.stderr
         if status(state)["phase"] == "await_window":
             idle_calls += 1
             assert "mailhost" not in done.stdout + done.stderr  # nothing due there: -q says nothing
