@@ -19,6 +19,7 @@ PLAN = Path(__file__).resolve().parents[2] / "playbooks" / "lab-mailhost.yml"
 
 
 def test_preflight_on_the_lab(lab: Lab, tmp_path: Path) -> None:
+    lab.up()  # idempotent; test_lab_e2e.py's last test tore the session's lab down (the fixture downs it at the end)
     ctx = app.Context(RunStore(tmp_path / "state"), [])
     _, plan, report = run_preflight(ctx, app.StartOptions("mailhost", str(PLAN)))
     assert report.ok, report.inhibitors
