@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from labrun import machine  # noqa: E402
-from upgrader import app  # noqa: E402
+from upgrader import app  # noqa: E402, app_status
 from upgrader.phases import Phase  # noqa: E402
 from upgrader.record import PhaseTiming, RunRecord, new_run_id  # noqa: E402
 from upgrader.store import RunStore  # noqa: E402
@@ -188,12 +188,12 @@ def main() -> int:
         store = make_store(base / "state", args.hosts, args.stored)
         create_s = time.perf_counter() - t0
         ctx = app.Context(store)
-        assert len(app.history(ctx)) == args.stored and len(app.status(ctx, None)) == args.hosts
+        assert len(app_status.history(ctx)) == args.stored and len(app_status.status(ctx, None)) == args.hosts
         rows = [
             (f"full fake run via app.start (n={args.runs})", full["median_s"], full["p90_s"]),
-            (f"app.status(all {args.hosts} hosts), {args.stored} runs stored", *timed(lambda: app.status(ctx, None), 20)),
-            ("app.status(one host)", *timed(lambda: app.status(ctx, "host007"), 50)),
-            (f"app.history (all {args.stored} runs)", *timed(lambda: app.history(ctx), 10)),
+            (f"app_status.status(all {args.hosts} hosts), {args.stored} runs stored", *timed(lambda: app_status.status(ctx, None), 20)),
+            ("app_status.status(one host)", *timed(lambda: app_status.status(ctx, "host007"), 50)),
+            (f"app.history (all {args.stored} runs)", *timed(lambda: app_status.history(ctx), 10)),
             ("`upgrader status` (CLI subprocess)", *timed(lambda: cli(store.root, "status"), args.cli_repeat)),
             ("`upgrader status host007` (CLI)", *timed(lambda: cli(store.root, "status", "host007"), args.cli_repeat)),
             ("`upgrader list` (CLI, every run)", *timed(lambda: cli(store.root, "list"), args.cli_repeat)),

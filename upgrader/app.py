@@ -419,17 +419,3 @@ def journal(ctx: Context, host: str) -> tuple[RunRecord, list[dict[str, object]]
     if record is None:
         raise UnknownHost(f'no runs for host "{host}"')
     return record, ctx.store.journal(host, record.run_id)
-
-
-_MOVED = {"run_due": "upgrader.app_due", "DueResult": "upgrader.app_due",
-          "status": "upgrader.app_status", "history": "upgrader.app_status"}
-
-
-def __getattr__(name: str) -> object:
-    """run-due and the status views live in their own modules (app_due, app_status); `app.run_due`,
-    `app.status`... still work for callers written before the move."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from upgrader import app
+from upgrader import app, app_due, app_status
 from upgrader.errors import IllegalAction, InputError
 from upgrader.events import Event, Held
 from upgrader.phases import Phase
@@ -231,7 +231,7 @@ def test_run_due_leaves_a_held_run_alone_and_it_never_cuts_over(tmp_path: Path, 
     assert app.start(ctx, app.StartOptions("mailhost", str(fake_plan))).phase == Phase.HELD
     for hours in (2, 3, 24 * 8):  # in the window, after it, a week later
         clock[0] = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.timezone.utc) + dt.timedelta(hours=hours)
-        assert app.run_due(ctx) == []
+        assert app_due.run_due(ctx) == []
     record = RunStore(tmp_path / "state").latest("mailhost")
     assert record is not None and record.phase == Phase.HELD
     assert effects(fake_world, "set_link") == [] and effects(fake_world, "move_nic") == []
@@ -260,6 +260,6 @@ def test_a_hold_whose_run_json_was_not_saved_is_reconciled_with_its_details(
     store = RunStore(tmp_path / "state")
     stale = held.model_copy(update={"phase": Phase.UPGRADE, "held": None})
     store.save(stale)
-    [record] = app.status(ctx, "mailhost")
+    [record] = app_status.status(ctx, "mailhost")
     assert record.phase == Phase.HELD and record.held is not None and record.held.step == "upgrade[1]"
     assert record.held.rc == 1

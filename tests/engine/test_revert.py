@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from upgrader import app, repair
+from upgrader import app, app_status, repair
 from upgrader.errors import IllegalAction
 from upgrader.events import Event
 from upgrader.phases import Phase
@@ -231,7 +231,7 @@ def test_an_interrupted_revert_can_be_replaced_by_one_to_another_checkpoint(
         data["faults"].append("ssh:staging")
     with pytest.raises(Exception):  # noqa: B017 - InfraError from the fake's SSH
         repair.revert(ctx, "mailhost", "upgrade[3]", "alice")
-    [record] = app.status(ctx, "mailhost")
+    [record] = app_status.status(ctx, "mailhost")
     assert record.phase == Phase.HELD
     shown = Cli(tmp_path / "state", tmp_path / "locks").run("status", "mailhost")
     assert "a revert of the twin to upgrade[3] was interrupted" in shown.out, shown

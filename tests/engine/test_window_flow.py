@@ -19,7 +19,7 @@ import pytest
 
 from rich.console import Console
 
-from upgrader import app, app_status, ui
+from upgrader import app, app_due, app_status, ui
 from upgrader.lab import mailsink
 from upgrader.phases import Phase
 from upgrader.store import RunStore
@@ -91,17 +91,17 @@ def test_park_announce_remind_cut_over_done(tmp_path: Path, fake_world: WorldFil
     assert {"text/plain", "text/html", "text/calendar"} <= parts
 
     clock.now = T0 + dt.timedelta(minutes=30)  # before the window, before the reminder: nothing
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW
     assert kinds(inbox) == ["announce"] and effects(fake_world, "set_link") == []
 
     clock.now = T0 + dt.timedelta(minutes=95)  # reminder due (30 min before 12:00)
-    app.run_due(ctx)
-    app.run_due(ctx)  # twice: still one reminder
+    app_due.run_due(ctx)
+    app_due.run_due(ctx)  # twice: still one reminder
     assert kinds(inbox) == ["announce", "reminder"]
 
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.COMPLETED
     assert kinds(inbox) == ["announce", "reminder", "done"]
     assert len(effects(fake_world, "move_nic")) == 1
@@ -114,7 +114,7 @@ def test_window_missed_is_postponed_with_higher_sequence(tmp_path: Path, fake_wo
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW
     clock.now = T0 + dt.timedelta(hours=4)  # the window (11:00-12:00 UTC) closed before anyone resumed
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.parked and due.record.parked.startswith("postponed")
     received = mailsink.received(inbox)
     assert [r.kind for r in received] == ["announce", "postponed"]
@@ -131,7 +131,7 @@ def test_too_little_left_of_the_window_postpones(tmp_path: Path, fake_world: Wor
     ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
     app.start(ctx, app.StartOptions("mailhost", str(plan)))
     clock.now = dt.datetime(2026, 11, 27, 11, 59, 50, tzinfo=UTC)  # 10 s left, the cutover needs 30+ s
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and "only 0:00:10 left" in (due.record.parked or "")
     assert kinds(inbox) == ["announce", "postponed"]
 
@@ -155,7 +155,7 @@ def test_approval_gate(tmp_path: Path, fake_world: WorldFile, inbox: Path) -> No
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.parked and "approve" in record.parked
     app.approve(ctx, "mailhost", "alice")
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.COMPLETED
     approval = next(e for e in ctx.store.journal("mailhost", record.run_id) if e.get("key") == "approval")
     assert approval["outputs"]["by"] == "alice"
@@ -188,7 +188,7 @@ def test_a_failed_announcement_is_retried_and_the_cutover_waits_for_it(
     assert record.phase == Phase.AWAIT_WINDOW and "customers not told" in (record.parked or "")
     assert announce_attempts(ctx, record.run_id) == [("notice.announce", False)]
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window, SMTP still down
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW
     assert (due.record.parked or "").startswith("customers not told") and effects(fake_world, "set_link") == []
     assert announce_attempts(ctx, record.run_id) == [("notice.announce", False), ("notice.announce.retry[1]", False)]
@@ -200,7 +200,7 @@ def test_a_failed_announcement_is_retried_and_the_cutover_waits_for_it(
     controller = mailsink.start(tmp_path / "inbox", port)
     try:
         clock.now += dt.timedelta(minutes=5)  # the second failure backs off 5 minutes (steps/notices.py)
-        [due] = app.run_due(ctx)
+        [due] = app_due.run_due(ctx)
         time.sleep(0.2)
     finally:
         controller.stop()
@@ -221,7 +221,7 @@ def test_a_failed_announcement_postpones_when_the_window_closes(
     ctx = app.Context(RunStore(tmp_path / "state"), now=clock)
     app.start(ctx, app.StartOptions("mailhost", str(plan)))
     clock.now = T0 + dt.timedelta(hours=4)  # the window closed, the customers never told
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and (due.record.parked or "").startswith("postponed")
     assert effects(fake_world, "set_link") == []
 
@@ -288,7 +288,7 @@ def test_approval_without_a_window_parks_until_approved(tmp_path: Path, fake_wor
     record = app.start(ctx, app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW and (record.parked or "").startswith("waiting for approval")
     assert effects(fake_world, "set_link") == []
-    [due] = app.run_due(ctx)  # cron: still not approved
+    [due] = app_due.run_due(ctx)  # cron: still not approved
     assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW and effects(fake_world, "set_link") == []
     approved = app.approve(ctx, "mailhost", "alice")
     assert "approved by alice" in (approved.parked or "")
@@ -310,7 +310,7 @@ def test_now_never_skips_a_required_approval(tmp_path: Path, fake_world: WorldFi
     assert record.phase == Phase.AWAIT_WINDOW and (record.parked or "").startswith("waiting for approval")
     assert effects(fake_world, "set_link") == []
     app.approve(ctx, "mailhost", "alice")
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.COMPLETED  # days before the window: --now
     assert due.record.output("await_window")["decision"] == "now (operator)"
 
@@ -375,7 +375,7 @@ def test_the_window_opening_presyncs_again_and_decides_with_the_new_forecast(
     parked_passes = sorted(k for k in ctx.store.load("mailhost", record.run_id).outputs if k.startswith("presync.pass["))
     prod_mail(fake_world, 300)  # days of mail while parked
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     record = due.record
     assert record is not None and record.phase == Phase.COMPLETED
     passes = {k: v for k, v in record.outputs.items() if k.startswith("presync.pass[")}

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from upgrader import app
+from upgrader import app, app_due
 from upgrader.lab import mailsink
 from upgrader.phases import Phase
 from upgrader.store import RunStore
@@ -74,10 +74,10 @@ def test_a_kill_between_postponing_and_telling_sends_the_notice_at_the_next_call
             app.resume(ctx, "mailhost")
     assert journaled(ctx, record.run_id, "window[1]") and kinds(inbox) == ["announce"]
     clock.now += dt.timedelta(minutes=1)
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.AWAIT_WINDOW
     assert kinds(inbox) == ["announce", "postponed"]  # was: never sent, "customers not told" for good
-    app.run_due(ctx)
+    app_due.run_due(ctx)
     assert kinds(inbox) == ["announce", "postponed"]  # once
     assert "customers not told" not in (ctx.store.load("mailhost", record.run_id).parked or "")
 
@@ -150,7 +150,7 @@ def test_a_failing_smtp_server_backs_off_instead_of_growing_the_run(
         before = len(notice_keys(ctx, record.run_id))
         lines = len(ctx.store.journal("mailhost", record.run_id))
         run_json = (ctx.store.run_dir("mailhost", record.run_id) / "run.json").read_bytes()
-        [due] = app.run_due(ctx)
+        [due] = app_due.run_due(ctx)
         assert due.record is not None and "customers not told" in (due.record.parked or ""), due.record
         growth.append(len(notice_keys(ctx, record.run_id)) - before)
         if not growth[-1]:  # not due: nothing tried, nothing written
@@ -166,10 +166,10 @@ def test_a_failing_smtp_server_backs_off_instead_of_growing_the_run(
     controller = mailsink.start(tmp_path / "inbox", port)
     try:
         clock.now = T0 + dt.timedelta(minutes=80)  # not due yet: nothing tried
-        app.run_due(ctx)
+        app_due.run_due(ctx)
         assert len(notice_keys(ctx, record.run_id)) == 4
         clock.now = T0 + dt.timedelta(minutes=81)
-        [due] = app.run_due(ctx)
+        [due] = app_due.run_due(ctx)
     finally:
         controller.stop()
     assert due.record is not None and "customers not told" not in (due.record.parked or "")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrader import app
+from upgrader import app, app_status
 from upgrader.ports import cmd
 from upgrader.store import RunStore
 from upgrader.testing.fakes import WorldFile
@@ -85,7 +85,7 @@ def test_bad_host_name_start_exits_2(tmp_path: Path, fake_world: WorldFile, fake
 @pytest.mark.parametrize("verb", ["status", "resume", "abort", "show"])
 def test_bad_host_name_other_commands_in_process(tmp_path: Path, verb: str) -> None:
     ctx = app.Context(RunStore(tmp_path / "state"))
-    calls = {"status": lambda h: app.status(ctx, h), "resume": lambda h: app.resume(ctx, h),
+    calls = {"status": lambda h: app_status.status(ctx, h), "resume": lambda h: app.resume(ctx, h),
              "abort": lambda h: app.abort(ctx, h), "show": lambda h: app.journal(ctx, h)}
     from upgrader.errors import InputError
 

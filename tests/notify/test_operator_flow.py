@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from notify_helpers import LOOPBACK, SECRET, Inbox, Received, Receiver, free_port
 
-from upgrader import app
+from upgrader import app, app_due
 from upgrader.adapters.factory import build_ports
 from upgrader.errors import InputError
 from upgrader.events import Event, Notice
@@ -113,13 +113,13 @@ def test_a_run_waiting_for_approval_tells_the_operators_once(
     assert [r.message["X-Upgrader-Kind"] for r in for_customers(smtp_server)] == ["announce"]
 
     clock.now = T0 + dt.timedelta(minutes=30)
-    app.run_due(ctx)
-    app.run_due(ctx)  # still waiting: still one notice each
+    app_due.run_due(ctx)
+    app_due.run_due(ctx)  # still waiting: still one notice each
     assert len(for_operators(smtp_server)) == 1 and len(receiver.requests) == 1
 
     app.approve(ctx, "mailhost", "alice")
     clock.now = T0 + dt.timedelta(hours=2, minutes=5)  # in the window
-    [due] = app.run_due(ctx)
+    [due] = app_due.run_due(ctx)
     assert due.record is not None and due.record.phase == Phase.COMPLETED
     assert [r.message["X-Upgrader-Kind"] for r in for_customers(smtp_server)] == ["announce", "done"]
     assert len(for_operators(smtp_server)) == 1 and len(receiver.requests) == 1  # a good cutover tells no operator

@@ -53,7 +53,7 @@ class _Unsure(Exception):
 
 
 def latest_summaries(store: RunStore) -> list[RunSummary]:
-    """The latest run of every host, as `app.status(ctx, None)` has them."""
+    """The latest run of every host, as `app_status.status(ctx, None)` has them."""
     return [summary(store, host, store.runs(host)[-1]) for host in store.hosts()]
 
 
