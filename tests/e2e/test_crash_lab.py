@@ -35,7 +35,7 @@ POINTS = [
     ("done", "snapshot", 0, False),
     ("begin", "clone.define", 0, False),
     ("begin", "clone.start", 0, False),
-    ("begin", "clone.ssh", 3, True),
+    ("begin", "clone.ssh", 3, False),
     ("begin", "upgrade[0]", 0.3, False),
     ("begin", "upgrade[1]", 0.2, False),
     ("begin", "upgrade[2]", 0.5, False),

@@ -50,6 +50,7 @@ def test_approval_without_a_window_parks_then_approve_then_completes(lab: Lab, t
     assert lab.smtp_probe()["ok"]
 
 
+@pytest.mark.full  # 245 s
 def test_window_opening_after_mail_arrived_presyncs_again_and_forecasts_the_downtime(lab: Lab, tmp_path: Path) -> None:
     fresh(lab)
     state = tmp_path / "state"
