@@ -452,6 +452,14 @@ class SmtpCheck(_Model):
     banner: Regex = Field(default="^220", description="regular expression the greeting must match")
 
 
+class ImapCheck(_Model):
+    """An IMAP server greets with the expected banner (the client then logs out)."""
+
+    port: Port = Field(default=143, description="IMAP port")
+    host: StrictStr | None = Field(default=None, description="host to connect to (default: the VM being checked)")
+    banner: Regex = Field(default=r"^\* OK", description="regular expression the greeting must match")
+
+
 class HttpCheck(_Model):
     """An HTTP GET answers with the expected status (and body)."""
 
@@ -470,11 +478,11 @@ class CommandCheck(_Model):
     stdout: Regex | None = Field(default=None, description="regular expression stdout must match")
 
 
-_CHECK_KINDS = ("tcp", "smtp", "http", "command")
+_CHECK_KINDS = ("tcp", "smtp", "imap", "http", "command")
 
 
 class Check(_Model):
-    """One check; exactly one of tcp, smtp, http, command."""
+    """One check; exactly one of tcp, smtp, imap, http, command."""
 
     name: NonEmptyStr = Field(description="unique name of the check (shown in reports)")
     differential: StrictBool = Field(
@@ -484,6 +492,7 @@ class Check(_Model):
     timeout: PositiveDuration = Field(default=timedelta(seconds=30), json_schema_extra={"default": "30s"}, description="fail the check after this long")
     tcp: TcpCheck | None = Field(default=None, description="TCP connect check")
     smtp: SmtpCheck | None = Field(default=None, description="SMTP banner check")
+    imap: ImapCheck | None = Field(default=None, description="IMAP banner check")
     http: HttpCheck | None = Field(default=None, description="HTTP request check")
     command: CommandCheck | None = Field(default=None, description="command check")
 
@@ -495,24 +504,24 @@ class Check(_Model):
             if any(data[k] is None for k in present):  # `smtp:` alone means "all defaults"
                 data = {k: ({} if k in present and v is None else v) for k, v in data.items()}
             if not present:
-                raise _fail('a check needs one of "tcp", "smtp", "http", "command"')
+                raise _fail('a check needs one of "tcp", "smtp", "imap", "http", "command"')
             if len(present) > 1:
                 raise _fail(
-                    'a check has exactly one of "tcp", "smtp", "http", "command"; this one also has "{first}"',
+                    'a check has exactly one of "tcp", "smtp", "imap", "http", "command"; this one also has "{first}"',
                     at=(present[1],),
                     first=present[0],
                 )
         return data
 
     @property
-    def kind(self) -> Literal["tcp", "smtp", "http", "command"]:
+    def kind(self) -> Literal["tcp", "smtp", "imap", "http", "command"]:
         for k in _CHECK_KINDS:
             if getattr(self, k) is not None:
                 return k  # type: ignore[return-value]
         raise AssertionError("validated Check without a kind")
 
     @property
-    def spec(self) -> TcpCheck | SmtpCheck | HttpCheck | CommandCheck:
+    def spec(self) -> TcpCheck | SmtpCheck | ImapCheck | HttpCheck | CommandCheck:
         """The kind-specific part (self.tcp / self.smtp / ...)."""
         return getattr(self, self.kind)  # type: ignore[no-any-return]
 

@@ -311,7 +311,7 @@ class Syncer(Protocol):
 
 @dataclass(frozen=True)
 class Probe:
-    """A network check: kind tcp / smtp / http, against `host` (None = the role's service
+    """A network check: kind tcp / smtp / imap / http, against `host` (None = the role's service
     address) and `port`; `expect` is a regex the banner/body must match."""
 
     kind: str

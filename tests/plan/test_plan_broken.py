@@ -34,7 +34,7 @@ EXPECTED: dict[str, list[str]] = {
     "comments_only": ["1:1: the plan is empty"],
     "step_neither": ['14:5: upgrade[1]: an upgrade step needs "run" or "reboot"'],
     "check_two_kinds": [
-        '23:11: validate[0].http: a check has exactly one of "tcp", "smtp", "http", "command"; this one also has "tcp"'
+        '23:11: validate[0].http: a check has exactly one of "tcp", "smtp", "imap", "http", "command"; this one also has "tcp"'
     ],
     "bad_duration": ['14:14: upgrade[0].timeout: expected a duration like "30s", "15m", "2h", "7d", got "2 hours"'],
     "bad_regex": [

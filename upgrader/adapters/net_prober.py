@@ -82,6 +82,10 @@ class _Pipe:
             self.proc.wait()
 
 
+# protocols that greet first: default banner pattern, what to say before closing
+BANNERS = {"smtp": ("^220", "QUIT\r\n"), "imap": (r"^\* OK", "a1 LOGOUT\r\n")}
+
+
 class NetProber:
     def __init__(self, plan: "Plan") -> None:
         self.targets = {"prod": plan.ssh.prod, "staging": plan.ssh.staging}
@@ -108,13 +112,15 @@ class NetProber:
                 if not pipe.alive_after(0.5):
                     raise CheckFailed(pipe.error() or "connection refused")
                 return "open"
-            if probe.kind == "smtp":
+            if probe.kind in BANNERS:
+                default, goodbye = BANNERS[probe.kind]
                 banner = pipe.readline()
                 if not banner:
                     raise CheckFailed(pipe.error() or "connection closed without a banner")
-                pipe.send("QUIT\r\n")
-                if not re.search(probe.expect or "^220", banner):
-                    raise CheckFailed(f"banner {banner!r} does not match /{probe.expect}/")
+                pipe.send(goodbye)
+                pattern = probe.expect or default
+                if not re.search(pattern, banner):
+                    raise CheckFailed(f"banner {banner!r} does not match /{pattern}/")
                 return banner
             pipe.send(f"GET {probe.path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n")
             status = pipe.readline()

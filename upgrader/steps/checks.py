@@ -29,6 +29,8 @@ def describe(check: "Check") -> str:
         return f"{check.name}: `{spec.run}` exits {spec.exit}" + (f", stdout ~ /{spec.stdout}/" if spec.stdout else "")
     if kind == "smtp":
         return f"{check.name}: SMTP banner on port {spec.port} ~ /{spec.banner}/"
+    if kind == "imap":
+        return f"{check.name}: IMAP banner on port {spec.port} ~ /{spec.banner}/"
     if kind == "http":
         return f"{check.name}: HTTP {spec.path} on port {spec.port} -> {spec.status}"
     return f"{check.name}: TCP port {spec.port} open"

@@ -54,7 +54,7 @@ class Cutover:
 def service_port(plan: "Plan") -> tuple[str, int] | None:
     """The first network check after cutover tells which port clients use."""
     for check in plan.verify_checks:
-        if check.kind in ("tcp", "smtp", "http"):
+        if check.kind in ("tcp", "smtp", "imap", "http"):
             return check.kind, getattr(check, check.kind).port
     return None
 

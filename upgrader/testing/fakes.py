@@ -491,8 +491,9 @@ class FakeProber:
             raise CheckFailed(exc.message) from exc
         if not guest["services"]:
             raise CheckFailed(f"fake: {probe.kind} port {probe.port} on {role}: connection refused")
-        seen = {"smtp": "220 fake ESMTP", "http": "HTTP/1.1 200 OK", "tcp": "open"}[probe.kind]
-        if probe.expect and probe.kind == "smtp" and not re.search(probe.expect, seen):
+        seen = {"smtp": "220 fake ESMTP", "imap": "* OK [CAPABILITY IMAP4rev1] fake IMAP ready",
+                "http": "HTTP/1.1 200 OK", "tcp": "open"}[probe.kind]
+        if probe.expect and probe.kind in ("smtp", "imap") and not re.search(probe.expect, seen):
             raise CheckFailed(f"fake: banner {seen!r} does not match /{probe.expect}/")
         return seen
 

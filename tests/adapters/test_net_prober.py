@@ -1,0 +1,84 @@
+"""The network checks against a real server on loopback: the greeting protocols (SMTP, IMAP) read the
+banner, say goodbye in the protocol's own words and match the banner."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from upgrader.adapters.net_prober import NetProber
+from upgrader.errors import CheckFailed
+from upgrader.ports import Probe
+
+
+@pytest.fixture
+def greeter() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """A server that greets with banner[0] and records what the client said before closing."""
+    banner: list[bytes] = [b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot (Debian) ready.\r\n"]
+    heard: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(banner[0])
+                conn.settimeout(5)
+                try:
+                    heard.append(conn.recv(100))
+                except OSError:
+                    heard.append(b"")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], banner, heard
+    stop.set()
+    server.close()
+    thread.join(5)
+
+
+def _heard(heard: list[bytes]) -> list[bytes]:
+    """What the server recorded, once it has (it reads after the client has gone)."""
+    for _ in range(100):
+        if heard:
+            break
+        time.sleep(0.05)
+    return heard
+
+
+def _prober() -> NetProber:
+    prober = NetProber.__new__(NetProber)
+    prober.targets = {"prod": SimpleNamespace(host="127.0.0.1", proxy_command=None)}  # type: ignore[dict-item]
+    return prober
+
+
+def test_imap_banner_is_read_and_the_client_logs_out(greeter: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, _, heard = greeter
+    seen = _prober().probe("prod", Probe(kind="imap", port=port, timeout=5))
+    assert seen.startswith("* OK [CAPABILITY IMAP4rev1")
+    assert _heard(heard) == [b"a1 LOGOUT\r\n"]
+
+
+def test_an_smtp_banner_does_not_pass_an_imap_check(greeter: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, banner, _ = greeter
+    banner[0] = b"220 mailhost ESMTP Postfix (Debian/GNU)\r\n"
+    with pytest.raises(CheckFailed, match=r"does not match /\^\\\* OK/"):
+        _prober().probe("prod", Probe(kind="imap", port=port, timeout=1.5))
+
+
+def test_smtp_banner_and_quit(greeter: tuple[int, list[bytes], list[bytes]]) -> None:
+    port, banner, heard = greeter
+    banner[0] = b"220 mailhost ESMTP Postfix (Debian/GNU)\r\n"
+    seen = _prober().probe("prod", Probe(kind="smtp", port=port, expect="ESMTP Postfix", timeout=5))
+    assert seen == "220 mailhost ESMTP Postfix (Debian/GNU)"
+    assert _heard(heard) == [b"QUIT\r\n"]
