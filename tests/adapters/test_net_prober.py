@@ -22,13 +22,15 @@ def greeter() -> Iterator[tuple[int, list[bytes], list[bytes]]]:
     banner: list[bytes] = [b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot (Debian) ready.\r\n"]
     heard: list[bytes] = []
     server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(10)
+    server.settimeout(0.1)
     stop = threading.Event()
 
     def serve() -> None:
         while not stop.is_set():
             try:
                 conn, _ = server.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             with conn:
