@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian 12 machine (as root):
 #   bash tools/bootstrap.sh demo   install everything, then run the main job (the demo)
+#   bash tools/bootstrap.sh demo debian   the same on a real Debian 12 mailhost: a full 12 -> 13
+#                                          release upgrade on the twin (~25 min; docs/lab.md)
 #   bash tools/bootstrap.sh test   install everything, then run the whole test suite
 #   bash tools/bootstrap.sh setup  only install (apt packages, .venv, pip install -e .[test])
 # Safe to re-run: installed packages and an existing venv are reused.
@@ -70,6 +72,37 @@ demo() {
   upgrader --state-dir "$state" decommission mailhost --yes
 }
 
+demo_debian() {
+  export PATH="$PWD/.venv/bin:$PATH"
+  local state=state/demo-debian py="$PWD/.venv/bin/python" client=(ip netns exec upg-client "$PWD/.venv/bin/python")
+  log "a fresh lab with the Debian 12 mailhost (systemd, Postfix to Maildir, Dovecot IMAP)"
+  upgrader lab down >/dev/null
+  rm -rf "$state" "$state".*
+  upgrader lab up --guest debian
+  local password
+  password=$("$py" -c 'from upgrader.lab import Lab; print(Lab().plan_values()["imap_password"])')
+  log "100 mails into alice's Maildir over SMTP from the client namespace; INBOX as an IMAP client sees it"
+  "${client[@]}" -m upgrader.lab.mailclient --count 100
+  "${client[@]}" -m upgrader.lab.imapcheck --password "$password" > "$state.imap-before.json"
+  log "client traffic during the run: a mail every 50 ms, a TCP probe at 20 Hz"
+  "${client[@]}" -m upgrader.lab.traffic --log "$PWD/$state.traffic.jsonl" --max-seconds 3600 > "$state.traffic.json" &
+  local traffic=$!
+  log "upgrader start mailhost --plan debian13.yml   (Debian 12 -> 13 on the twin, then cutover)"
+  local rc=0 started=$SECONDS
+  upgrader --state-dir "$state" start mailhost --plan debian13.yml || rc=$?
+  kill -TERM "$traffic" && wait "$traffic" || true
+  "$py" -m upgrader.lab.traffic --report "$state.traffic.json"
+  ((rc == 0)) || return "$rc"
+  log "the new prod, from the client's side: every accepted mail over IMAP, UIDVALIDITY kept"
+  "${client[@]}" -m upgrader.lab.imapcheck --password "$password" \
+    --before "$state.imap-before.json" --accepted "$state.traffic.json"
+  log "figures"
+  upgrader --state-dir "$state" show mailhost | sed -n '1,60p'
+  "$py" -m upgrader.lab.figures --state "$state" --seconds $((SECONDS - started)) || true
+  log "upgrader decommission mailhost   (normally after keep_old_for; now for the demo)"
+  upgrader --state-dir "$state" decommission mailhost --yes
+}
+
 tests() {
   log "pytest"
   .venv/bin/python -m pytest -q --durations=30 "$@"
@@ -77,7 +110,7 @@ tests() {
 
 case "${1:-}" in
   setup) setup ;;
-  demo) setup; demo ;;
+  demo) setup; if [[ ${2:-} == debian ]]; then demo_debian; else demo; fi ;;
   test) shift; setup; tests "$@" ;;
-  *) echo "usage: bash tools/bootstrap.sh setup|demo|test [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/bootstrap.sh setup|demo [debian]|test [pytest args]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,7 @@ The read itself runs against the Debian guest's Dovecot in tests/e2e/test_debian
 
 from __future__ import annotations
 
-from upgrader.lab.imapcheck import _status_items, message_ids
+from upgrader.lab.imapcheck import MailboxView, _status_items, compare, message_ids
 
 
 def test_status_answer_gives_uidvalidity_and_uidnext() -> None:
@@ -25,3 +25,12 @@ def test_message_ids_from_a_fetch_answer_in_order_skipping_the_closing_parens() 
         b")",
     ]
     assert message_ids(fetched) == ["<a1@client.lab>", "<b2@client.lab>"]  # a folded header too
+
+
+def test_compare_names_lost_mails_and_a_changed_uidvalidity() -> None:
+    view = MailboxView(ok=True, folder="INBOX", uidvalidity=1700000001, messages=2,
+                       message_ids=["<a@c>", "<b@c>"])
+    assert compare(view, {"uidvalidity": 1700000001}, ["<a@c>", "<b@c>"]) == []
+    problems = compare(view, {"uidvalidity": 1700000000}, ["<a@c>", "<x@c>"])
+    assert problems == ["1 of 2 accepted mails are not in INBOX: <x@c>",
+                        "UIDVALIDITY of INBOX changed: 1700000000 -> 1700000001 (clients download the whole folder again)"]

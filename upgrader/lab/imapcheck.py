@@ -98,6 +98,20 @@ def read(host: str, port: int, user: str, password: str, folder: str, timeout: f
     return view
 
 
+def compare(view: MailboxView, before: dict[str, object] | None, accepted: list[str]) -> list[str]:
+    """What a client would notice after the cutover: a mail accepted over SMTP that is not in the
+    folder, a changed UIDVALIDITY (the client drops its cache and downloads everything again)."""
+    problems = []
+    missing = [m for m in accepted if m not in set(view.message_ids)]
+    if missing:
+        problems.append(f"{len(missing)} of {len(accepted)} accepted mails are not in {view.folder}: "
+                        + ", ".join(missing[:5]))
+    if before is not None and before.get("uidvalidity") != view.uidvalidity:
+        problems.append(f"UIDVALIDITY of {view.folder} changed: {before.get('uidvalidity')} -> {view.uidvalidity}"
+                        " (clients download the whole folder again)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m upgrader.lab.imapcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default=C.SERVICE_IP)
@@ -106,10 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--password", required=True)
     p.add_argument("--folder", default="INBOX")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--before", type=argparse.FileType("r"), help="an earlier JSON answer: UIDVALIDITY must be the same")
+    p.add_argument("--accepted", type=argparse.FileType("r"),
+                   help="upgrader.lab.traffic's JSON summary: every accepted Message-ID must be in the folder")
     args = p.parse_args(argv)
     view = read(args.host, args.port, args.user, args.password, args.folder, args.timeout)
-    print(json.dumps(asdict(view)))
-    return 0 if view.ok else 1
+    if not (args.before or args.accepted):
+        print(json.dumps(asdict(view)))
+        return 0 if view.ok else 1
+    if not view.ok:
+        print(f"IMAP read-back failed: {view.error}", file=sys.stderr)
+        return 1
+    before = json.loads(args.before.read().strip().splitlines()[-1]) if args.before else None
+    accepted = list(json.loads(args.accepted.read().strip().splitlines()[-1])["accepted"]) if args.accepted else []
+    problems = compare(view, before, accepted)
+    print(f"IMAP read-back on {args.host}: {view.messages} mails in {view.folder}, "
+          f"{len(accepted)} accepted during the run, UIDVALIDITY {view.uidvalidity}"
+          + (f" (before: {before.get('uidvalidity')})" if before else ""))
+    for problem in problems:
+        print(f"  LOST: {problem}")
+    if not problems:
+        print("  every accepted mail is there; UIDVALIDITY unchanged: clients keep their caches")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
