@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from upgrader.errors import ConnectionLost
 from upgrader.events import Event, Notice, StepBegin, StepDone, StepInDoubt, StepOutput
 from upgrader.phases import Phase
-from upgrader.ports import Hypervisor, Prober, ShellFactory, Syncer
+from upgrader.ports import Hypervisor, PlaybookRunner, Prober, ShellFactory, Syncer
 from upgrader.record import RunRecord, utcnow
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Ports:
     prober: Prober
     notifier: "Notifier | None" = None  # customers: only when the plan announces
     operator: "OperatorChannels | None" = None  # operators: only when the plan has an operator block
+    playbooks: PlaybookRunner | None = None  # ansible: upgrade steps (the real adapter needs ansible-core)
 
 
 class JournalIO(Protocol):
