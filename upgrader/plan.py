@@ -874,6 +874,16 @@ class Plan(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _ansible_pins_the_twin(self) -> Plan:
+        if self.ssh.staging.known_hosts is None:
+            for i, step in enumerate(self.upgrade):
+                if isinstance(step, AnsibleStep):
+                    raise _fail("an `ansible:` step needs ssh.staging.known_hosts: its playbook runs over the same "
+                                "pinned SSH path as every other step and accepts no host key without one",
+                                at=("upgrade", i, "ansible"))
+        return self
+
     def failure_policy(self, step: str | None) -> str:
         """`hold` or `abort` for a failure of journal key `step` ("upgrade[3]": that step's own
         `on_failure` if it has one)."""

@@ -371,6 +371,10 @@ class PlaybookResult:
 
 
 class PlaybookRunner(Protocol):
+    def check(self) -> str:
+        """Can playbooks run here? Returns a description (where ansible-playbook is); raises
+        InfraError with an install hint when it is missing."""
+
     def run_playbook(
         self,
         role: str,

@@ -161,6 +161,9 @@ class AnsibleRunner:
     def __init__(self, plan: "Plan", run_id: str, *, executable: str | None = None) -> None:
         self.plan, self.run_id, self.executable = plan, run_id, executable
 
+    def check(self) -> str:
+        return f"{ANSIBLE_PLAYBOOK} at {self.executable or find_ansible_playbook()}"
+
     # ---- what is run ---------------------------------------------------------------------
     def inventory(self, role: str, known_hosts: Path, playbook: Playbook, proxy: PackageProxy | None) -> dict[str, Any]:
         t = getattr(self.plan.ssh, role)

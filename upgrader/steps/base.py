@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from upgrader.errors import ConnectionLost
@@ -143,6 +144,14 @@ class StepContext:
     @property
     def run_id(self) -> str:
         return self.record.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's own directory (RunStore.run_dir: state dir / host / run id), for files a step
+        keeps on the controller (an `ansible:` step's inventory, Ansible's state, its logs)."""
+        if not self.state_dir:
+            raise AssertionError("a step asked for the run's directory of a context without a state dir")
+        return Path(self.state_dir) / self.record.host / self.run_id
 
     def output_sink(self, key: str) -> Callable[[str], None]:
         def sink(line: str) -> None:
