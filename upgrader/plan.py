@@ -417,7 +417,9 @@ class RebootStep(_Model):
 
 
 class AnsibleStep(_Model):
-    """Run an Ansible playbook against the twin (plan_ansible.py), over the plan's pinned SSH path to it."""
+    """Run an Ansible playbook against the twin over the plan's pinned SSH path to it (ssh.staging).
+    A failed play fails the step like a failed `run` (held for repair); `upgrader retry`, and a
+    resume after a crash while it ran, run the whole playbook again: playbooks are idempotent."""
 
     name: StrictStr | None = Field(default=None, description="label shown in progress output and the journal")
     ansible: AnsiblePlaybook = Field(description="the playbook and how to run it")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 __all__ = ["AnsiblePlaybook", "RESERVED_PREFIX", "PROXY_VAR"]
@@ -77,7 +77,9 @@ class AnsiblePlaybook(BaseModel):
         description="the playbook file; a relative path is relative to the plan file "
                     "(`plan check` refuses a missing one). Its `hosts:` may be `all`, the host's name "
                     "(source.domain) or one of `groups`")
-    extra_vars: Annotated[dict[StrictStr, JsonValue], AfterValidator(_check_var_names)] = Field(
+    extra_vars: Annotated[dict[StrictStr, JsonValue], AfterValidator(_check_var_names),
+                          WithJsonSchema({"type": "object", "propertyNames": {"pattern": _VAR_NAME.pattern},
+                                          "additionalProperties": {"description": "any YAML value but a date"}})] = Field(
         default={},
         description="variables passed with --extra-vars (highest precedence). upgrader adds its own, "
                     f"named {RESERVED_PREFIX}*: `{PROXY_VAR}` (the package proxy URL the twin uses, when the "

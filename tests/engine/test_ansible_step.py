@@ -146,3 +146,19 @@ def test_a_crash_while_the_playbook_runs_runs_it_again_on_resume(tmp_path: Path,
     expected = 1 if point.startswith("before") else 2  # killed after it ran: in doubt, run again
     assert len(effects(fake_world, "playbook")) == expected
     assert cli.record()["outputs"]["upgrade[0]"]["changed"] == 3
+
+
+def test_start_is_refused_without_ansible_core_and_a_missing_playbook_is_named(tmp_path: Path, fake_world: WorldFile,
+                                                                               ansible_plan: Path) -> None:
+    from upgrader.preflight_checks import PreflightFailed
+
+    with fake_world.change() as world:
+        world["faults"].append("ansible")
+    (tmp_path / "ansible" / "upgrade.yml").unlink()
+    with pytest.raises(PreflightFailed) as info:
+        app.start(context(tmp_path, []), app.StartOptions("mailhost", str(ansible_plan)))
+    message = info.value.message
+    assert "ansible: fake: ansible-playbook is not installed" in message
+    assert "pip install 'upgrader[ansible]'" in message  # the hint travels with the inhibitor
+    assert f"upgrade[0].ansible.playbook: {tmp_path}/ansible/upgrade.yml: no such file" in message
+    assert effects(fake_world, "playbook") == [] and effects(fake_world, "set_claim") == []

@@ -29,7 +29,7 @@ PLAYBOOKS = ROOT / "playbooks"
 MINIMAL = (Path(__file__).parent / "fixtures" / "minimal.yml").read_text()
 
 
-@pytest.mark.parametrize("name", ["freebsd7.yml", "linux-debian.yml"])
+@pytest.mark.parametrize("name", ["freebsd7.yml", "linux-debian.yml", "debian13-ansible.yml"])
 def test_shipped_playbooks_load(name: str) -> None:
     plan = load_plan(PLAYBOOKS / name)
     assert isinstance(plan, Plan)

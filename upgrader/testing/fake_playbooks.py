@@ -42,7 +42,7 @@ class FakePlaybooks:
 
     def check(self) -> str:
         if "ansible" in self.world.read()["faults"]:
-            raise AnsibleMissing("fake: ansible-playbook is not installed (fault)")
+            raise AnsibleMissing("fake: ansible-playbook is not installed (fault)")  # hint: the real one's
         return "fake ansible-playbook"
 
     def run_playbook(self, role: str, playbook: Playbook, *, workdir: Path, timeout: float,
