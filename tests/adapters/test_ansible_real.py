@@ -6,7 +6,10 @@ OpenSSH's sshd and ansible-core (`pip install 'upgrader[ansible]'`)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -209,3 +212,21 @@ def test_the_package_proxy_is_forwarded_to_the_twin_and_named_in_an_extra_var(tm
         mirror.server_close()
     assert result.ok, result.result.tail(40)
     assert (twin.home / "fetched").read_text() == "mirror saw /debian/dists"
+
+
+def test_a_playbook_past_its_timeout_is_stopped_and_fails_the_step(tmp_path: Path, twin: Server) -> None:
+    from upgrader.errors import StepFailed
+
+    plan = plan_for(tmp_path, twin, "- hosts: all\n  gather_facts: false\n  tasks:\n"
+                                    "    - ansible.builtin.shell: echo $$ > /root/sleeper; exec sleep 120\n")
+    runner = AnsibleRunner(plan, "run-1")
+    try:
+        with pytest.raises(StepFailed, match="did not finish within 8 s; stopped") as info:
+            runner.run_playbook("staging", Playbook(plan.resolve_path("site.yml")),
+                                workdir=tmp_path / "state" / "ansible", timeout=8)
+    finally:  # the task itself goes on on the guest (no pty, no SIGHUP), as a `run:` step's command would
+        sleeper = twin.home / "sleeper"
+        if sleeper.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(sleeper.read_text()), signal.SIGKILL)
+    assert info.value.result is not None and "TASK [ansible.builtin.shell]" in info.value.result.stdout

@@ -131,3 +131,29 @@ def test_ansible_playbook_next_to_the_python_wins(tmp_path: Path, monkeypatch: p
     beside.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
     assert find_ansible_playbook() == str(beside)
+
+
+def test_a_playbook_still_running_from_an_earlier_attempt_is_waited_for_not_doubled(
+        tmp_path: Path, runner: AnsibleRunner) -> None:
+    import fcntl
+    import os
+
+    from upgrader.errors import StepFailed
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "known_hosts").write_text(
+        "[192.0.2.26]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm3bdPbJlrb0RXBGHBtuKzB9hbqHXsRHvkAVRw0Pp6x\n")
+    (tmp_path / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    workdir = tmp_path / "ansible"
+    workdir.mkdir(mode=0o700)
+    held = os.open(workdir / "playbook.lock", os.O_WRONLY | os.O_CREAT, 0o600)  # as an orphaned ansible-playbook
+    fcntl.flock(held, fcntl.LOCK_EX)
+    lines: list[str] = []
+    try:
+        with pytest.raises(StepFailed, match="an earlier ansible-playbook of this run still runs"):
+            runner.run_playbook("staging", Playbook(tmp_path / "site.yml"), workdir=workdir, timeout=1.5,
+                                on_output=lines.append)
+    finally:
+        os.close(held)
+    assert lines == ["upgrader: an earlier ansible-playbook of this run is still running; waiting for it"]
+    assert not list(workdir.glob("playbook-*.log"))  # never started

@@ -248,13 +248,35 @@ class AnsibleRunner:
             _write_private(inventory, json.dumps(self.inventory(role, known_hosts, playbook, proxy), indent=1))
             _write_private(extra_vars, json.dumps(self.extra_vars(playbook, proxy), indent=1))
             argv = self.argv(executable, inventory, extra_vars, playbook)
-            with tempfile.TemporaryDirectory(prefix="upgrader-cp-") as control_dir:
-                try:
-                    return self._run(role, argv, workdir, Path(control_dir), playbook, lock, timeout, on_output)
-                finally:
-                    _close_masters(Path(control_dir))
+            control_dir = Path(tempfile.mkdtemp(prefix="upgrader-cp-"))
+            ended = False
+            try:
+                result = self._run(argv, workdir, control_dir, playbook, lock, timeout, on_output)
+                ended = True
+            except BaseException as exc:  # the timeout (_run stopped it), or it could not start
+                ended = not isinstance(exc, KeyboardInterrupt)  # Ctrl-C, SIGTERM (Terminated): see below
+                raise
+            finally:
+                # Interrupted (Ctrl-C, SIGTERM) while it runs, ansible-playbook is left to finish with
+                # its connections (the next attempt waits for it on the lock); else they end with it.
+                if ended:
+                    _close_masters(control_dir)
+                    shutil.rmtree(control_dir, ignore_errors=True)
         finally:
             os.close(lock)
+        return self._checked(role, result)
+
+    def _checked(self, role: str, result: PlaybookResult) -> PlaybookResult:
+        """A refused host key and an unreachable guest are errors of their own; anything else is
+        the caller's to judge (`PlaybookResult.ok`)."""
+        where, output = f"ssh.{role}", result.result.stdout
+        if not result.result.ok and any(marker in output for marker in HOST_KEY_REFUSED):
+            raise HostKeyError(f"ansible-playbook: the host key of {where} ({getattr(self.plan.ssh, role).host}) is not "
+                               f"the pinned one in {where}.known_hosts; refused:\n{result.result.tail()}")
+        if any(h.unreachable for h in result.recap):
+            raise ConnectionLost(f"ansible-playbook: {where} ({getattr(self.plan.ssh, role).host}) became unreachable:\n"
+                                 f"{result.result.tail()}")
+        return result
 
     def _wait_for_lock(self, lock: int, timeout: float, on_output: OutputSink | None) -> None:
         deadline, told = time.monotonic() + timeout, False
@@ -272,7 +294,7 @@ class AnsibleRunner:
                                           "end it (its pid: `fuser` on that file)") from None
                 time.sleep(1)
 
-    def _run(self, role: str, argv: list[str], workdir: Path, control_dir: Path, playbook: Playbook, lock: int,
+    def _run(self, argv: list[str], workdir: Path, control_dir: Path, playbook: Playbook, lock: int,
              timeout: float, on_output: OutputSink | None) -> PlaybookResult:
         attempt = 1 + sum(1 for _ in workdir.glob("playbook-*.log"))
         log_path = workdir / f"playbook-{attempt}.log"
@@ -299,15 +321,7 @@ class AnsibleRunner:
         follower.stopping.set()
         follower.join()
         output = "\n".join(follower.tail)
-        result = PlaybookResult(Result(command, rc, output), parse_recap(output))
-        where = f"ssh.{role}"
-        if rc != 0 and any(marker in output for marker in HOST_KEY_REFUSED):
-            raise HostKeyError(f"ansible-playbook: the host key of {where} ({getattr(self.plan.ssh, role).host}) is not "
-                               f"the pinned one in {where}.known_hosts; refused:\n{result.result.tail()}")
-        if any(h.unreachable for h in result.recap):
-            raise ConnectionLost(f"ansible-playbook: {where} ({getattr(self.plan.ssh, role).host}) became unreachable:\n"
-                                 f"{result.result.tail()}")
-        return result
+        return PlaybookResult(Result(command, rc, output), parse_recap(output))
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -326,6 +340,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 def _close_masters(control_dir: Path) -> None:
     """Tell every SSH master Ansible left (ControlPersist) to exit now."""
+    if not control_dir.is_dir():
+        return
     for sock in control_dir.iterdir():
         subprocess.run([SSH, "-F", "/dev/null", "-o", f"ControlPath={_token_safe(sock)}", "-O", "exit", "upgrader"],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
