@@ -21,7 +21,7 @@ import pytest
 from upgrader.adapters.ansible_runner import AnsibleMissing, AnsibleRunner, find_ansible_playbook
 from upgrader.adapters.fabric_shell import HostKeyError
 from upgrader.plan import Plan, load_plan
-from upgrader.ports import HostRecap, PackageProxy, Playbook
+from upgrader.ports import HostRecap, PackageProxy, Playbook, PlaybookResult
 from tests.adapters.sshd_servers import Server, free_port, why_not
 
 PLAN = """\
@@ -114,7 +114,7 @@ def plan_for(tmp_path: Path, server: Server, playbook: str, *, known_hosts: Path
 
 
 def run(plan: Plan, tmp_path: Path, *, proxy: PackageProxy | None = None, groups: tuple[str, ...] = (),
-        lines: list[str] | None = None):  # type: ignore[no-untyped-def]
+        lines: list[str] | None = None) -> PlaybookResult:
     runner = AnsibleRunner(plan, "run-1")
     return runner.run_playbook("staging", Playbook(plan.resolve_path("site.yml"), groups=groups),
                                workdir=tmp_path / "state" / "ansible", timeout=240,
