@@ -65,11 +65,14 @@ from upgrader.durations import (
     parse_duration,
 )
 from upgrader.errors import InputError, PlanError
+from upgrader.plan_ansible import AnsiblePlaybook
 from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
                                   lone_surrogates, normalise_sync_path, printable, rrule_problem, window_problem)
 
 __all__ = [
     "MAX_PLAN_BYTES",
+    "AnsiblePlaybook",
+    "AnsibleStep",
     "Announce",
     "ByteSize",
     "Check",
@@ -413,26 +416,44 @@ class RebootStep(_Model):
         return self.name or "reboot"
 
 
-_STEP_TAGS = {"#run": RunStep, "#reboot": RebootStep}
+class AnsibleStep(_Model):
+    """Run an Ansible playbook against the twin over the plan's pinned SSH path to it (ssh.staging).
+    A failed play fails the step like a failed `run` (held for repair); `upgrader retry`, and a
+    resume after a crash while it ran, run the whole playbook again: playbooks are idempotent."""
+
+    name: StrictStr | None = Field(default=None, description="label shown in progress output and the journal")
+    ansible: AnsiblePlaybook = Field(description="the playbook and how to run it")
+    timeout: PositiveDuration = Field(default=timedelta(hours=2), json_schema_extra={"default": "2h"},
+                                      description="stop the playbook and fail the step after this long")
+    on_failure: Literal["hold", "abort"] | None = Field(
+        default=None, description="overrides the plan's `on_failure` for this step"
+    )
+    checkpoint: StrictBool = Field(
+        default=False, description="take a disk checkpoint of the twin before this step (`upgrader revert` goes back to it)"
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or f"ansible-playbook {self.ansible.playbook}"
+
+
+_STEP_KINDS = ("run", "reboot", "ansible")
+_STEP_TAGS = {"#run": RunStep, "#reboot": RebootStep, "#ansible": AnsibleStep}
 
 
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        if "run" in value and "reboot" in value:
-            return None
-        if "run" in value:
-            return "#run"
-        if "reboot" in value:
-            return "#reboot"
-    elif isinstance(value, RunStep):
-        return "#run"
-    elif isinstance(value, RebootStep):
-        return "#reboot"
+        kinds = [k for k in _STEP_KINDS if k in value]
+        return f"#{kinds[0]}" if len(kinds) == 1 else None
+    for tag, model in _STEP_TAGS.items():
+        if isinstance(value, model):
+            return tag
     return None
 
 
 UpgradeStep = Annotated[
-    Union[Annotated[RunStep, Tag("#run")], Annotated[RebootStep, Tag("#reboot")]],  # noqa: UP007
+    Union[Annotated[RunStep, Tag("#run")], Annotated[RebootStep, Tag("#reboot")],  # noqa: UP007
+          Annotated[AnsibleStep, Tag("#ansible")]],
     Discriminator(_step_kind, custom_error_type="step_kind", custom_error_message="bad upgrade step"),
 ]
 
@@ -794,7 +815,7 @@ class Plan(_Model):
         default="/var/db/upgrader", description="directory on the guest where per-step done-markers are written"
     )
     upgrade: Annotated[list[UpgradeStep], Field(min_length=1)] = Field(
-        description="upgrade steps run on the twin, in order; each has `run` or `reboot`"
+        description="upgrade steps run on the twin, in order; each has `run`, `reboot` or `ansible`"
     )
     validate: Checks = Field(  # shadows the deprecated BaseModel.validate; see the class statement
         default=[], description="checks the upgraded twin must pass before cutover"
@@ -862,6 +883,16 @@ class Plan(_Model):
                 at=("staging", "twin_name"),
                 got=_describe(self.twin_name),
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ansible_pins_the_twin(self) -> Plan:
+        if self.ssh.staging.known_hosts is None:
+            for i, step in enumerate(self.upgrade):
+                if isinstance(step, AnsibleStep):
+                    raise _fail("an `ansible:` step needs ssh.staging.known_hosts: its playbook runs over the same "
+                                "pinned SSH path as every other step and accepts no host key without one",
+                                at=("upgrade", i, "ansible"))
         return self
 
     def failure_policy(self, step: str | None) -> str:
@@ -1233,11 +1264,12 @@ def _message(err: Any) -> str:
     if kind.startswith("datetime") or kind.startswith("date_"):
         return f'expected a date and time like "2024-06-01T03:00:00", got {got}'
     if kind == "step_kind":
-        if isinstance(value, dict) and "run" in value:
-            return 'an upgrade step has "run" or "reboot", not both; make two steps'
+        if isinstance(value, dict) and sum(k in value for k in _STEP_KINDS) > 1:
+            both = " and ".join(f'"{k}"' for k in _STEP_KINDS if k in value)
+            return f'an upgrade step has one of "run", "reboot" or "ansible", not {both}; make one step of each'
         if isinstance(value, dict):
-            return 'an upgrade step needs "run" or "reboot"'
-        return f'expected a mapping with "run" or "reboot", got {got}'
+            return 'an upgrade step needs "run", "reboot" or "ansible"'
+        return f'expected a mapping with "run", "reboot" or "ansible", got {got}'
     msg = str(err.get("msg", "invalid value"))
     if kind == "value_error" and msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

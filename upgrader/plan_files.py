@@ -1,4 +1,5 @@
-"""The files a plan names besides itself: the SSH keys and known_hosts files of both targets.
+"""The files a plan names besides itself: the SSH keys and known_hosts files of both targets, and
+the playbooks of its `ansible:` upgrade steps.
 `plan check` refuses a plan whose files are missing (exit 2); `upgrader preflight` and `start`
 report them among the inhibitors. Relative paths resolve against the plan's directory
 (Plan.resolve_path), as the SSH adapter resolves them.
@@ -31,7 +32,7 @@ class FileProblem:
 
 
 def plan_files(plan: "Plan") -> list[tuple[str, Path]]:
-    """(key path, resolved path) of every file the plan names for SSH."""
+    """(key path, resolved path) of every file the plan names: SSH keys and known_hosts, playbooks."""
     found = []
     for role in ("prod", "staging"):
         target = getattr(plan.ssh, role)
@@ -39,6 +40,10 @@ def plan_files(plan: "Plan") -> list[tuple[str, Path]]:
             value = getattr(target, field)
             if value:
                 found.append((f"ssh.{role}.{field}", plan.resolve_path(value)))
+    for i, step in enumerate(plan.upgrade):
+        spec = getattr(step, "ansible", None)
+        if spec is not None:
+            found.append((f"upgrade[{i}].ansible.playbook", plan.resolve_path(spec.playbook)))
     return found
 
 
@@ -56,5 +61,5 @@ def _problem(path: Path) -> str | None:
 
 
 def plan_file_problems(plan: "Plan") -> list[FileProblem]:
-    """Every SSH key or known_hosts file of the plan that is missing or unreadable."""
+    """Every SSH key, known_hosts file or playbook of the plan that is missing or unreadable."""
     return [FileProblem(key, path, why) for key, path in plan_files(plan) if (why := _problem(path)) is not None]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 OutputSink = Callable[[str], None]
 
@@ -304,6 +305,93 @@ class Syncer(Protocol):
         skipped (the sweep is a clean-up on the way out: abort, resume, end of a run); with
         `strict` the first such failure is raised after every role was tried. An unknown role
         raises ValueError."""
+
+
+# ------------------------------------------------------------------------------- playbooks
+
+
+@dataclass(frozen=True)
+class PackageProxy:
+    """The plan's package proxy as a playbook sees it: the twin reaches it at `twin_url` (its
+    own loopback), which a remote forward over the orchestrator's SSH connection carries to
+    `host`:`port` as the orchestrator reaches it. Nothing else is forwarded."""
+
+    twin_url: str  # e.g. "http://127.0.0.1:3142"
+    listen_port: int  # the forward's port on the twin's 127.0.0.1
+    host: str  # the proxy, from the orchestrator
+    port: int
+
+    @property
+    def forward(self) -> str:
+        """OpenSSH's -R argument."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"127.0.0.1:{self.listen_port}:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """One ansible-playbook run: the playbook (resolved path) and what the plan gives it."""
+
+    path: Path
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostRecap:
+    """One host's line of the PLAY RECAP."""
+
+    host: str
+    ok: int = 0
+    changed: int = 0
+    unreachable: int = 0
+    failed: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+@dataclass(frozen=True)
+class PlaybookResult:
+    """What a playbook run did: its Result (the masked command line, ansible-playbook's exit code
+    and the tail of its output) and the recap of each host (empty when it never got that far)."""
+
+    result: Result
+    recap: tuple[HostRecap, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok and not any(h.failed or h.unreachable for h in self.recap)
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.recap)
+
+
+class PlaybookRunner(Protocol):
+    def check(self) -> str:
+        """Can playbooks run here? Returns a description (where ansible-playbook is); raises
+        InfraError with an install hint when it is missing."""
+
+    def run_playbook(
+        self,
+        role: str,
+        playbook: Playbook,
+        *,
+        workdir: Path,
+        timeout: float,
+        proxy: PackageProxy | None = None,
+        on_output: OutputSink | None = None,
+    ) -> PlaybookResult:
+        """Run `playbook` against the guest in `role` ("staging": the twin) over the plan's pinned
+        SSH path to it. `workdir`: a private directory of the run for the inventory, Ansible's
+        local state and the log. Never raises on a failed play (check `PlaybookResult.ok`);
+        raises InfraError when ansible-playbook is missing, HostKeyError when the guest's host key
+        is not the pinned one, ConnectionLost when the guest became unreachable, StepFailed on
+        timeout. Never runs two playbooks of one `workdir` at once: a run still going (one that
+        outlived a killed orchestrator) is waited for first, up to `timeout`."""
 
 
 # ------------------------------------------------------------------------------------ probing

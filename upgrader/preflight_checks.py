@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from upgrader.errors import InfraError, UpgraderError
 from upgrader.plan_checks import window_problem
-from upgrader.plan_files import plan_file_problems
+from upgrader.plan_files import plan_file_problems, plan_files
 from upgrader.ports import DomainInfo, cmd
 
 if TYPE_CHECKING:
@@ -103,9 +103,21 @@ def _dirname(path: str) -> str:
 def _files(plan: "Plan", report: PreflightReport) -> None:
     problems = plan_file_problems(plan)
     report.add("plan files", "; ".join(str(p) for p in problems) or None,
-               "SSH keys and known_hosts readable" if any((plan.ssh.prod.key, plan.ssh.prod.known_hosts,
-                                                           plan.ssh.staging.key, plan.ssh.staging.known_hosts))
-               else "none named")
+               "SSH keys, known_hosts and playbooks readable" if plan_files(plan) else "none named")
+
+
+def _ansible(plan: "Plan", ports: "Ports", report: PreflightReport) -> None:
+    """An `ansible:` upgrade step needs ansible-playbook here (its known_hosts: a plan check)."""
+    steps = [i for i, step in enumerate(plan.upgrade) if getattr(step, "ansible", None) is not None]
+    if not steps:
+        return
+    if ports.playbooks is None:
+        report.add("ansible", "these ports have no playbook runner")
+        return
+    try:
+        report.add("ansible", None, ports.playbooks.check())
+    except UpgraderError as exc:
+        report.add("ansible", f"{exc.message} ({exc.hint})" if exc.hint else exc.message)
 
 
 def _window(plan: "Plan", now: dt.datetime, report: PreflightReport) -> None:
@@ -198,6 +210,7 @@ def run_checks(plan: "Plan", ports: "Ports", now: dt.datetime, *, vm_uuid: str |
     still run."""
     report = PreflightReport()
     _files(plan, report)
+    _ansible(plan, ports, report)
     _window(plan, now, report)
     _hypervisor(plan, ports.hypervisor, report, vm_uuid)
     _prod(plan, ports, report)

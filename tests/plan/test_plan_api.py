@@ -29,7 +29,7 @@ PLAYBOOKS = ROOT / "playbooks"
 MINIMAL = (Path(__file__).parent / "fixtures" / "minimal.yml").read_text()
 
 
-@pytest.mark.parametrize("name", ["freebsd7.yml", "linux-debian.yml"])
+@pytest.mark.parametrize("name", ["freebsd7.yml", "linux-debian.yml", "debian13-ansible.yml"])
 def test_shipped_playbooks_load(name: str) -> None:
     plan = load_plan(PLAYBOOKS / name)
     assert isinstance(plan, Plan)
@@ -123,7 +123,7 @@ def test_step_with_run_and_reboot_is_one_error() -> None:
     text = MINIMAL.replace("  - reboot: true\n", "  - reboot: true\n    run: ls\n")
     with pytest.raises(PlanError) as info:
         parse_plan(text, "s.yml")
-    assert info.value.problems == ['s.yml:14:5: upgrade[1]: an upgrade step has "run" or "reboot", not both; make two steps']
+    assert info.value.problems == ['s.yml:14:5: upgrade[1]: an upgrade step has one of "run", "reboot" or "ansible", not "run" and "reboot"; make one step of each']
 
 
 # -- resolve_plan_path ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ EXPECTED: dict[str, list[str]] = {
     "not_mapping": ["1:1: expected a mapping at the top level, got a list"],
     "empty": ["1:1: the plan is empty"],
     "comments_only": ["1:1: the plan is empty"],
-    "step_neither": ['14:5: upgrade[1]: an upgrade step needs "run" or "reboot"'],
+    "step_neither": ['14:5: upgrade[1]: an upgrade step needs "run", "reboot" or "ansible"'],
     "check_two_kinds": [
         '23:11: validate[0].http: a check has exactly one of "tcp", "smtp", "imap", "http", "command"; this one also has "tcp"'
     ],

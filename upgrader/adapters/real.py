@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from upgrader.adapters.ansible_runner import AnsibleRunner
 from upgrader.adapters.fabric_shell import FabricShells
 from upgrader.adapters.libvirt_hypervisor import LibvirtHypervisor
 from upgrader.adapters.net_prober import NetProber
@@ -17,4 +18,5 @@ if TYPE_CHECKING:
 
 def build(plan: "Plan", run_id: str) -> Ports:
     shells = FabricShells(plan)
-    return Ports(LibvirtHypervisor(plan.source.libvirt_uri), shells, RsyncSyncer(shells, run_id), NetProber(plan))
+    return Ports(LibvirtHypervisor(plan.source.libvirt_uri), shells, RsyncSyncer(shells, run_id), NetProber(plan),
+                 playbooks=AnsibleRunner(plan, run_id))

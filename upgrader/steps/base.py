@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from upgrader.errors import ConnectionLost
 from upgrader.events import Event, Notice, StepBegin, StepDone, StepInDoubt, StepOutput
 from upgrader.phases import Phase
-from upgrader.ports import Hypervisor, Prober, ShellFactory, Syncer
+from upgrader.ports import Hypervisor, PlaybookRunner, Prober, ShellFactory, Syncer
 from upgrader.record import RunRecord, utcnow
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Ports:
     prober: Prober
     notifier: "Notifier | None" = None  # customers: only when the plan announces
     operator: "OperatorChannels | None" = None  # operators: only when the plan has an operator block
+    playbooks: PlaybookRunner | None = None  # ansible: upgrade steps (the real adapter needs ansible-core)
 
 
 class JournalIO(Protocol):
@@ -142,6 +144,14 @@ class StepContext:
     @property
     def run_id(self) -> str:
         return self.record.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's own directory (RunStore.run_dir: state dir / host / run id), for files a step
+        keeps on the controller (an `ansible:` step's inventory, Ansible's state, its logs)."""
+        if not self.state_dir:
+            raise AssertionError("a step asked for the run's directory of a context without a state dir")
+        return Path(self.state_dir) / self.record.host / self.run_id
 
     def output_sink(self, key: str) -> Callable[[str], None]:
         def sink(line: str) -> None:

@@ -24,11 +24,12 @@ from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets, upgrad
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
 from upgrader.steps import guest
+from upgrader.steps.playbook import describe as describe_playbook, run_playbook_step
 from upgrader.steps.base import AlreadyDone, Outcome, StepContext
 from upgrader.durations import format_duration
 
 if TYPE_CHECKING:
-    from upgrader.plan import Plan, RebootStep, RunStep
+    from upgrader.plan import AnsibleStep, Plan, RebootStep, RunStep
 
 
 def step_key(index: int) -> str:
@@ -76,6 +77,8 @@ class Upgrade:
                 lines.append(f"[{i}] checkpoint {plan.twin_name}'s disks first (`upgrader revert HOST --to {step_key(i)}`)")
             if getattr(step, "reboot", False):
                 lines.append(f"[{i}] reboot the twin and wait for a new boot id (up to {format_duration(step.timeout)})")
+            elif getattr(step, "ansible", None) is not None:
+                lines.append(f"[{i}] {describe_playbook(plan, step)}")  # type: ignore[arg-type]
             else:
                 answers = f", answering {len(step.expect)} prompt(s)" if step.expect else ""
                 probe = f"; skipped if `{step.probe}` exits 0 first" if step.probe else ""
@@ -90,6 +93,8 @@ class Upgrade:
             if getattr(step, "reboot", False):
                 self._reboot(ctx, i, step)  # type: ignore[arg-type]
                 shell = ctx.ports.shells.connect("staging")
+            elif getattr(step, "ansible", None) is not None:
+                self._ansible(ctx, i, step)  # type: ignore[arg-type]
             else:
                 self._run(ctx, i, step)  # type: ignore[arg-type]
         release = ctx.record.outputs.get(step_key(len(ctx.plan.upgrade) - 1), {})
@@ -139,6 +144,9 @@ class Upgrade:
             return AlreadyDone(SkippedByProbe(probe=result.command, probe_rc=result.rc).model_dump(), PROBE_SKIP_REASON)
 
         ctx.once_reconnecting(key, step.label, run, probe, skip_if=already_done if step.probe else None)
+
+    def _ansible(self, ctx: StepContext, i: int, step: "AnsibleStep") -> None:
+        run_playbook_step(ctx, step_key(i), step)  # the package proxy: wired with staging.packages
 
     def _reboot(self, ctx: StepContext, i: int, step: "RebootStep") -> None:
         key, timeout = step_key(i), step.timeout.total_seconds()

@@ -506,4 +506,7 @@ def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
         raise InfraError(f"fake world {path} does not exist", hint="tests create it with upgrader.testing.fakes.new_world()")
     world = WorldFile(path)
     networks = {"prod": plan.takeover.production_network, "staging": plan.staging.network}
-    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks))
+    from upgrader.testing.fake_playbooks import FakePlaybooks  # it builds on this module's guests
+
+    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks),
+                 playbooks=FakePlaybooks(world, networks, plan.source.domain))

@@ -70,6 +70,7 @@ def new_world(
         "images": {f"/fake/{domain}.qcow2": {"size": 2 * 2**30, "backing": None}},
         "guests": {"g0": guest},
         "commands": [],
+        "playbooks": [],  # canned `ansible:` playbook runs (fake_playbooks.py)
         "incoming": [40, 8, 1],
         "faults": [],
         "effects": [],
@@ -79,7 +80,7 @@ def new_world(
 def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc: int = 1) -> World:
     """Tell the fake shell what the plan runs: every command the plan declares gets a canned entry
     (an exact match, appended after the entries already there, which win): upgrade `run:` steps
-    (on the twin, exit 0), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
+    (on the twin, exit 0), `ansible:` steps' playbooks (world["playbooks"], exit 0), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
     run), `command` checks of validate/verify (any role, exit 0, no output: a check that wants
     output needs its own entry first) and the sync quiesce/resume commands (any role, exit 0).
     Anything else the engine runs - but upgrader's own guest commands - raises UnexpectedCall.
@@ -100,6 +101,13 @@ def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc
     for entry in entries:
         if not any(e["match"] == entry["match"] and e.get("role") == entry.get("role") for e in world["commands"]):
             world["commands"].append(entry)
+    playbooks = world.setdefault("playbooks", [])
+    for step in loaded.upgrade:  # `ansible:` steps: the fake playbook runner (fake_playbooks.py), exit 0
+        spec = getattr(step, "ansible", None)
+        if spec is not None:
+            match = exact(str(loaded.resolve_path(spec.playbook)))
+            if not any(e["match"] == match for e in playbooks):
+                playbooks.append({"match": match})
     return world
 
 
