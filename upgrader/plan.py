@@ -65,6 +65,7 @@ from upgrader.durations import (
     parse_duration,
 )
 from upgrader.errors import InputError, PlanError
+from upgrader.plan_packages import PackageProxy
 from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
                                   lone_surrogates, normalise_sync_path, printable, rrule_problem, window_problem)
 
@@ -78,6 +79,7 @@ __all__ = [
     "HttpCheck",
     "Operator",
     "OperatorWebhook",
+    "PackageProxy",
     "Plan",
     "PresyncPolicy",
     "Prompt",
@@ -338,6 +340,11 @@ class Staging(_Model):
     network: NonEmptyStr = Field(description="libvirt network or bridge of the isolated staging segment")
     twin_name: NonEmptyStr = Field(
         default="{domain}-twin", description='libvirt name of the twin; "{domain}" is replaced by source.domain'
+    )
+    packages: PackageProxy | None = Field(
+        default=None,
+        description="the package proxy the isolated twin may reach, forwarded over upgrader's SSH connection "
+        "(docs/packages.md); none: the twin reaches nothing",
     )
 
     @model_validator(mode="after")

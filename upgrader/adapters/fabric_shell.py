@@ -19,8 +19,9 @@ from invoke.exceptions import CommandTimedOut
 from invoke.watchers import Responder
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from upgrader.errors import ConnectionLost, InfraError, InputError, StepFailed
-from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, Result, running_path
+from upgrader.adapters import remote_forward
+from upgrader.errors import ConnectionLost, ForwardRefused, InfraError, InputError, StepFailed
+from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, RemoteForward, Result, running_path
 
 # paramiko's transport thread logs every failed handshake with a traceback (e.g. "Error reading SSH
 # protocol banner" while a rebooting guest's sshd is not up yet). Without a handler, Python's
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # detached, so the command returns before the guest goes down (no nohup: busybox may lack it)
 REBOOT = "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &"
+# A forward re-opened on a new connection may find its port still held by the guest-side session
+# of the connection that just died (sshd has not noticed yet): asked again for this long.
+FORWARD_REOPEN_WAIT = 30.0
 
 
 class HostKeyError(InfraError):
@@ -94,13 +98,14 @@ class EofProxyCommand(paramiko.ProxyCommand):
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, InfraError) and not isinstance(exc, HostKeyError)
+    return isinstance(exc, InfraError) and not isinstance(exc, (HostKeyError, ForwardRefused))
 
 
 class FabricShell:
     def __init__(self, factory: "FabricShells", role: str, target: "SshTarget") -> None:
         self.factory, self.name, self.target = factory, role, target
         self.conn: Connection | None = None
+        self.forwards: dict[int, RemoteForward] = {}  # listen port -> forward, re-opened on every new connection
 
     # ------------------------------------------------------------------ connection
 
@@ -150,7 +155,36 @@ class FabricShell:
             with attempt:
                 self._open(timeout)
         assert self.conn is not None
-        return self.conn
+        conn = self.conn
+        for forward in list(self.forwards.values()):  # a reconnect (reboot, lost connection) re-opens them
+            try:
+                self._request(conn, forward, wait=FORWARD_REOPEN_WAIT)
+            except ForwardRefused:
+                self.close()
+                raise
+        return conn
+
+    def _request(self, conn: Connection, forward: RemoteForward, *, wait: float) -> None:
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"connection to {self.name} closed before the forward {forward.describe()} could open")
+        remote_forward.install(transport, forward, self.forwards, f"{self.target.user}@{self.target.host}:{self.target.port} "
+                               f"({self.name})", wait=wait)
+
+    def forward(self, forward: RemoteForward) -> None:
+        conn = self.ensure()
+        self.forwards[forward.listen_port] = forward  # looked up by the handler at connect time
+        try:
+            self._request(conn, forward, wait=0.0)
+        except BaseException:
+            self.forwards.pop(forward.listen_port, None)
+            raise
+
+    def unforward(self, forward: RemoteForward) -> None:
+        if self.forwards.pop(forward.listen_port, None) is None:
+            return
+        if self.conn is not None and self.conn.is_connected:
+            remote_forward.remove(self.conn.client.get_transport(), forward)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -214,7 +248,7 @@ class FabricShell:
             try:
                 self.ensure(wait=max(1.0, min(30.0, deadline - time.monotonic())))
                 current = self.boot_id()
-            except HostKeyError:
+            except (HostKeyError, ForwardRefused):
                 raise
             except InfraError:
                 self.close()
