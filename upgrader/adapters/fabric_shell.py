@@ -105,7 +105,8 @@ class FabricShell:
     def __init__(self, factory: "FabricShells", role: str, target: "SshTarget") -> None:
         self.factory, self.name, self.target = factory, role, target
         self.conn: Connection | None = None
-        self.forwards: dict[int, RemoteForward] = {}  # listen port -> forward, re-opened on every new connection
+        # re-opened on every new connection
+        self.forwards = remote_forward.RemoteForwards(f"{target.user}@{target.host}:{target.port} ({role})")
 
     # ------------------------------------------------------------------ connection
 
@@ -156,35 +157,26 @@ class FabricShell:
                 self._open(timeout)
         assert self.conn is not None
         conn = self.conn
-        for forward in list(self.forwards.values()):  # a reconnect (reboot, lost connection) re-opens them
+        if self.forwards.open:  # a reconnect (reboot, lost connection) asks for them again
             try:
-                self._request(conn, forward, wait=FORWARD_REOPEN_WAIT)
+                self.forwards.reopen(self._transport(conn), wait=FORWARD_REOPEN_WAIT)
             except ForwardRefused:
                 self.close()
                 raise
         return conn
 
-    def _request(self, conn: Connection, forward: RemoteForward, *, wait: float) -> None:
+    def _transport(self, conn: Connection) -> paramiko.Transport:
         transport = conn.client.get_transport()
         if transport is None or not transport.is_active():
-            raise ConnectionLost(f"connection to {self.name} closed before the forward {forward.describe()} could open")
-        remote_forward.install(transport, forward, self.forwards, f"{self.target.user}@{self.target.host}:{self.target.port} "
-                               f"({self.name})", wait=wait)
+            raise ConnectionLost(f"connection to {self.name} closed before a remote forward could open")
+        return transport
 
     def forward(self, forward: RemoteForward) -> None:
-        conn = self.ensure()
-        self.forwards[forward.listen_port] = forward  # looked up by the handler at connect time
-        try:
-            self._request(conn, forward, wait=0.0)
-        except BaseException:
-            self.forwards.pop(forward.listen_port, None)
-            raise
+        self.forwards.add(self._transport(self.ensure()), forward)
 
     def unforward(self, forward: RemoteForward) -> None:
-        if self.forwards.pop(forward.listen_port, None) is None:
-            return
-        if self.conn is not None and self.conn.is_connected:
-            remote_forward.remove(self.conn.client.get_transport(), forward)
+        transport = self.conn.client.get_transport() if self.conn is not None and self.conn.is_connected else None
+        self.forwards.remove(transport, forward)
 
     def close(self) -> None:
         if self.conn is not None:
