@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from tests.adapters.sshd_servers import Server, free_port, plan_for, why_not
@@ -147,3 +148,34 @@ def test_an_sshd_that_forbids_remote_forwards_is_refused(tmp_path: Path, client_
     finally:
         shells.reset()
         server.stop()
+
+
+class _DeadTransport:
+    """A transport whose connection died (a guest going down mid-reboot): every request fails."""
+
+    def __init__(self, active: bool) -> None:
+        self.active, self.asked = active, 0
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def request_port_forward(self, address: str, port: int, handler: object = None) -> int:
+        self.asked += 1
+        raise paramiko.SSHException("SSH session not active" if not self.active else "TCP forwarding request denied")
+
+
+def test_a_dead_connection_is_a_lost_connection_not_a_refusal() -> None:
+    """A reboot's reconnect loop retries a ConnectionLost; a ForwardRefused would end the reboot step."""
+    from upgrader.adapters.remote_forward import RemoteForwards
+    from upgrader.errors import ConnectionLost
+
+    forwards = RemoteForwards("root@twin:22 (staging)")
+    dead = _DeadTransport(active=False)
+    forwards.open[3142] = RemoteForward(3142, "127.0.0.1", 3142)
+    with pytest.raises(ConnectionLost):
+        forwards.reopen(dead, wait=30)  # type: ignore[arg-type]
+    assert dead.asked == 1  # at once, not after the 30 s meant for a port still held
+    refusing = _DeadTransport(active=True)
+    with pytest.raises(ForwardRefused):
+        forwards.add(refusing, RemoteForward(3143, "127.0.0.1", 3142))  # type: ignore[arg-type]
+    assert 3143 not in forwards.open and 3142 in forwards.open

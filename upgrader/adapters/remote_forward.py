@@ -22,7 +22,7 @@ import time
 from contextlib import suppress
 import paramiko
 
-from upgrader.errors import ForwardRefused
+from upgrader.errors import ConnectionLost, ForwardRefused
 from upgrader.ports import RemoteForward
 
 log = logging.getLogger("upgrader.forward")
@@ -70,6 +70,9 @@ class RemoteForwards:
                 transport.request_port_forward("127.0.0.1", forward.listen_port, handler=self._handle)
                 break
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                if not transport.is_active():  # the connection died (a guest going down): not a refusal
+                    raise ConnectionLost(f"connection to {self.where} lost while asking for the forward "
+                                         f"{forward.describe()}: {exc}") from exc
                 if time.monotonic() >= deadline:
                     raise ForwardRefused(f"{self.where} refused a remote forward on its 127.0.0.1:{forward.listen_port} "
                                          f"to {forward.host}:{forward.port} (the package proxy): {exc}") from exc
