@@ -160,7 +160,7 @@ class FabricShell:
         if self.forwards.open:  # a reconnect (reboot, lost connection) asks for them again
             try:
                 self.forwards.reopen(self._transport(conn), wait=FORWARD_REOPEN_WAIT)
-            except ForwardRefused:
+            except BaseException:  # refused, or the new connection died too: the next ensure starts over
                 self.close()
                 raise
         return conn
