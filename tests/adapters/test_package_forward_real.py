@@ -98,6 +98,11 @@ def test_the_twin_reaches_the_proxy_through_the_forward(twin: FabricShell, proxy
     twin.unforward(forward)
     rc, out, _ = fetch(twin, f"http://127.0.0.1:{port}/marker")
     assert rc != 0 and MARKER not in out
+    # the next phase asks for the same port again (upgrade, then validate_staging): dropbear denies
+    # every cancel, so unforward drops the connection and the listener goes with it
+    twin.forward(forward)
+    rc, out, _ = fetch(twin, f"http://127.0.0.1:{port}/again")
+    assert rc == 0 and out.strip() == f"{MARKER} GET /again", out
 
 
 def test_the_forward_comes_back_after_a_reconnect(twin: FabricShell, proxy: int) -> None:

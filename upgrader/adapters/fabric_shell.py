@@ -176,7 +176,8 @@ class FabricShell:
 
     def unforward(self, forward: RemoteForward) -> None:
         transport = self.conn.client.get_transport() if self.conn is not None and self.conn.is_connected else None
-        self.forwards.remove(transport, forward)
+        if not self.forwards.remove(transport, forward):
+            self.close()  # the sshd keeps listening (dropbear): the listener goes with this connection
 
     def close(self) -> None:
         if self.conn is not None:

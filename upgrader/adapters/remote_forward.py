@@ -59,9 +59,13 @@ class RemoteForwards:
         for forward in list(self.open.values()):
             self._install(transport, forward, wait=wait)
 
-    def remove(self, transport: paramiko.Transport | None, forward: RemoteForward) -> None:
-        if self.open.pop(forward.listen_port, None) is not None:
-            _cancel(transport, forward)
+    def remove(self, transport: paramiko.Transport | None, forward: RemoteForward) -> bool:
+        """Forget `forward` (a connection still reaching its port is closed at once) and ask the
+        guest's sshd to stop listening. False: it still listens - dropbear 2022.83 denies every
+        cancel-tcpip-forward; the listener goes only with the connection, so the caller drops it."""
+        if self.open.pop(forward.listen_port, None) is None:
+            return True
+        return _cancel(transport, forward)
 
     def _install(self, transport: paramiko.Transport, forward: RemoteForward, *, wait: float) -> None:
         deadline = time.monotonic() + wait
@@ -133,10 +137,15 @@ class RemoteForwards:
         _serve(channel, target, preface)
 
 
-def _cancel(transport: paramiko.Transport | None, forward: RemoteForward) -> None:
-    if transport is not None and transport.is_active():
-        with suppress(paramiko.SSHException, OSError, EOFError):
-            transport.cancel_port_forward("127.0.0.1", forward.listen_port)
+def _cancel(transport: paramiko.Transport | None, forward: RemoteForward) -> bool:
+    """cancel-tcpip-forward, answered (not paramiko's cancel_port_forward: it does not wait, and
+    it drops the transport's one handler, which the other forwards still need)."""
+    if transport is None or not transport.is_active():
+        return True  # the listener went with the connection
+    try:
+        return transport.global_request("cancel-tcpip-forward", ("127.0.0.1", forward.listen_port), wait=True) is not None
+    except (paramiko.SSHException, OSError, EOFError):
+        return not transport.is_active()
 
 
 def _serve(channel: paramiko.Channel, target: RemoteForward, preface: bytes = b"") -> None:
