@@ -5,7 +5,8 @@ mirror. The plan names a proxy as the orchestrator reaches it (`proxy: http://12
 while the twin's steps run, upgrader asks the twin's sshd for a remote forward on the twin's own
 127.0.0.1:`port` and joins every connection to it to that proxy from the orchestrator's side (the
 Shell port's `forward`). The twin reaches that one proxy and nothing else. Its steps get
-`http_proxy`/`HTTP_PROXY`/`UPGRADER_PACKAGE_PROXY` = `twin_url` in their environment
+`http_proxy`/`HTTP_PROXY`/`UPGRADER_PACKAGE_PROXY` = `twin_url` in their environment (and
+`no_proxy`/`NO_PROXY` = the twin's loopback, so its own services are not asked of the proxy)
 (docs/packages.md: what each package tool reads).
 
     proxy = plan.staging.packages          # PackageProxy | None
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from upgrader.plan import Plan
 
 PROXY_ENV = ("http_proxy", "HTTP_PROXY", "UPGRADER_PACKAGE_PROXY")
+# the twin's own services (a validation check's `curl http://127.0.0.1/`) are not asked of the proxy
+NO_PROXY = "localhost,127.0.0.1,::1"
 
 
 def _fail(message: str, **ctx: Any) -> PydanticCustomError:
@@ -109,7 +112,7 @@ class PackageProxy(BaseModel):
     @property
     def env(self) -> dict[str, str]:
         """The environment the twin's steps get while the forward is open."""
-        return {name: self.twin_url for name in PROXY_ENV}
+        return {**{name: self.twin_url for name in PROXY_ENV}, "no_proxy": NO_PROXY, "NO_PROXY": NO_PROXY}
 
     @property
     def forward(self) -> RemoteForward:

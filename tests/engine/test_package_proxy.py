@@ -25,6 +25,7 @@ from upgrader.testing.world import expect_plan
 PACKAGES = '  packages: {proxy: "http://127.0.0.1:3142", port: 8142}\n'
 FORWARD = {"listen_port": 8142, "host": "127.0.0.1", "port": 3142}
 ENV = {name: "http://127.0.0.1:8142" for name in ("http_proxy", "HTTP_PROXY", "UPGRADER_PACKAGE_PROXY")}
+ENV.update(no_proxy="localhost,127.0.0.1,::1", NO_PROXY="localhost,127.0.0.1,::1")
 
 
 def proxy_plan(tmp_path: Path, world: WorldFile, *, expect: bool = True) -> Path:

@@ -43,7 +43,8 @@ def test_proxy_port_is_the_twins_port_by_default() -> None:
     assert proxy.twin_url == "http://127.0.0.1:3142"
     assert proxy.forward == RemoteForward(listen_port=3142, host="127.0.0.1", port=3142)
     assert proxy.env == {"http_proxy": "http://127.0.0.1:3142", "HTTP_PROXY": "http://127.0.0.1:3142",
-                         "UPGRADER_PACKAGE_PROXY": "http://127.0.0.1:3142"}
+                         "UPGRADER_PACKAGE_PROXY": "http://127.0.0.1:3142",
+                         "no_proxy": "localhost,127.0.0.1,::1", "NO_PROXY": "localhost,127.0.0.1,::1"}
 
 
 def test_own_port_on_the_twin_and_default_http_port() -> None:
