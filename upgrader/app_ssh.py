@@ -35,6 +35,7 @@ from upgrader.adapters.openssh import SshCall, find_client, known_hosts_file, op
 from upgrader.app import Context, _active, _plan_of
 from upgrader.errors import IllegalAction, InputError, NoRun, UpgraderError
 from upgrader.plan import Plan, SshTarget
+from upgrader.ports import RemoteForward
 from upgrader.record import RunRecord
 from upgrader.steps.base import Journal
 from upgrader.store import RunStore
@@ -66,6 +67,7 @@ class Session:
     route: Route
     call: SshCall
     client: str  # the ssh binary
+    plan: Plan
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,25 @@ def _call(plan: Plan, role: str, options: SshOptions) -> SshCall:
         host_keys=pinned_keys(plan.resolve_path(t.known_hosts), t.host, t.port),
         command=options.command,
         tty=options.tty and options.command is None,
+        forward=package_forward(plan, role),
     )
+
+
+def package_forward(plan: Plan, role: str) -> RemoteForward | None:
+    """The package proxy's forward for a shell on the isolated twin (the staging path): the same
+    one the run's steps get (plan `staging.packages`), so an operator repairing a held twin can
+    install packages; None on the prod path (a machine there has its own route)."""
+    proxy = plan.staging.packages
+    return proxy.forward if proxy is not None and role == "staging" else None
+
+
+def proxy_hint(session: "Session") -> str | None:
+    """The one line telling the operator how the twin's tools reach the package proxy."""
+    proxy = session.plan.staging.packages
+    if session.call.forward is None or proxy is None:
+        return None
+    return (f"package proxy: export http_proxy={proxy.twin_url} HTTP_PROXY={proxy.twin_url}  "
+            f"(forwarded to {proxy.proxy_host}:{proxy.proxy_port} for this session)")
 
 
 def prepare(ctx: Context, options: SshOptions) -> Session:
@@ -142,7 +162,7 @@ def prepare(ctx: Context, options: SshOptions) -> Session:
                                    ctx.store.journal(record.host, record.run_id))
     way = route(options.machine, journal, plan, record)
     call = _call(plan, way.role, options)
-    return Session(record, options, way, call, find_client())
+    return Session(record, options, way, call, find_client(), plan)
 
 
 def run(ctx: Context, session: Session, runner: Callable[[list[str]], int] = run_client) -> int:
@@ -152,7 +172,8 @@ def run(ctx: Context, session: Session, runner: Callable[[list[str]], int] = run
     journal = Journal(_RunJournal(ctx.store, record.host, record.run_id))
     ident = secrets.token_hex(4)
     journal.write("ssh", session=ident, by=session.options.by, machine=session.options.machine, role=session.route.role,
-                  target=call.where, command=call.remote_command, phase=record.phase.value)
+                  target=call.where, command=call.remote_command, phase=record.phase.value,
+                  **({"forward": call.forward.describe()} if call.forward is not None else {}))
     started = time.monotonic()
     try:
         with known_hosts_file(call.host_keys) as known_hosts:

@@ -115,6 +115,14 @@ class ConnectionLost(InfraError):
     default_hint = "the step is probed (done-marker, running pid) before anything is redone"
 
 
+class ForwardRefused(InfraError):
+    """The guest's sshd refused a remote port forward (a package proxy for the twin)."""
+
+    default_hint = ("the twin's sshd must allow remote TCP forwarding (OpenSSH: `AllowTcpForwarding yes` or `remote` "
+                    "in sshd_config; dropbear: started without -k and -j) and the port on its 127.0.0.1 must be free "
+                    "(staging.packages.port picks another)")
+
+
 class StepFailed(UpgraderError):
     """A phase's step failed; the engine decides between hold, abort and rollback. A failed
     command carries its Result (command, rc, output tail) for the record and the operator."""

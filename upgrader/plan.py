@@ -66,6 +66,7 @@ from upgrader.durations import (
 )
 from upgrader.errors import InputError, PlanError
 from upgrader.plan_ansible import AnsiblePlaybook
+from upgrader.plan_packages import PackageProxy
 from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
                                   lone_surrogates, normalise_sync_path, printable, rrule_problem, window_problem)
 
@@ -81,6 +82,7 @@ __all__ = [
     "HttpCheck",
     "Operator",
     "OperatorWebhook",
+    "PackageProxy",
     "Plan",
     "PresyncPolicy",
     "Prompt",
@@ -341,6 +343,11 @@ class Staging(_Model):
     network: NonEmptyStr = Field(description="libvirt network or bridge of the isolated staging segment")
     twin_name: NonEmptyStr = Field(
         default="{domain}-twin", description='libvirt name of the twin; "{domain}" is replaced by source.domain'
+    )
+    packages: PackageProxy | None = Field(
+        default=None,
+        description="the package proxy the isolated twin may reach, forwarded over upgrader's SSH connection "
+        "(docs/packages.md); none: the twin reaches nothing",
     )
 
     @model_validator(mode="after")
@@ -1008,7 +1015,10 @@ def _format_path(path: Iterable[str | int]) -> str:
         if isinstance(el, int):
             out += f"[{el}]"
         else:
-            out += f".{el}" if out else str(el)
+            name = str(el)
+            if not name or any(c.isspace() for c in name):
+                name = json.dumps(name)  # a blank key stays visible: "" or " "
+            out += f".{name}" if out else name
     return out
 
 

@@ -228,6 +228,20 @@ def running_path(mark: str) -> str:
     return mark.removesuffix(".done") + ".running"
 
 
+@dataclass(frozen=True)
+class RemoteForward:
+    """A remote (reverse) forward over the orchestrator's SSH connection to a guest: the guest's
+    sshd listens on its own 127.0.0.1:`listen_port`, and every connection to it is joined, from
+    the orchestrator, to `host`:`port` (e.g. a package proxy). The guest gets no route."""
+
+    listen_port: int
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        return f"127.0.0.1:{self.listen_port} -> {self.host}:{self.port}"
+
+
 class Shell(Protocol):
     """One guest reached over SSH (or a fake)."""
 
@@ -251,6 +265,16 @@ class Shell(Protocol):
         so a probe can wait for a command that outlived its connection instead of starting it twice."""
 
     def boot_id(self) -> str: ...
+
+    def forward(self, forward: RemoteForward) -> None:
+        """Open `forward` on this guest's connection and keep it: re-opened on every reconnect
+        (after a reboot, a lost connection) until `unforward`. Raises ForwardRefused (errors.py)
+        when the guest's sshd refuses it (AllowTcpForwarding, dropbear -k/-j, port in use). A
+        connection the target does not accept is answered on the guest with an HTTP 502 naming
+        it (the tool there says why at once instead of hanging)."""
+
+    def unforward(self, forward: RemoteForward) -> None:
+        """Close `forward` (no error if it is not open, or the connection is gone)."""
 
     def reboot(self, *, timeout: float) -> str:
         """Reboot and wait (bounded) until a fresh connection sees a new boot id; returns it."""
@@ -320,6 +344,9 @@ class PackageProxy:
     listen_port: int  # the forward's port on the twin's 127.0.0.1
     host: str  # the proxy, from the orchestrator
     port: int
+    # the forward is already open on upgrader's own connection to the twin (the upgrade phase holds
+    # it for all its steps): the playbook's ssh must not ask for the same port again
+    already_forwarded: bool = False
 
     @property
     def forward(self) -> str:

@@ -46,6 +46,7 @@ class Server:
     base: Path
     client_key: Path  # the orchestrator's key, authorised without options
     port: int = field(default_factory=free_port)
+    args: str = ""  # dropbear: more flags (e.g. -k: no remote forwards); OpenSSH: more sshd_config lines, first
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,13 +80,13 @@ class Server:
             host_public = subprocess.run(["dropbearkey", "-y", "-f", str(hostkey)], check=True, capture_output=True,
                                          text=True).stdout
             host_public = next(line for line in host_public.splitlines() if line.startswith("ssh-"))
-            server = f"exec {DROPBEAR} -F -E -m -s -p 127.0.0.1:{self.port} -r {hostkey} -P {self.base}/pid"
+            server = f"exec {DROPBEAR} -F -E -m -s {self.args} -p 127.0.0.1:{self.port} -r {hostkey} -P {self.base}/pid"
         else:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
             host_public = Path(str(hostkey) + ".pub").read_text()
             config = self.base / "sshd_config"
-            config.write_text(
-                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\nPidFile {self.base}/pid\n"
+            config.write_text(  # sshd takes the first value of a keyword: `args` go first
+                (self.args + "\n" if self.args else "") + f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\nPidFile {self.base}/pid\n"
                 "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nAllowTcpForwarding yes\n"
                 "AuthorizedKeysFile .ssh/authorized_keys\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel VERBOSE\n")
             server = f"mkdir -p /run/sshd && exec {SSHD} -D -e -f {config}"

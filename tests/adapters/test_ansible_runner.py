@@ -90,6 +90,13 @@ def test_without_a_proxy_nothing_is_forwarded(tmp_path: Path, runner: AnsibleRun
     assert runner.extra_vars(Playbook(tmp_path / "site.yml", {"x": 1}), None) == {"x": 1, "upgrader_run_id": "run-7"}
 
 
+def test_a_forward_upgrader_already_holds_is_not_asked_for_again(tmp_path: Path, runner: AnsibleRunner) -> None:
+    proxy = PackageProxy("http://127.0.0.1:3142", 3142, "10.0.0.5", 3128, already_forwarded=True)
+    host = runner.inventory("staging", tmp_path / "kh", Playbook(tmp_path / "site.yml"), proxy)["all"]["hosts"]["mailhost"]
+    assert "-R" not in shlex.split(host["ansible_ssh_common_args"])  # the twin's port is taken by that forward
+    assert runner.extra_vars(Playbook(tmp_path / "site.yml"), proxy)["upgrader_package_proxy"] == "http://127.0.0.1:3142"
+
+
 def test_the_proxy_url_is_an_extra_var(tmp_path: Path, runner: AnsibleRunner) -> None:
     proxy = PackageProxy("http://127.0.0.1:3142", 3142, "::1", 3128)
     assert proxy.forward == "127.0.0.1:3142:[::1]:3128"

@@ -59,6 +59,10 @@ def guests(tmp_path: Path, client_key: Path) -> Iterator[tuple[Server, Server]]:
 def parked(tmp_path: Path, fake_world: WorldFile, guests: tuple[Server, Server], client_key: Path) -> Path:
     """A run parked before its window whose plan points ssh.staging at the twin's sshd (through a
     proxy command that logs each use) and ssh.prod at the other; returns the state dir."""
+    return park(tmp_path, fake_world, guests, client_key)
+
+
+def park(tmp_path: Path, fake_world: WorldFile, guests: tuple[Server, Server], client_key: Path, staging: str = "") -> Path:
     twin, prod = guests
     proxy = tmp_path / "proxy.sh"
     proxy.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/proxy.log\ntrap "" INT\n'  # Ctrl-C: for ssh to handle
@@ -71,7 +75,7 @@ def parked(tmp_path: Path, fake_world: WorldFile, guests: tuple[Server, Server],
     text = FAKE_PLAN.format(world=fake_world.path, keep="1h")
     start, end = text.index("ssh:\n"), text.index("staging:\n  network")
     plan = tmp_path / "real-ssh.yml"
-    plan.write_text(text[:start] + section + text[end:] + LATER)
+    plan.write_text((text[:start] + section + text[end:] + LATER).replace("  network: stg-net\n", "  network: stg-net\n" + staging))
     state = tmp_path / "state"
     record = app.start(app.Context(RunStore(state)), app.StartOptions("mailhost", str(plan)))
     assert record.phase == Phase.AWAIT_WINDOW and record.parked
@@ -205,3 +209,40 @@ def remote_sleep(server: Server) -> bool:
             if pid == server.proc.pid:
                 return True
     return False
+
+
+def test_twin_shell_reaches_the_package_proxy_through_its_forward(tmp_path: Path, fake_world: WorldFile,
+                                                                   guests: tuple[Server, Server], client_key: Path) -> None:
+    """plan `staging.packages`: `upgrader ssh --twin` adds `-R 127.0.0.1:P:HOST:PORT`; the twin's
+    127.0.0.1:P reaches the proxy (here a tiny HTTP server of the test on this machine's loopback)."""
+    import http.server
+    import threading
+
+    from tests.adapters.sshd_servers import free_port
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = f"proxy saw {self.path}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    try:
+        with fake_world.change() as world:  # the run's upgrade opens the same forward on the (fake) twin
+            world["expected_forwards"] = [{"listen_port": port, "host": "127.0.0.1", "port": server.server_address[1]}]
+        state = park(tmp_path, fake_world, guests, client_key,
+                     f"  packages: {{proxy: \"http://127.0.0.1:{server.server_address[1]}\", port: {port}}}\n")
+        done = upgrader(state, "--twin", "--", "curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{port}/marker")
+        assert done.returncode == 0 and done.stdout == "proxy saw /marker\n", done.stderr
+        done = upgrader(state, "--prod", "--", "curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}/marker")
+        assert done.returncode != 0 and "proxy saw" not in done.stdout  # prod's path opens no forward
+    finally:
+        server.shutdown()
+        server.server_close()

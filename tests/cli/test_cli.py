@@ -175,3 +175,16 @@ def test_console_script_installed() -> None:
     exe = Path(sys.executable).with_name("upgrader")
     done = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "upgrader" in done.stdout
+
+
+def test_plan_check_shows_the_package_forward(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    books = _playbooks_with_keys(tmp_path)
+    plan = books / "freebsd7.yml"
+    plan.write_text(plan.read_text().replace("  network: staging-isolated ",
+                                             '  packages: {proxy: "http://10.0.0.5:3128", port: 3142}\n  network: staging-isolated '))
+    monkeypatch.chdir(tmp_path)
+    code, out = run(capsys, "plan", "check", "playbooks/freebsd7.yml")
+    assert code == 0, out
+    assert ("packages: the twin's 127.0.0.1:3142 forwarded over upgrader's SSH connection to the package proxy "
+            "10.0.0.5:3128") in " ".join(out.split())

@@ -25,7 +25,8 @@ def test_dry_run_durations_are_human(capsys: pytest.CaptureFixture[str], tmp_pat
     assert not TIMEDELTA_REPR.search(out), TIMEDELTA_REPR.search(out)
 
 
-@pytest.mark.parametrize("playbook", ["freebsd7.yml", "linux-debian.yml", "lab-mailhost.yml", "debian13-ansible.yml"])
+@pytest.mark.parametrize("playbook", ["freebsd7.yml", "linux-debian.yml", "lab-mailhost.yml", "debian13-ansible.yml",
+                                      "debian13.yml", "lab-debian.yml"])
 def test_dry_run_of_the_playbooks_has_no_timedelta_repr(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                                         playbook: str) -> None:
     monkeypatch.chdir(REPO)

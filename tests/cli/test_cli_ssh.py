@@ -271,3 +271,39 @@ def test_ssh_is_listed_in_help(capfd: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "  ssh " in out
     code, out = run(capfd, "ssh", "--help")
     assert code == 0 and "--twin / --prod" in out and "in doubt" in out
+
+
+PACKAGES = '  packages: {proxy: "http://127.0.0.1:3142", port: 8142}\n'
+
+
+def proxy_plan(tmp_path: Path, world: WorldFile) -> Path:
+    path = make_plan(tmp_path, world, LATER)
+    path.write_text(path.read_text().replace("  network: stg-net\n", "  network: stg-net\n" + PACKAGES))
+    with world.change() as data:
+        data.setdefault("expected_forwards", []).append({"listen_port": 8142, "host": "127.0.0.1", "port": 3142})
+    return path
+
+
+def test_twin_shell_gets_the_package_proxy_forward_and_the_hint(capfd: pytest.CaptureFixture[str], tmp_path: Path,
+                                                                fake_world: WorldFile, ssh_log: Path) -> None:
+    state = tmp_path / "state"
+    started(capfd, state, proxy_plan(tmp_path, fake_world))  # parked before the window: the twin is on staging
+    code, out = run(capfd, "--state-dir", str(state), "ssh", "mailhost")
+    assert code == 0, out
+    assert ("upgrader: package proxy: export http_proxy=http://127.0.0.1:8142 HTTP_PROXY=http://127.0.0.1:8142  "
+            "(forwarded to 127.0.0.1:3142 for this session)") in out
+    argv = calls(ssh_log)[0]["argv"]
+    assert argv[argv.index("-R") + 1] == "127.0.0.1:8142:127.0.0.1:3142" and argv[-2:] == ["--", "192.0.2.11"]
+    assert ssh_entries(state)[0]["forward"] == "127.0.0.1:8142 -> 127.0.0.1:3142"
+    # prod has a route of its own: no forward, no hint
+    code, out = run(capfd, "--state-dir", str(state), "ssh", "mailhost", "--prod")
+    assert code == 0 and "http_proxy" not in out
+    assert "-R" not in calls(ssh_log)[1]["argv"]
+
+
+def test_remote_forward_spec_brackets_ipv6() -> None:
+    from upgrader.adapters.openssh import remote_forward_spec
+    from upgrader.ports import RemoteForward
+
+    assert remote_forward_spec(RemoteForward(3142, "::1", 3142)) == "127.0.0.1:3142:[::1]:3142"
+    assert remote_forward_spec(RemoteForward(80, "cache.lan", 3128)) == "127.0.0.1:80:cache.lan:3128"

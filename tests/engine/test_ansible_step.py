@@ -162,3 +162,24 @@ def test_start_is_refused_without_ansible_core_and_a_missing_playbook_is_named(t
     assert "pip install 'upgrader[ansible]'" in message  # the hint travels with the inhibitor
     assert f"upgrade[0].ansible.playbook: {tmp_path}/ansible/upgrade.yml: no such file" in message
     assert effects(fake_world, "playbook") == [] and effects(fake_world, "set_claim") == []
+
+
+def test_with_a_package_proxy_the_playbook_uses_the_forward_upgrader_holds(tmp_path: Path, fake_world: WorldFile,
+                                                                           ansible_plan: Path) -> None:
+    """The upgrade phase holds the proxy's forward on upgrader's own connection: the playbook gets
+    its URL (`upgrader_package_proxy`) and its ssh asks for no second forward of the same port."""
+    from upgrader.plan import parse_plan
+    from upgrader.testing.world import expect_plan
+
+    text = ansible_plan.read_text().replace("  network: stg-net\n",
+                                            '  network: stg-net\n  packages: {proxy: "http://127.0.0.1:3142"}\n')
+    ansible_plan.write_text(text)
+    with fake_world.change() as world:
+        expect_plan(world, parse_plan(text, str(ansible_plan)))
+    record = app.start(context(tmp_path, []), app.StartOptions("mailhost", str(ansible_plan)))
+    assert record.phase == Phase.COMPLETED
+    runs = effects(fake_world, "playbook")
+    assert runs[0]["proxy"] == {"twin_url": "http://127.0.0.1:3142", "listen_port": 3142, "host": "127.0.0.1",
+                                "port": 3142, "already_forwarded": True}
+    ops = [e["op"] for e in effects(fake_world) if e["op"] in ("forward", "unforward", "playbook")]
+    assert ops[:3] == ["forward", "playbook", "unforward"]

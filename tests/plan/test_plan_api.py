@@ -29,6 +29,18 @@ PLAYBOOKS = ROOT / "playbooks"
 MINIMAL = (Path(__file__).parent / "fixtures" / "minimal.yml").read_text()
 
 
+@pytest.mark.parametrize("name", ["debian13.yml", "lab-debian.yml"])
+def test_the_lab_debian_plans_load_with_the_proxy_imap_and_the_mail_stores(name: str) -> None:
+    plan = load_plan(PLAYBOOKS / name)
+    assert plan.staging.packages is not None and plan.staging.packages.twin_url == "http://127.0.0.1:3142"
+    assert any(step.expect for step in plan.upgrade)  # apt's own prompt, answered under a pty
+    assert any(getattr(step, "reboot", False) for step in plan.upgrade)
+    assert {c.kind for c in plan.validate} >= {"command", "smtp", "imap"}
+    assert "imap" in {c.kind for c in plan.verify}
+    assert [p.path for p in plan.sync.paths] == ["/home/alice/Maildir/", "/var/spool/postfix/"]
+    assert plan.sync.quiesce == ["systemctl stop postfix dovecot"]
+
+
 @pytest.mark.parametrize("name", ["freebsd7.yml", "linux-debian.yml", "debian13-ansible.yml"])
 def test_shipped_playbooks_load(name: str) -> None:
     plan = load_plan(PLAYBOOKS / name)

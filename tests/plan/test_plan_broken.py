@@ -22,7 +22,7 @@ EXPECTED: dict[str, list[str]] = {
         "20:1: rollback_after: unknown key (allowed: version, description, source, ssh, staging, "
         "guest_state_dir, upgrade, validate, verify, sync, takeover, window, announce, operator, approval, keep_old_for, on_failure)"
     ],
-    "unknown_nested": ["12:3: staging.netwrok: unknown key (allowed: network, twin_name)"],
+    "unknown_nested": ["12:3: staging.netwrok: unknown key (allowed: network, twin_name, packages)"],
     "missing_key": ['3:3: source.domain: missing required key "domain"'],
     "duplicate_key": ['5:3: source.domain: duplicate key "domain" (first defined at 4:3)'],
     "yaml_syntax": ["12:8: expected ',' or ']', but got ':' (while parsing a flow sequence at line 11)"],
@@ -83,6 +83,11 @@ EXPECTED: dict[str, list[str]] = {
         "22:10: window.rrule: the rule never fires in the 10 years after 2000-01-01 (where a rule without DTSTART "
         "begins): it can never match (like BYMONTH=2;BYMONTHDAY=30) or its UNTIL comes before its start; fix the rule"
     ],
+    "packages_https": ['12:21: staging.packages.proxy: must be an http:// URL (the forward carries plain TCP to an HTTP '
+                       'proxy), got "https://mirror.example.org:3142"'],
+    "packages_secret": ["13:12: staging.packages.proxy: no user:password@ in the URL: the plan must not hold a secret"],
+    "packages_port": ["12:52: staging.packages.port: must be between 1 and 65535, got 70000"],
+    "packages_unknown": ["12:46: staging.packages.mirror: unknown key (allowed: proxy, port)"],
     "multiple_problems": [
         "10:11: ssh.staging.port: must be between 1 and 65535, got 0",
         '15:13: upgrade[1].reboot: expected true/false, got "maybe"',

@@ -102,7 +102,7 @@ def ssh_options(known_hosts: Path, key: Path | None, proxy_command: str | None, 
         args += ["-o", "IdentitiesOnly=yes"]
     if proxy_command:
         args += ["-o", "ProxyCommand=" + proxy_argument(proxy_command, host, port, user)]
-    if proxy is not None:
+    if proxy is not None and not proxy.already_forwarded:
         args += ["-o", "ExitOnForwardFailure=yes", "-R", proxy.forward]
     return args
 

@@ -19,8 +19,9 @@ from invoke.exceptions import CommandTimedOut
 from invoke.watchers import Responder
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from upgrader.errors import ConnectionLost, InfraError, InputError, StepFailed
-from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, Result, running_path
+from upgrader.adapters import remote_forward
+from upgrader.errors import ConnectionLost, ForwardRefused, InfraError, InputError, StepFailed
+from upgrader.ports import SIGNALLED, Command, OutputSink, Prompt, RemoteForward, Result, running_path
 
 # paramiko's transport thread logs every failed handshake with a traceback (e.g. "Error reading SSH
 # protocol banner" while a rebooting guest's sshd is not up yet). Without a handler, Python's
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # detached, so the command returns before the guest goes down (no nohup: busybox may lack it)
 REBOOT = "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &"
+# A forward re-opened on a new connection may find its port still held by the guest-side session
+# of the connection that just died (sshd has not noticed yet): asked again for this long.
+FORWARD_REOPEN_WAIT = 30.0
 
 
 class HostKeyError(InfraError):
@@ -94,13 +98,15 @@ class EofProxyCommand(paramiko.ProxyCommand):
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, InfraError) and not isinstance(exc, HostKeyError)
+    return isinstance(exc, InfraError) and not isinstance(exc, (HostKeyError, ForwardRefused))
 
 
 class FabricShell:
     def __init__(self, factory: "FabricShells", role: str, target: "SshTarget") -> None:
         self.factory, self.name, self.target = factory, role, target
         self.conn: Connection | None = None
+        # re-opened on every new connection
+        self.forwards = remote_forward.RemoteForwards(f"{target.user}@{target.host}:{target.port} ({role})")
 
     # ------------------------------------------------------------------ connection
 
@@ -150,7 +156,28 @@ class FabricShell:
             with attempt:
                 self._open(timeout)
         assert self.conn is not None
-        return self.conn
+        conn = self.conn
+        if self.forwards.open:  # a reconnect (reboot, lost connection) asks for them again
+            try:
+                self.forwards.reopen(self._transport(conn), wait=FORWARD_REOPEN_WAIT)
+            except BaseException:  # refused, or the new connection died too: the next ensure starts over
+                self.close()
+                raise
+        return conn
+
+    def _transport(self, conn: Connection) -> paramiko.Transport:
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionLost(f"connection to {self.name} closed before a remote forward could open")
+        return transport
+
+    def forward(self, forward: RemoteForward) -> None:
+        self.forwards.add(self._transport(self.ensure()), forward)
+
+    def unforward(self, forward: RemoteForward) -> None:
+        transport = self.conn.client.get_transport() if self.conn is not None and self.conn.is_connected else None
+        if not self.forwards.remove(transport, forward):
+            self.close()  # the sshd keeps listening (dropbear): the listener goes with this connection
 
     def close(self) -> None:
         if self.conn is not None:
@@ -214,7 +241,7 @@ class FabricShell:
             try:
                 self.ensure(wait=max(1.0, min(30.0, deadline - time.monotonic())))
                 current = self.boot_id()
-            except HostKeyError:
+            except (HostKeyError, ForwardRefused):
                 raise
             except InfraError:
                 self.close()

@@ -30,6 +30,7 @@ import paramiko
 
 from upgrader.adapters.fabric_shell import HostKeyError, expand
 from upgrader.errors import InfraError, InputError
+from upgrader.ports import RemoteForward
 
 SSH = "ssh"
 KEY_ALIAS = "upgrader-pinned"  # the only name in the temporary known_hosts
@@ -51,6 +52,7 @@ class SshCall:
     host_keys: tuple[str, ...]  # "type base64" lines, from pinned_keys
     command: tuple[str, ...] | None = None
     tty: bool = False  # a shell on a terminal: ask for a pty (never for a command)
+    forward: RemoteForward | None = None  # a remote forward (-R) on the guest's 127.0.0.1 (the package proxy)
 
     @property
     def remote_command(self) -> str | None:
@@ -106,6 +108,12 @@ def proxy_argument(template: str, host: str, port: int, user: str) -> str:
     return shlex.join(argv).replace("%", "%%")
 
 
+def remote_forward_spec(forward: RemoteForward) -> str:
+    """`-R`'s argument: the guest's 127.0.0.1:P to host:port as this machine reaches it."""
+    host = f"[{forward.host}]" if ":" in forward.host else forward.host
+    return f"127.0.0.1:{forward.listen_port}:{host}:{forward.port}"
+
+
 def openssh_argv(call: SshCall, known_hosts: Path, ssh: str = SSH) -> list[str]:
     """The whole ssh command line for `call`; `known_hosts` holds `call.host_keys` under KEY_ALIAS."""
     argv = [ssh, "-F", "/dev/null",
@@ -120,6 +128,8 @@ def openssh_argv(call: SshCall, known_hosts: Path, ssh: str = SSH) -> list[str]:
         argv += ["-i", _token_safe(call.key), "-o", "IdentitiesOnly=yes"]
     if call.proxy_command:
         argv += ["-o", "ProxyCommand=" + proxy_argument(call.proxy_command, call.host, call.port, call.user)]
+    if call.forward is not None:
+        argv += ["-R", remote_forward_spec(call.forward)]
     if call.command is not None:
         argv += ["-o", "BatchMode=yes"]  # nobody to answer a prompt
     argv.append("-t" if call.tty else "-T")  # a pty only for a shell on a terminal

@@ -27,6 +27,8 @@ def check(file: str) -> None:
     console = make_console()
     console.print(f"[green]ok[/] {escape(str(path))}: {parsed.source.domain} at {escape(parsed.source.libvirt_uri)}, "
                   f"{len(parsed.upgrade)} upgrade step(s), {len(parsed.validate)} check(s), takeover {parsed.takeover.strategy}")
+    if parsed.staging.packages is not None:
+        console.print(f"packages: {escape(parsed.staging.packages.describe())}")
 
 
 @plan.command()

@@ -37,13 +37,20 @@ def ssh(ctx: click.Context, host: str, twin: bool, who: str | None, command: tup
             takeover or give-back is in doubt (`upgrader resume HOST` settles it).
     --prod  whatever answers on the production path: the old VM before the takeover, the twin
             (the new prod) after it. After the cutover the old VM is on no path (link down).
+
+    With the plan's `staging.packages`, ssh to the twin on the staging path also opens the
+    package proxy's forward (`-R 127.0.0.1:PORT:PROXYHOST:PROXYPORT`) and a shell prints the
+    `export http_proxy=...` line that makes apt, pkg and fetch use it (docs/packages.md).
     """
     context, _ = app_context(ctx, with_view=False)
     options = app_ssh.SshOptions(host=host, machine="twin" if twin else "prod", command=command or None,
                                  by=who or getpass.getuser(), tty=sys.stdin.isatty())
     session = app_ssh.prepare(context, options)
     if session.call.command is None:
-        make_console(stderr=True).print(
+        console = make_console(stderr=True)
+        console.print(
             f"[dim]upgrader:[/] {safe(session.route.reaches)} — {safe(session.call.where)} via ssh.{session.route.role} "
             f"of the plan; journaled in run {safe(session.record.run_id)}")
+        if (hint := app_ssh.proxy_hint(session)) is not None:
+            console.print(f"[dim]upgrader:[/] {safe(hint)}")
     sys.exit(app_ssh.run(context, session))

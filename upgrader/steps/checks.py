@@ -36,14 +36,15 @@ def describe(check: "Check") -> str:
     return f"{check.name}: TCP port {spec.port} open"
 
 
-def run_check(ctx: "StepContext", check: "Check", role: str) -> CheckResult:
+def run_check(ctx: "StepContext", check: "Check", role: str, env: dict[str, str] | None = None) -> CheckResult:
+    """`env`: for a command check (the package proxy's http_proxy on the twin)."""
     kind = check.kind
     spec = getattr(check, kind)
     timeout = check.timeout.total_seconds()
     try:
         if kind == "command":
             shell = ctx.ports.shells.connect(role)
-            result = shell.run(Command.raw(spec.run), timeout=timeout)
+            result = shell.run(Command.raw(spec.run), timeout=timeout, env=env or None)
             ok = result.rc == spec.exit and (spec.stdout is None or re.search(spec.stdout, result.stdout) is not None)
             return CheckResult(check.name, role, ok, f"exit {result.rc}: {result.stdout.strip()[:200]}")
         probe = Probe(

@@ -23,7 +23,8 @@ from upgrader.probe_skip import PROBE_SKIP_REASON, SkippedByProbe
 from upgrader.step_keys import MERGE_KEY, checkpoint_key, revert_targets, upgrade_key
 from upgrader.phases import Phase
 from upgrader.ports import Command, Prompt
-from upgrader.steps import guest
+from upgrader.ports import PackageProxy as PlaybookProxy
+from upgrader.steps import guest, packages
 from upgrader.steps.playbook import describe as describe_playbook, run_playbook_step
 from upgrader.steps.base import AlreadyDone, Outcome, StepContext
 from upgrader.durations import format_duration
@@ -71,7 +72,7 @@ class Upgrade:
     phase = Phase.UPGRADE
 
     def describe(self, plan: "Plan") -> list[str]:
-        lines = []
+        lines = packages.describe(plan)
         for i, step in enumerate(plan.upgrade):
             if takes_checkpoint(plan, i):
                 lines.append(f"[{i}] checkpoint {plan.twin_name}'s disks first (`upgrader revert HOST --to {step_key(i)}`)")
@@ -86,21 +87,21 @@ class Upgrade:
         return lines
 
     def run(self, ctx: StepContext) -> Outcome:
-        shell = ctx.ports.shells.connect("staging")
-        for i, step in enumerate(ctx.plan.upgrade):
-            if takes_checkpoint(ctx.plan, i):
-                take_checkpoint(ctx, step_key(i))
-            if getattr(step, "reboot", False):
-                self._reboot(ctx, i, step)  # type: ignore[arg-type]
-                shell = ctx.ports.shells.connect("staging")
-            elif getattr(step, "ansible", None) is not None:
-                self._ansible(ctx, i, step)  # type: ignore[arg-type]
-            else:
-                self._run(ctx, i, step)  # type: ignore[arg-type]
+        ctx.ports.shells.connect("staging")
+        with packages.proxy_open(ctx) as proxy_env:
+            for i, step in enumerate(ctx.plan.upgrade):
+                if takes_checkpoint(ctx.plan, i):
+                    take_checkpoint(ctx, step_key(i))
+                if getattr(step, "reboot", False):
+                    self._reboot(ctx, i, step)  # type: ignore[arg-type]
+                elif getattr(step, "ansible", None) is not None:
+                    self._ansible(ctx, i, step)  # type: ignore[arg-type]
+                else:
+                    self._run(ctx, i, step, proxy_env)  # type: ignore[arg-type]
         release = ctx.record.outputs.get(step_key(len(ctx.plan.upgrade) - 1), {})
         return Outcome({"steps": len(ctx.plan.upgrade), "last": release})
 
-    def _run(self, ctx: StepContext, i: int, step: "RunStep") -> None:
+    def _run(self, ctx: StepContext, i: int, step: "RunStep", proxy_env: dict[str, str]) -> None:
         key, state_dir = step_key(i), ctx.plan.guest_state_dir
 
         def run(_: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +110,7 @@ class Upgrade:
                 Command.raw(step.run),
                 timeout=step.timeout.total_seconds(),
                 prompts=[Prompt(p.prompt, p.answer) for p in step.expect],
-                env=dict(step.env),
+                env={**proxy_env, **step.env},  # the plan's own env wins
                 on_output=ctx.output_sink(key),
                 mark=guest.marker_path(state_dir, ctx.run_id, key),
             )
@@ -146,7 +147,10 @@ class Upgrade:
         ctx.once_reconnecting(key, step.label, run, probe, skip_if=already_done if step.probe else None)
 
     def _ansible(self, ctx: StepContext, i: int, step: "AnsibleStep") -> None:
-        run_playbook_step(ctx, step_key(i), step)  # the package proxy: wired with staging.packages
+        proxy = ctx.plan.staging.packages
+        run_playbook_step(ctx, step_key(i), step, None if proxy is None else PlaybookProxy(
+            twin_url=proxy.twin_url, listen_port=proxy.twin_port, host=proxy.proxy_host, port=proxy.proxy_port,
+            already_forwarded=True))  # proxy_open holds the forward on upgrader's own connection
 
     def _reboot(self, ctx: StepContext, i: int, step: "RebootStep") -> None:
         key, timeout = step_key(i), step.timeout.total_seconds()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from upgrader.errors import CheckFailed
 from upgrader.events import Notice
 from upgrader.phases import Phase
+from upgrader.steps import packages
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.notify import Kind
 from upgrader.steps.checks import describe, run_check
@@ -17,11 +18,13 @@ if TYPE_CHECKING:
     from upgrader.plan import Check, Plan
 
 
-def run_checks(ctx: StepContext, checks: "list[Check]", role: str, differential_role: str | None) -> dict[str, Any]:
+def run_checks(ctx: StepContext, checks: "list[Check]", role: str, differential_role: str | None,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`env`: for the command checks on `role` (not on the differential role)."""
     results: dict[str, Any] = {}
     failed: list[str] = []
     for check in checks:
-        result = run_check(ctx, check, role)
+        result = run_check(ctx, check, role, env)
         entry: dict[str, Any] = {"ok": result.ok, "seen": result.seen}
         if check.differential and differential_role:
             other = run_check(ctx, check, differential_role)
@@ -43,16 +46,19 @@ class ValidateStaging:
     phase = Phase.VALIDATE_STAGING
 
     def describe(self, plan: "Plan") -> list[str]:
-        return [f"on the twin: {describe(c)}" + (" (also on prod, compared)" if c.differential else "") for c in plan.validate] or [
-            "no validation checks in the plan"
-        ]
+        lines = [f"on the twin: {describe(c)}" + (" (also on prod, compared)" if c.differential else "") for c in plan.validate]
+        if any(c.kind == "command" for c in plan.validate):
+            lines = packages.describe(plan) + lines
+        return lines or ["no validation checks in the plan"]
 
     def run(self, ctx: StepContext) -> Outcome:
-        out = ctx.once(
-            "validate_staging",
-            f"{len(ctx.plan.validate)} check(s) on the twin",
-            lambda _: {"checks": run_checks(ctx, list(ctx.plan.validate), "staging", "prod")},
-        )
+        def checks(_: dict[str, Any]) -> dict[str, Any]:
+            if not any(c.kind == "command" for c in ctx.plan.validate):  # nothing on the twin needs the proxy
+                return {"checks": run_checks(ctx, list(ctx.plan.validate), "staging", "prod")}
+            with packages.proxy_open(ctx) as env:
+                return {"checks": run_checks(ctx, list(ctx.plan.validate), "staging", "prod", env)}
+
+        out = ctx.once("validate_staging", f"{len(ctx.plan.validate)} check(s) on the twin", checks)
         return Outcome(out)
 
 

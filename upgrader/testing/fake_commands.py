@@ -29,6 +29,17 @@ class UnexpectedCall(AssertionError):
             f"plan's own commands). Canned for {role}:\n{canned}")
 
 
+class UnexpectedForward(AssertionError):
+    """The fake shell was asked for a remote forward no test expected (world["expected_forwards"])."""
+
+    def __init__(self, role: str, forward: str, expected: Sequence[Any]) -> None:
+        self.role, self.forward = role, forward
+        super().__init__(
+            f"fake shell on {role}: unexpected remote forward {forward}; a test expects one in "
+            f"world['expected_forwards'] (expect_plan(world, plan) adds the plan's staging.packages). "
+            f"Expected: {list(expected) or '(none)'}")
+
+
 # preflight's read-only tests on prod (upgrader/preflight_checks.py TOOLS and its sync path test):
 # the fake prod has the sync's tools and every sync path (a test cans rc 1 to take one away)
 PREFLIGHT_TESTS = ("command -v rsync", "command -v ssh-keygen || command -v dropbearkey",

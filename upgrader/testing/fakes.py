@@ -19,20 +19,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from upgrader.errors import CheckFailed, ConnectionLost, InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, Result, SnapshotInfo, SyncStats
+from upgrader.errors import CheckFailed, ConnectionLost, ForwardRefused, InfraError, StepFailed, UnsafeOperation
+from upgrader.ports import (Claim, Command, DomainInfo, OutputSink, Probe, Prompt, RemoteForward, Result, SnapshotInfo,
+                            SyncStats)
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
-from upgrader.testing.fake_commands import UnexpectedCall, canned_for, own_command
+from upgrader.testing.fake_commands import UnexpectedCall, UnexpectedForward, canned_for, own_command
 from upgrader.testing.hooks import maybe_pause
 from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "World", "WorldFile",
-           "build", "new_world"]
+__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "UnexpectedForward",
+           "World", "WorldFile", "build", "new_world"]
 
 
 def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
@@ -289,9 +290,20 @@ def _delete_unused_chains(world: World, chains: list[list[str]]) -> int:
 # --------------------------------------------------------------------------------------- shell
 
 
+def _forward_dict(forward: RemoteForward) -> dict[str, Any]:
+    return {"listen_port": forward.listen_port, "host": forward.host, "port": forward.port}
+
+
+def live_forwards(world: World, role: str, session: str) -> list[dict[str, Any]]:
+    """The forwards open on `role`'s connection of this process (`session`): a forward of a process
+    that died died with its SSH connection (world["forwards"] keeps it only as a record)."""
+    return [{k: f[k] for k in ("listen_port", "host", "port")} for f in world.get("forwards", [])
+            if f["role"] == role and f["session"] == session]
+
+
 class FakeShell:
-    def __init__(self, world: WorldFile, role: str, network: str) -> None:
-        self.world, self.name, self.network = world, role, network
+    def __init__(self, world: WorldFile, role: str, network: str, session: str = "") -> None:
+        self.world, self.name, self.network, self.session = world, role, network, session
 
     def run(
         self,
@@ -335,7 +347,12 @@ class FakeShell:
             if unexpected is None and not cut:
                 if mark and rc == 0:
                     guest["files"].append(mark)
-                effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts))
+                extra: dict[str, Any] = {}
+                if forwards := live_forwards(world, self.name, self.session):  # what the command could reach
+                    extra["forwards"] = forwards
+                if env:
+                    extra["env"] = dict(env)
+                effect(world, "run", role=self.name, domain=domain, cmd=line, rc=rc, prompts=len(prompts), **extra)
                 # `drop: N`: the first N matching runs lose the connection after the command ran
                 if canned is not None and int(canned.get("drop", 0)) > int(canned.get("dropped", 0)):
                     canned["dropped"] = int(canned.get("dropped", 0)) + 1
@@ -366,6 +383,39 @@ class FakeShell:
         maybe_pause("after:reboot")
         return str(guest["boot_id"])
 
+    def forward(self, forward: RemoteForward) -> None:
+        """A forward the test expects (world["expected_forwards"]: `expect_plan` adds the plan's
+        package proxy) opens, recorded per process (`session`); any other raises UnexpectedForward.
+        Fault `forward:ROLE`: the guest's sshd refuses it (ForwardRefused)."""
+        wanted, refused = _forward_dict(forward), False
+        with self.world.change() as world:
+            domain, _ = _guest_of(world, self.network)
+            if wanted not in world.get("expected_forwards", []):
+                effect(world, "unexpected_forward", role=self.name, **wanted)
+                unexpected = True
+            else:
+                unexpected = False
+                refused = f"forward:{self.name}" in world["faults"]
+                effect(world, "forward", role=self.name, domain=domain, refused=refused, **wanted)
+                if not refused:
+                    opened = world.setdefault("forwards", [])
+                    opened[:] = [f for f in opened if not (f["role"] == self.name and f["listen_port"] == forward.listen_port)]
+                    opened.append({"role": self.name, "session": self.session, **wanted})
+        if unexpected:
+            raise UnexpectedForward(self.name, forward.describe(), world.get("expected_forwards", []))
+        if refused:
+            raise ForwardRefused(f"fake: {self.name} refused a remote forward on its 127.0.0.1:{forward.listen_port} "
+                                 f"(fault forward:{self.name})")
+
+    def unforward(self, forward: RemoteForward) -> None:
+        with self.world.change() as world:
+            opened = world.setdefault("forwards", [])
+            kept = [f for f in opened if not (f["role"] == self.name and f["listen_port"] == forward.listen_port
+                                              and f["session"] == self.session)]
+            if len(kept) != len(opened):
+                effect(world, "unforward", role=self.name, **_forward_dict(forward))
+            opened[:] = kept
+
     def close(self) -> None:
         pass
 
@@ -373,17 +423,20 @@ class FakeShell:
 class FakeShells:
     def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
         self.world, self.networks = world, networks
+        self.session = uuidlib.uuid4().hex  # this process's connections: its forwards die with it
 
     def connect(self, role: str, *, wait: float | None = None) -> FakeShell:
         if f"ssh:{role}" in self.world.read()["faults"]:
             raise InfraError(f"fake: SSH to {role} does not answer (fault)")
-        shell = FakeShell(self.world, role, self.networks[role])
+        shell = FakeShell(self.world, role, self.networks[role], self.session)
         shell.boot_id()  # fails like SSH would when nothing answers
         return shell
 
     def reset(self) -> None:
         with self.world.change() as world:  # recorded: tests check takeover forgets connections
             effect(world, "reset_connections")
+            opened = world.setdefault("forwards", [])  # their forwards went with them
+            opened[:] = [f for f in opened if f["session"] != self.session]
 
 
 # ---------------------------------------------------------------------------------------- sync

@@ -18,6 +18,11 @@ World shape (see `new_world`):
              "ssh:staging"   SSH to that role does not answer,
              "reboot:staging" a reboot there never comes back,
              "sync:pass"     a pre-sync pass fails (rsync exits 23)]
+  expected_forwards: [{listen_port, host, port}]  remote forwards a test expects (a shell asked for
+            another raises UnexpectedForward); `expect_plan` adds the plan's package proxy
+  forwards: [{role, session, listen_port, host, port}]  open forwards, per process (`session`): a
+            run effect lists the ones live on its role's connection (`forwards`) and its `env`
+  faults:   ... "forward:staging"  the twin's sshd refuses a remote forward (ForwardRefused)
   effects:  [{op, ...}]
 """
 
@@ -80,7 +85,8 @@ def new_world(
 def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc: int = 1) -> World:
     """Tell the fake shell what the plan runs: every command the plan declares gets a canned entry
     (an exact match, appended after the entries already there, which win): upgrade `run:` steps
-    (on the twin, exit 0), `ansible:` steps' playbooks (world["playbooks"], exit 0), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
+    (on the twin, exit 0), `ansible:` steps' playbooks (world["playbooks"], exit 0), the package proxy's
+    forward (staging.packages), their `probe:`s (on the twin, exit `probe_rc`: not done, so the steps
     run), `command` checks of validate/verify (any role, exit 0, no output: a check that wants
     output needs its own entry first) and the sync quiesce/resume commands (any role, exit 0).
     Anything else the engine runs - but upgrader's own guest commands - raises UnexpectedCall.
@@ -98,6 +104,12 @@ def expect_plan(world: World, plan: "Plan | str | os.PathLike[str]", *, probe_rc
         if check.kind == "command":
             entries.append({"match": exact(check.command.run)})
     entries += [{"match": exact(c)} for c in [*loaded.sync.quiesce, *loaded.sync.resume]]  # prod (and a rehearsal on the twin)
+    if loaded.staging.packages is not None:  # the twin's package proxy
+        proxy = loaded.staging.packages.forward
+        forward = {"listen_port": proxy.listen_port, "host": proxy.host, "port": proxy.port}
+        expected = world.setdefault("expected_forwards", [])
+        if forward not in expected:
+            expected.append(forward)
     for entry in entries:
         if not any(e["match"] == entry["match"] and e.get("role") == entry.get("role") for e in world["commands"]):
             world["commands"].append(entry)
