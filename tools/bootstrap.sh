@@ -17,6 +17,9 @@ APT_PACKAGES=(
   # a real OpenSSH sshd for the sync-key tests (started by the tests on loopback, by pid; the
   # image's policy-rc.d keeps apt from starting the system one)
   openssh-server
+  # the Debian lab guest: debootstrap on the host, through the lab's own apt-cacher-ng (started by
+  # the lab on 127.0.0.1:3142 by pid; policy-rc.d keeps apt from starting the system one)
+  debootstrap apt-cacher-ng
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
