@@ -213,20 +213,22 @@ rm -rf /var/lib/apt/lists/*
 # Postfix: mailhost's domain, clients from the lab's segment, delivery to /var/mail/<user> (mbox)
 postconf -e 'myhostname = mailhost' 'mydomain = lab' 'myorigin = mailhost' \
   'mydestination = mailhost, localhost' 'mynetworks = 127.0.0.0/8 {C.SERVICE_IP.rsplit('.', 1)[0]}.0/24' \
-  'inet_interfaces = all' 'inet_protocols = ipv4' 'relayhost =' 'smtpd_banner = $myhostname ESMTP'
+  'inet_interfaces = all' 'inet_protocols = ipv4' 'relayhost =' 'smtpd_banner = $myhostname ESMTP' \
+  'always_add_missing_headers = yes'
 echo mailhost > /etc/mailname
 # the lab's mail user
 id alice >/dev/null 2>&1 || useradd -m -s /bin/bash alice
 echo 'alice:{C.DEBIAN_IMAP_PASSWORD}' | chpasswd
 touch /var/mail/alice && chown alice:mail /var/mail/alice && chmod 0660 /var/mail/alice
-# no secrets in the cached image: the lab writes the host key and authorized_keys per guest
-rm -f /etc/ssh/ssh_host_*
+# no secrets in the cached image: the lab writes the host key and authorized_keys per guest;
+# the TLS snakeoil pair (Postfix, Dovecot) is made at first boot by lab-snakeoil.service
+rm -f /etc/ssh/ssh_host_* /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
 mkdir -p /root/.ssh && chmod 700 /root/.ssh && : > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys
 : > /etc/ssh/ssh_host_ed25519_key && chmod 600 /etc/ssh/ssh_host_ed25519_key
 : > /etc/ssh/ssh_host_ed25519_key.pub
 : > {C.FAULTS_FILE}
 : > /etc/machine-id
-systemctl enable lab-faults.service
+systemctl enable lab-faults.service lab-snakeoil.service
 # nothing to reach from the lab: no timers that try the network or churn the disk under TCG
 systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
 echo 'root:*' | chpasswd -e
