@@ -152,6 +152,15 @@ def test_fault_switches_edit_what_they_say(deb: Lab) -> None:
     assert deb.imap_check()["ok"]  # Dovecot 2.3 takes the edited files
 
 
+def test_a_libvirt_reboot_comes_back_through_grub(deb: Lab) -> None:
+    old = deb.boot_id("mailhost")
+    new = deb.reboot("mailhost", via="libvirt", timeout=300)  # ACPI power button: logind (dbus)
+    assert new != old
+    assert "BOOT_IMAGE=/boot/vmlinuz-" in sh(deb, "cat /proc/cmdline")
+    assert sh(deb, "systemctl is-system-running --wait", check=False, timeout=180) in {"running", "degraded"}
+    assert deb.imap_check()["ok"]
+
+
 def test_down_removes_everything_but_the_caches(deb: Lab) -> None:
     acng = pkgproxy.pid(deb.paths)
     deb.down()

@@ -140,3 +140,18 @@ def test_debian_mailbox_commands_address_alices_mbox() -> None:
     assert debian_guest.count_cmd("a b").count("'/var/mail/a b'") == 1  # quoted
     seed = debian_guest.seed_cmd(3, "alice", "seed")
     assert "Message-ID: <seed-%d@lab>" in seed and "-le 3" in seed
+
+
+def test_cli_up_takes_a_guest_kind_and_refuses_a_fault_of_the_other_kind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "upgrader.cli.lab", "--lab-dir", str(tmp_path), *args],
+                              capture_output=True, text=True, check=False)
+
+    assert "--guest [labos|debian]" in cli("up", "--help").stdout
+    assert cli("up", "--guest", "freebsd").returncode == 2
+    r = cli("up", "--guest", "labos", "--fault", "dovecot-conf-edited")
+    assert r.returncode == 2 and "do not apply to the labos guest" in r.stderr
+    assert not (tmp_path / "lab.json").exists()  # refused before anything was built

@@ -41,8 +41,9 @@ DISK_BYTES = 4 * 1024**3
 SECTOR = 512
 PART_START_SECTOR = 2048  # 1 MiB, as fdisk/parted align it
 PART_OFFSET = PART_START_SECTOR * SECTOR
-# debootstrap --include (minbase adds them to the essential set)
-PACKAGES = ("systemd-sysv", "udev", "ifupdown", "iproute2", "openssh-server", "rsync", "postfix",
+# debootstrap --include (minbase adds them to the essential set). dbus: without it systemd-logind
+# does not run, nothing handles the ACPI power button and libvirt's reboot/shutdown do nothing.
+PACKAGES = ("systemd-sysv", "dbus", "udev", "ifupdown", "iproute2", "openssh-server", "rsync", "postfix",
             "dovecot-imapd", "ssl-cert", "linux-image-amd64", "python3", "curl", "ca-certificates",
             "less", "procps")
 # installed afterwards in the chroot (debconf must be preseeded first)

@@ -147,6 +147,14 @@ class Lab:
         self.wait_ssh(C.Segment.PROD, timeout=timeout)
         if wanted and not created_disk:
             self.set_faults(C.Segment.PROD, wanted)
+        if kind is C.GuestKind.DEBIAN:
+            self._say("waiting for mailhost's systemd (is-system-running)")
+            state = self.guest_exec(C.Segment.PROD, "systemctl is-system-running --wait", check=False,
+                                    timeout=timeout).stdout.strip()
+            if state != "running":
+                failed = self.guest_exec(C.Segment.PROD, "systemctl --failed --no-legend --plain",
+                                         check=False).stdout.strip()
+                self._say(f"warning: mailhost's systemd is {state}: {failed or 'no failed unit'}")
         check = self.plan_values()["service_check"]
         smtp = self.guest_exec(C.Segment.PROD, check if kind is C.GuestKind.DEBIAN else "/etc/init.d/smtpd status",
                                check=False)
