@@ -23,6 +23,7 @@ def test_debian_domain_boots_its_disk_and_carries_ip_and_kind() -> None:
     assert "<kernel>" not in xml and "<cmdline>" not in xml
     assert "<boot dev='hd'/>" in xml
     assert "<memory unit='MiB'>1024</memory>" in xml and "<vcpu>2</vcpu>" in xml
+    assert "<tcg><tb-cache unit='MiB'>256</tb-cache></tcg>" in xml
     info = parse(xml)
     assert info.ip == C.SERVICE_IP and info.guest == "debian"
     assert info.macs == [C.MAILHOST_MAC] and info.segment is C.Segment.PROD
@@ -31,7 +32,9 @@ def test_debian_domain_boots_its_disk_and_carries_ip_and_kind() -> None:
 def test_labos_domain_keeps_its_kernel_and_gets_metadata() -> None:
     spec = GuestSpec(name="m", disk=Path("/d"), kernel=Path("/k"), initrd=Path("/i"), bridge=C.BR_PROD,
                      mac=C.MAILHOST_MAC, ip="192.0.2.10", console_log=Path("/c"))
-    info = parse(domain_xml(spec))
+    xml = domain_xml(spec)
+    assert "<tcg>" not in xml  # LabOS keeps QEMU's defaults
+    info = parse(xml)
     assert info.guest == "labos" and info.ip == "192.0.2.10"
 
 

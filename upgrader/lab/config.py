@@ -51,6 +51,7 @@ FAULTS_FILE = "/etc/labos-faults"  # both guest kinds
 # the Debian guest (`lab up --guest debian`)
 DEBIAN_MEMORY_MIB = 1024
 DEBIAN_VCPUS = 2
+DEBIAN_TB_CACHE_MIB = 256  # QEMU's TCG default (1 GiB) made QEMU's RSS 1.6 GiB for this guest
 DEBIAN_IMAP_USER = "alice"
 DEBIAN_IMAP_PASSWORD = "lab-alice-imap"  # a lab-only password (the IMAP login of alice@mailhost)
 DEBIAN_QUIESCE_CMD = "systemctl stop postfix dovecot"

@@ -31,6 +31,7 @@ class GuestSpec:
     memory_mib: int = C.GUEST_MEMORY_MIB
     vcpus: int = 1
     guest: str = "labos"  # the lab's guest kind (config.GuestKind)
+    tb_cache_mib: int | None = None  # TCG translation cache (QEMU's default, 1 GiB, is host RSS)
 
 
 def cmdline(ip: str) -> str:
@@ -52,6 +53,12 @@ def _os_xml(spec: GuestSpec) -> str:
   </os>"""
 
 
+def _tcg_xml(spec: GuestSpec) -> str:
+    if spec.tb_cache_mib is None:
+        return ""
+    return f"<tcg><tb-cache unit='MiB'>{spec.tb_cache_mib}</tb-cache></tcg>"
+
+
 def domain_xml(spec: GuestSpec) -> str:
     a = quoteattr
     label = "LabOS" if spec.guest == "labos" else spec.guest.capitalize()
@@ -64,7 +71,7 @@ def domain_xml(spec: GuestSpec) -> str:
   <memory unit='MiB'>{spec.memory_mib}</memory>
   <vcpu>{spec.vcpus}</vcpu>
 {_os_xml(spec)}
-  <features><acpi/></features>
+  <features><acpi/>{_tcg_xml(spec)}</features>
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
