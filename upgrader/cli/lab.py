@@ -183,6 +183,10 @@ def _print_status(st: dict[str, Any]) -> None:
     out_console.print(ds)
     plan = st["plan"]
     out_console.print(f"ssh key {plan['ssh_key']}  known_hosts {plan['known_hosts']}", highlight=False)
+    proxy = st.get("package_proxy") or {}
+    out_console.print(f"guest {st.get('guest', 'labos')}  package proxy "
+                      + (f"{proxy['url']} (pid {proxy['pid']})" if proxy.get("pid") else "not running"),
+                      highlight=False)
 
 
 if __name__ == "__main__":
