@@ -158,3 +158,61 @@ def test_cli_up_takes_a_guest_kind_and_refuses_a_fault_of_the_other_kind(tmp_pat
     r = cli("up", "--guest", "labos", "--fault", "dovecot-conf-edited")
     assert r.returncode == 2 and "do not apply to the labos guest" in r.stderr
     assert not (tmp_path / "lab.json").exists()  # refused before anything was built
+
+
+def _guest_tree(tmp_path: Path, faults: str) -> Path:
+    """The lines of Debian 12's dovecot conf.d files that the fault edits (as shipped)."""
+    root = tmp_path / "root"
+    for d in ("etc/dovecot/conf.d", "etc/apt/apt.conf.d", "etc/postfix"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "etc/dovecot/conf.d/10-auth.conf").write_text("# Disable LOGIN command\n#disable_plaintext_auth = yes\n")
+    (root / "etc/dovecot/conf.d/10-mail.conf").write_text(
+        "mail_location = mbox:~/mail:INBOX=/var/mail/%u\nmail_privileged_group = mail\n")
+    (root / "etc/postfix/main.cf").write_text("myhostname = mailhost\n")
+    (root / "etc/labos-faults").write_text(faults)
+    return root
+
+
+def _lab_faults(root: Path) -> None:
+    import os
+    import subprocess
+
+    script = Path(debian_image.GUEST_DIR, "usr/local/sbin/lab-faults")
+    subprocess.run(["sh", str(script)], env={**os.environ, "LAB_ROOT": str(root)}, check=True)
+
+
+def test_dovecot_conf_edited_edits_the_conffiles_in_place_once(tmp_path: Path) -> None:
+    root = _guest_tree(tmp_path, "dovecot-conf-edited\n")
+    _lab_faults(root)
+    _lab_faults(root)  # idempotent
+    auth = (root / "etc/dovecot/conf.d/10-auth.conf").read_text()
+    mail = (root / "etc/dovecot/conf.d/10-mail.conf").read_text()
+    assert auth == "# Disable LOGIN command\ndisable_plaintext_auth = no\n"
+    assert mail.splitlines()[0] == "mail_location = mbox:~/mail:INBOX=/var/mail/%u:LAYOUT=fs"
+    assert not (root / "etc/apt/apt.conf.d/99lab-break-postfix").exists()
+
+
+def test_postfix_broken_hook_breaks_main_cf_only_on_13(tmp_path: Path) -> None:
+    import subprocess
+
+    root = _guest_tree(tmp_path, "postfix-broken-after-upgrade\n")
+    _lab_faults(root)
+    hook = root / "etc/apt/apt.conf.d/99lab-break-postfix"
+    # apt's own parser reads the hook (as apt in the guest will)
+    dump = subprocess.run(["apt-config", "-c", str(hook), "dump", "DPkg::Post-Invoke"], capture_output=True,
+                          text=True, check=True).stdout
+    ours = [line for line in dump.splitlines() if "lab fault" in line]  # (the host has hooks of its own)
+    assert len(ours) == 1
+    command = ours[0].split('"', 1)[1].rsplit('"', 1)[0].replace('\\"', '"').replace("/etc/", f"{root}/etc/")
+    main_cf = root / "etc/postfix/main.cf"
+    (root / "etc/debian_version").write_text("12.13\n")
+    subprocess.run(["sh", "-c", command], check=True)
+    assert main_cf.read_text() == "myhostname = mailhost\n"  # still 12: nothing
+    (root / "etc/debian_version").write_text("13.2\n")
+    subprocess.run(["sh", "-c", command], check=True)
+    subprocess.run(["sh", "-c", command], check=True)  # every later dpkg run: once only
+    assert main_cf.read_text() == ("myhostname = mailhost\n# lab fault postfix-broken-after-upgrade\n"
+                                   "inet_interfaces = 192.0.2.99\n")
+    (root / "etc/labos-faults").write_text("")
+    _lab_faults(root)
+    assert not hook.exists()  # switched off: the hook goes
