@@ -19,6 +19,9 @@ APT_PACKAGES=(
   # a real OpenSSH sshd for the sync-key tests (started by the tests on loopback, by pid; the
   # image's policy-rc.d keeps apt from starting the system one)
   openssh-server
+  # the Debian lab guest: debootstrap on the host, through the lab's own apt-cacher-ng (started by
+  # the lab on 127.0.0.1:3142 by pid; policy-rc.d keeps apt from starting the system one)
+  debootstrap apt-cacher-ng
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -75,15 +78,13 @@ demo() {
 demo_debian() {
   export PATH="$PWD/.venv/bin:$PATH"
   local state=state/demo-debian py="$PWD/.venv/bin/python" client=(ip netns exec upg-client "$PWD/.venv/bin/python")
-  log "a fresh lab with the Debian 12 mailhost (systemd, Postfix to Maildir, Dovecot IMAP)"
+  log "a fresh lab with the Debian 12 mailhost (systemd, Postfix, Dovecot IMAP)"
   upgrader lab down >/dev/null
   rm -rf "$state" "$state".*
   upgrader lab up --guest debian
-  local password
-  password=$("$py" -c 'from upgrader.lab import Lab; print(Lab().plan_values()["imap_password"])')
-  log "100 mails into alice's Maildir over SMTP from the client namespace; INBOX as an IMAP client sees it"
+  log "100 mails into alice's mailbox over SMTP from the client namespace; INBOX as an IMAP client sees it"
   "${client[@]}" -m upgrader.lab.mailclient --count 100
-  "${client[@]}" -m upgrader.lab.imapcheck --password "$password" > "$state.imap-before.json"
+  "${client[@]}" -m upgrader.lab.imapcheck > "$state.imap-before.json"
   log "client traffic during the run: a mail every 50 ms, a TCP probe at 20 Hz"
   "${client[@]}" -m upgrader.lab.traffic --log "$PWD/$state.traffic.jsonl" --max-seconds 3600 > "$state.traffic.json" &
   local traffic=$!
@@ -94,11 +95,12 @@ demo_debian() {
   "$py" -m upgrader.lab.traffic --report "$state.traffic.json"
   ((rc == 0)) || return "$rc"
   log "the new prod, from the client's side: every accepted mail over IMAP, UIDVALIDITY kept"
-  "${client[@]}" -m upgrader.lab.imapcheck --password "$password" \
+  "${client[@]}" -m upgrader.lab.imapcheck \
     --before "$state.imap-before.json" --accepted "$state.traffic.json"
   log "figures"
   upgrader --state-dir "$state" show mailhost | sed -n '1,60p'
-  "$py" -m upgrader.lab.figures --state "$state" --seconds $((SECONDS - started)) || true
+  "$py" -m upgrader.lab.figures --state "$state" --seconds $((SECONDS - started)) \
+    --proxy-log "${UPGRADER_LAB_DIR:-/var/lib/upgrader-lab}/logs/apt-cacher-ng/apt-cacher.log" || true
   log "upgrader decommission mailhost   (normally after keep_old_for; now for the demo)"
   upgrader --state-dir "$state" decommission mailhost --yes
 }

@@ -24,8 +24,9 @@ def test_step_times_apt_summary_and_proxy_cache_share(tmp_path: Path) -> None:
     (run / "events.jsonl").write_text("".join(json.dumps({"event": "StepOutput", "key": "upgrade[2]", "line": t}) + "\n"
                                               for t in lines))
     log = tmp_path / "apt-cacher.log"
-    log.write_text("1764637200|O|3000000|127.0.0.1|debrep/pool/a.deb\n1764637201|I|1000000|127.0.0.1|debrep/pool/b.deb\n"
-                   "1764637202|O|1000000|127.0.0.1|debrep/pool/b.deb\n")
+    log.write_text("1796170000|I|9000000|127.0.0.1|debrep/pool/before-the-run.deb\n"
+                   "1796173200|O|3000000|127.0.0.1|debrep/pool/a.deb\n1796173201|I|1000000|127.0.0.1|debrep/pool/b.deb\n"
+                   "1796173202|O|1000000|127.0.0.1|debrep/pool/b.deb\n")
     figures = collect(run, log)
     assert [(s.key, s.seconds) for s in figures.steps] == [("upgrade[2]", 700.5), ("upgrade[10]", 30.0)]
     assert (figures.steps[0].upgraded, figures.steps[0].installed, figures.steps[0].removed) == (179, 12, 3)

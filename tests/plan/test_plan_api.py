@@ -37,7 +37,7 @@ def test_the_lab_debian_plans_load_with_the_proxy_imap_and_the_mail_stores(name:
     assert any(getattr(step, "reboot", False) for step in plan.upgrade)
     assert {c.kind for c in plan.validate} >= {"command", "smtp", "imap"}
     assert "imap" in {c.kind for c in plan.verify}
-    assert [p.path for p in plan.sync.paths] == ["/home/alice/Maildir/", "/var/spool/postfix/"]
+    assert [p.path for p in plan.sync.paths] == ["/var/mail/", "/home/alice/", "/var/spool/postfix/"]
     assert plan.sync.quiesce == ["systemctl stop postfix dovecot"]
 
 

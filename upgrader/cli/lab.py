@@ -19,7 +19,7 @@ from rich.table import Table
 
 from upgrader.cli.common import fail
 from upgrader.errors import UpgraderError
-from upgrader.lab.config import Fault
+from upgrader.lab.config import Fault, GuestKind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,16 +70,19 @@ def lab(ctx: click.Context, lab_dir: str | None) -> None:
 
 
 @lab.command()
+@click.option("--guest", type=click.Choice([g.value for g in GuestKind]), default=None,
+              help="The mailhost's kind: labos (busybox, fast) or debian (Debian 12, systemd, Postfix, "
+                   "Dovecot). Default: the lab's current kind, else labos.")
 @click.option("--fault", "faults", multiple=True, type=click.Choice([f.value for f in Fault]),
-              help="Set a lab fault switch in the mailhost guest (repeatable).")
+              help="Set a lab fault switch in the mailhost guest (repeatable; per guest kind, docs/lab.md).")
 @click.option("--timeout", type=float, default=180.0, show_default=True,
               help="Seconds to wait for the guest's SSH.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_obj
 @handle_errors
-def up(opts: LabOptions, faults: tuple[str, ...], timeout: float, as_json: bool) -> None:
+def up(opts: LabOptions, guest: str | None, faults: tuple[str, ...], timeout: float, as_json: bool) -> None:
     """Bring the lab up (idempotent: reuses what is healthy)."""
-    status = _lab(opts).up(faults=faults, timeout=timeout)
+    status = _lab(opts).up(faults=faults, timeout=timeout, guest=guest)
     if as_json:
         click.echo(json.dumps(status, indent=2))
     else:
@@ -180,6 +183,10 @@ def _print_status(st: dict[str, Any]) -> None:
     out_console.print(ds)
     plan = st["plan"]
     out_console.print(f"ssh key {plan['ssh_key']}  known_hosts {plan['known_hosts']}", highlight=False)
+    proxy = st.get("package_proxy") or {}
+    out_console.print(f"guest {st.get('guest', 'labos')}  package proxy "
+                      + (f"{proxy['url']} (pid {proxy['pid']})" if proxy.get("pid") else "not running"),
+                      highlight=False)
 
 
 if __name__ == "__main__":

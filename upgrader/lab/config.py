@@ -38,12 +38,27 @@ SSH_USER = "root"
 SSH_PORT = 22
 SMTP_PORT = 25
 MAILSINK_PORT = 2525  # the lab's SMTP sink for customer notices, on the host's 127.0.0.1
+# the lab's package proxy (apt-cacher-ng, Debian registry only) on the host's loopback
+PKG_PROXY_HOST = "127.0.0.1"
+PKG_PROXY_PORT = 3142
 
 # guest-side commands the plan uses
 QUIESCE_CMD = "/etc/init.d/smtpd stop"
 RESUME_CMD = "/etc/init.d/smtpd start"
 SMTP_CHECK_CMD = "/usr/sbin/smtp-check"  # run on the guest: EHLO/QUIT to 127.0.0.1:25
-FAULTS_FILE = "/etc/labos-faults"
+FAULTS_FILE = "/etc/labos-faults"  # both guest kinds
+
+# the Debian guest (`lab up --guest debian`)
+DEBIAN_MEMORY_MIB = 1024
+DEBIAN_VCPUS = 2
+DEBIAN_TB_CACHE_MIB = 256  # QEMU's TCG default (1 GiB) made QEMU's RSS 1.6 GiB for this guest
+DEBIAN_IMAP_USER = "alice"
+DEBIAN_IMAP_PASSWORD = "lab-alice-imap"  # a lab-only password (the IMAP login of alice@mailhost)
+DEBIAN_QUIESCE_CMD = "systemctl stop postfix dovecot"
+DEBIAN_RESUME_CMD = "systemctl start postfix dovecot"
+# run on the guest: the SMTP banner from 127.0.0.1:25 (bash's /dev/tcp; no extra package)
+DEBIAN_SMTP_CHECK_CMD = ("timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; read -r l <&3; "
+                         "echo \"$l\"; case $l in 220*) printf \"QUIT\\r\\n\" >&3;; *) exit 1;; esac'")
 RELEASE_FILE = "/etc/labos-release"
 
 
@@ -72,6 +87,16 @@ CLIENT_VETH_BRIDGE_SIDE = "upgpc0"
 CLIENT_VETH_NS_SIDE = "upgpc1"
 
 
+class GuestKind(str, Enum):
+    """What the lab's mailhost runs (`lab up --guest`); recorded in lab.json."""
+
+    LABOS = "labos"  # busybox + a shell SMTP server, the host's kernel (fast, the default)
+    DEBIAN = "debian"  # Debian 12: systemd, Postfix, Dovecot, OpenSSH; boots its own disk (GRUB)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Fault(str, Enum):
     """Lab-only fault switches, one per line in /etc/labos-faults on the guest."""
 
@@ -80,9 +105,31 @@ class Fault(str, Enum):
     NO_RETURN_AFTER_REBOOT = "no-return-after-reboot"  # boot stalls after the upgrade reboot
     # the ports rebuild fails until a person adds `mailfilter: LIBMILTER=6` to /etc/labos-ports.conf
     PORT_BROKEN = "port-broken"
+    # Debian guest: Dovecot's conf.d/10-auth.conf and 10-mail.conf edited in place (2.3 settings):
+    # the real 12 -> 13 upgrade leaves dovecot-core half-configured
+    DOVECOT_CONF_EDITED = "dovecot-conf-edited"
+    # Debian guest: an apt hook breaks postfix's main.cf once the release is 13
+    POSTFIX_BROKEN_AFTER_UPGRADE = "postfix-broken-after-upgrade"
 
     def __str__(self) -> str:
         return self.value
+
+
+GUEST_FAULTS: dict[GuestKind, frozenset[Fault]] = {
+    GuestKind.LABOS: frozenset({Fault.UPGRADE_FAILS, Fault.MAIL_BROKEN_AFTER_UPGRADE,
+                                Fault.NO_RETURN_AFTER_REBOOT, Fault.PORT_BROKEN}),
+    GuestKind.DEBIAN: frozenset({Fault.DOVECOT_CONF_EDITED, Fault.POSTFIX_BROKEN_AFTER_UPGRADE}),
+}
+
+
+def check_faults_for(kind: GuestKind, faults: tuple[Fault, ...]) -> None:
+    from upgrader.errors import InputError
+
+    wrong = [f.value for f in faults if f not in GUEST_FAULTS[kind]]
+    if wrong:
+        known = ", ".join(sorted(f.value for f in GUEST_FAULTS[kind]))
+        raise InputError(f"lab fault(s) {', '.join(wrong)} do not apply to the {kind} guest",
+                         hint=f"faults of the {kind} guest: {known}")
 
 
 def parse_faults(names: object) -> tuple[Fault, ...]:

@@ -59,8 +59,11 @@ def collect(run_dir: Path, proxy_log: Path | None = None) -> RunFigures:
     figures = RunFigures(str(run_dir))
     steps: dict[str, StepFigures] = {}
     begun: dict[str, dt.datetime] = {}
+    started: float | None = None
     for line in (run_dir / "journal.jsonl").read_text().splitlines():
         entry = json.loads(line) if line.strip() else {}
+        if started is None and "ts" in entry:
+            started = dt.datetime.fromisoformat(entry["ts"]).timestamp()
         key = str(entry.get("key", ""))
         if not _STEP.match(key) or "ts" not in entry:
             continue
@@ -86,8 +89,8 @@ def collect(run_dir: Path, proxy_log: Path | None = None) -> RunFigures:
     if proxy_log is not None and proxy_log.is_file():
         served = upstream = 0
         for line in proxy_log.read_text(errors="replace").splitlines():
-            fields = line.split("|")
-            if len(fields) >= 4 and fields[2].isdigit():
+            fields = line.split("|")  # only what the run's twin asked for: the lab's image build is earlier
+            if len(fields) >= 4 and fields[2].isdigit() and fields[0].isdigit() and int(fields[0]) >= (started or 0):
                 served += int(fields[2]) if fields[1] == "O" else 0
                 upstream += int(fields[2]) if fields[1] == "I" else 0
         figures.proxy_served, figures.proxy_upstream = served, upstream

@@ -101,7 +101,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _tree_digest(h: hashlib._Hash, root: Path) -> None:
+def tree_digest(h: hashlib._Hash, root: Path) -> None:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_file():
@@ -115,7 +115,8 @@ def cache_key(kernel: Kernel) -> str:
     """Content hash of everything that goes into the image."""
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    _tree_digest(h, GUEST_DIR)
+    tree_digest(h, ROOTFS_DIR)  # not GUEST_DIR: guest/debian is the Debian guest's
+    tree_digest(h, BUNDLE_DIR)
     h.update(json.dumps(package_versions(), sort_keys=True).encode())
     for p in (kernel.vmlinuz, kernel.initrd):
         st = p.stat()
@@ -198,7 +199,7 @@ def _install_busybox(root: Path) -> None:
         link.symlink_to("/bin/busybox")
 
 
-def _copy_guest_tree(src: Path, root: Path) -> None:
+def copy_guest_tree(src: Path, root: Path) -> None:
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src).as_posix()
         target = root / rel
@@ -258,7 +259,7 @@ def _build(work: Path, kernel: Kernel) -> None:
     for mod in MODULES:
         _copy_file(Path("/lib/modules", kernel.release, mod), root,
                    f"/lib/modules/{kernel.release}/labos/{Path(mod).name}")
-    _copy_guest_tree(ROOTFS_DIR, root)
+    copy_guest_tree(ROOTFS_DIR, root)
     _make_bundle(root / "var/db/labos-update" / BUNDLE_NAME)
     shutil.copy2(root / "var/db/labos-update" / BUNDLE_NAME, work / BUNDLE_NAME)
     shutil.copy2(root / "var/db/labos-update" / f"{BUNDLE_NAME}.sha256", work / f"{BUNDLE_NAME}.sha256")
@@ -282,8 +283,10 @@ class GuestFile:
     mode: int = 0o644
 
 
-def write_files(raw: Path, files: Sequence[GuestFile]) -> None:
-    """Write files into an (unmounted) ext4 image with debugfs: replace, then set mode/owner."""
+def write_files(raw: Path, files: Sequence[GuestFile], device: str | None = None) -> None:
+    """Write files into an (unmounted) ext4 image with debugfs: replace, then set mode/owner.
+    `device` is what debugfs opens (default: raw itself; `disk?offset=N` for a partition)."""
+    dev = device or str(raw)
     with tempfile.TemporaryDirectory(prefix="labos-files-") as tmp:
         script = []
         for i, f in enumerate(files):
@@ -294,10 +297,10 @@ def write_files(raw: Path, files: Sequence[GuestFile]) -> None:
                        f"sif {f.path} uid 0", f"sif {f.path} gid 0"]
         cmds = Path(tmp) / "cmds"
         cmds.write_text("\n".join(script) + "\n")
-        run(["debugfs", "-w", "-f", str(cmds), str(raw)])
+        run(["debugfs", "-w", "-f", str(cmds), dev])
     # debugfs reports most errors on stderr with rc 0: check the result instead
     for f in files:
-        got = subprocess.run(["debugfs", "-R", f"cat {f.path}", str(raw)], capture_output=True,
+        got = subprocess.run(["debugfs", "-R", f"cat {f.path}", dev], capture_output=True,
                              check=False).stdout
         if got != f.content:
             raise LabError(f"could not write {f.path} into {raw}")

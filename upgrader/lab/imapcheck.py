@@ -1,6 +1,6 @@
 """Read a mailbox back over IMAP, as a mail client would; meant for the lab's client namespace:
 
-    ip netns exec upg-client /path/to/python -m upgrader.lab.imapcheck --user alice --password ...
+    ip netns exec upg-client /path/to/python -m upgrader.lab.imapcheck [--user alice --password ...]
 
 Logs in (after STARTTLS when the server offers it; the lab's certificate is self-signed, so it is
 not verified), selects the folder read-only and prints one JSON object: the folder's UIDVALIDITY,
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m upgrader.lab.imapcheck", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default=C.SERVICE_IP)
     p.add_argument("--port", type=int, default=IMAP_PORT)
-    p.add_argument("--user", default="alice")
-    p.add_argument("--password", required=True)
+    p.add_argument("--user", default=C.DEBIAN_IMAP_USER)
+    p.add_argument("--password", default=C.DEBIAN_IMAP_PASSWORD, help="default: the lab Debian guest's")
     p.add_argument("--folder", default="INBOX")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--before", type=argparse.FileType("r"), help="an earlier JSON answer: UIDVALIDITY must be the same")

@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 
 from upgrader.lab import config as C
-from upgrader.lab import daemons, image, netns
+from upgrader.lab import daemons, debian_guest, debian_image, image, netns, pkgproxy
 from upgrader.lab.domain import DomainInfo, GuestSpec, domain_xml, parse
 from upgrader.lab.errors import LabError, LabNotUp, LabTimeout
 from upgrader.lab.proc import CommandFailed, ExecResult, run
@@ -94,12 +94,27 @@ class Lab:
                 out.append((parse(dom.XMLDesc()), state))
         return sorted(out, key=lambda x: x[0].name)
 
+    # --- the guest kind ---------------------------------------------------------------------
+
+    @property
+    def guest_kind(self) -> C.GuestKind:
+        """The mailhost's kind, as `lab up` recorded it in lab.json (LabOS if none)."""
+        try:
+            return C.GuestKind(json.loads(self.paths.state_file.read_text()).get("guest", "labos"))
+        except (OSError, ValueError):
+            return C.GuestKind.LABOS
+
     # --- up -------------------------------------------------------------------------------
 
-    def up(self, faults: Iterable[str | C.Fault] = (), *, timeout: float = 180.0) -> dict[str, Any]:
+    def up(self, faults: Iterable[str | C.Fault] = (), *, timeout: float = 180.0,
+           guest: str | C.GuestKind | None = None) -> dict[str, Any]:
         """Bring the lab up (or complete it). With faults, /etc/labos-faults on mailhost is set to
-        exactly those; without, it is left as it is. Returns status()."""
+        exactly those; without, it is left as it is. `guest` picks the mailhost's kind (default:
+        the one recorded in lab.json, else LabOS); another kind than the running one replaces
+        mailhost. Returns status()."""
         wanted = C.parse_faults(faults)
+        kind = C.GuestKind(str(guest)) if guest is not None else self.guest_kind
+        C.check_faults_for(kind, wanted)
         started = time.monotonic()
         daemons.check_tools()
         for d in (self.paths.run, self.paths.etc, self.paths.logs, self.paths.keys, self.paths.images,
@@ -108,23 +123,43 @@ class Lab:
         self._say("network namespaces and bridges")
         netns.setup()
         self._ensure_keys()
-        base, built = image.ensure_image(self.paths.cache, self._say)
-        if not built:
-            self._say(f"LabOS image labos-{base.key} (cached)")
-        kernel, initrd, bundle = self._link_boot_files(base)
+        bundle = None
+        if kind is C.GuestKind.LABOS:
+            base, built = image.ensure_image(self.paths.cache, self._say)
+            if not built:
+                self._say(f"LabOS image labos-{base.key} (cached)")
+            bundle = self._link_boot_files(base)[2]
+        else:
+            self._say(f"package proxy (apt-cacher-ng) on {pkgproxy.url()}")
+            pkgproxy.start(self.paths)
+            deb, built = debian_image.ensure_image(self.paths.cache, pkgproxy.url(), self._say)
+            if not built:
+                self._say(f"Debian image {debian_image.PREFIX}{deb.key} (cached)")
         self._say("libvirtd + virtlogd in upg-lab")
         daemons.start(self.paths, self._can_connect)
         daemons.start_mailsink(self.paths)
-        created_disk = self._ensure_mailhost(base, kernel, initrd, wanted)
+        if kind is not self.guest_kind or not self.paths.state_file.exists():
+            self.remove_guest(C.MAILHOST)  # another kind's mailhost (or a half-built lab's)
+        self._write_state(bundle, kind)
+        created_disk = self._ensure_mailhost(wanted)
         self._say("waiting for mailhost SSH")
         target = self.ssh_target(C.Segment.PROD)
         self.wait_ssh(C.Segment.PROD, timeout=timeout)
         if wanted and not created_disk:
             self.set_faults(C.Segment.PROD, wanted)
-        smtp = self.guest_exec(C.Segment.PROD, "/etc/init.d/smtpd status", check=False)
+        if kind is C.GuestKind.DEBIAN:
+            self._say("waiting for mailhost's systemd (is-system-running)")
+            state = self.guest_exec(C.Segment.PROD, "systemctl is-system-running --wait", check=False,
+                                    timeout=timeout).stdout.strip()
+            if state != "running":
+                failed = self.guest_exec(C.Segment.PROD, "systemctl --failed --no-legend --plain",
+                                         check=False).stdout.strip()
+                self._say(f"warning: mailhost's systemd is {state}: {failed or 'no failed unit'}")
+        check = self.plan_values()["service_check"]
+        smtp = self.guest_exec(C.Segment.PROD, check if kind is C.GuestKind.DEBIAN else "/etc/init.d/smtpd status",
+                               check=False)
         if not smtp.ok:
-            self._say(f"warning: smtpd on mailhost: {smtp.stdout.strip() or smtp.stderr.strip()}")
-        self._write_state(bundle)
+            self._say(f"warning: SMTP on mailhost: {smtp.stdout.strip() or smtp.stderr.strip()}")
         self._say(f"lab up in {time.monotonic() - started:.1f} s ({target.user}@{target.host} via "
                   f"{C.NS_ACC_PROD})")
         return self.status()
@@ -175,14 +210,33 @@ class Lab:
             image.GuestFile(C.FAULTS_FILE, "".join(f"{f}\n" for f in faults).encode(), 0o644),
         ]
 
-    def _ensure_mailhost(self, base: image.BaseImage, kernel: Path, initrd: Path,
-                         faults: Sequence[C.Fault]) -> bool:
-        return self._ensure_guest(C.MAILHOST, C.Segment.PROD, base, kernel, initrd, faults)
+    def _ensure_mailhost(self, faults: Sequence[C.Fault]) -> bool:
+        return self._ensure_guest(C.MAILHOST, C.Segment.PROD, faults)
 
-    def _ensure_guest(self, name: str, segment: C.Segment, base: image.BaseImage, kernel: Path,
-                      initrd: Path, faults: Sequence[C.Fault]) -> bool:
-        """Define and start a LabOS guest if needed. True if its disk was (re)created."""
+    def _guest_recipe(self, name: str, segment: C.Segment,
+                      faults: Sequence[C.Fault]) -> tuple[GuestSpec, Callable[[Path], None]]:
+        """(libvirt spec, disk maker) for a guest of the lab's kind."""
         disk = self.paths.disk(name)
+        bridge = C.SEGMENTS[segment].bridge
+        if self.guest_kind is C.GuestKind.DEBIAN:
+            deb = debian_image.cached_image(self.paths.cache)
+            if deb is None:
+                pkgproxy.start(self.paths)
+                deb, _ = debian_image.ensure_image(self.paths.cache, pkgproxy.url(), self._say)
+            files = debian_guest.guest_files(self.paths, faults)
+            return (debian_guest.spec(name, disk, bridge, self.paths.console_log(name)),
+                    lambda dest: debian_image.make_disk(deb, dest, files))
+        base = self._base_image()
+        kernel, initrd, _ = self._link_boot_files(base)
+        spec = GuestSpec(name=name, disk=disk, kernel=kernel, initrd=initrd, bridge=bridge, mac=C.MAILHOST_MAC,
+                         ip=C.SERVICE_IP, console_log=self.paths.console_log(name))
+        return spec, lambda dest: image.make_disk(base, dest, self._guest_files(faults))
+
+    def _ensure_guest(self, name: str, segment: C.Segment, faults: Sequence[C.Fault]) -> bool:
+        """Define and start a guest of the lab's kind if needed. True if its disk was (re)created."""
+        disk = self.paths.disk(name)
+        spec, make_disk = self._guest_recipe(name, segment, faults)
+        boot_files = [str(p) for p in (spec.kernel, spec.initrd) if p is not None]
         created = False
         with self.libvirt_conn() as conn:
             try:
@@ -191,18 +245,15 @@ class Lab:
                 dom = None
             if dom is not None:
                 info = parse(dom.XMLDesc())
-                if not all(Path(p).exists() for p in info.disks + [str(kernel)]) and not dom.isActive():
+                if not all(Path(p).exists() for p in info.disks + boot_files) and not dom.isActive():
                     self._say(f"{name}'s disk or kernel is gone: redefining it")
                     dom.undefine()
                     dom = None
             if dom is None:
                 if not disk.exists():
                     self._say(f"creating {name}'s disk")
-                    image.make_disk(base, disk, self._guest_files(faults))
+                    make_disk(disk)
                     created = True
-                spec = GuestSpec(name=name, disk=disk, kernel=kernel, initrd=initrd,
-                                 bridge=C.SEGMENTS[segment].bridge, mac=C.MAILHOST_MAC, ip=C.SERVICE_IP,
-                                 console_log=self.paths.console_log(name))
                 dom = conn.defineXML(domain_xml(spec))
             if not dom.isActive():
                 self._say(f"starting {name} (TCG)")
@@ -234,9 +285,7 @@ class Lab:
         segment, e.g. a stand-in twin on staging. Waits for its SSH. Test helper: the product
         makes its own twins from mailhost's disk."""
         seg = C.Segment(str(segment))
-        base = self._base_image()
-        kernel, initrd, _ = self._link_boot_files(base)
-        self._ensure_guest(name, seg, base, kernel, initrd, C.parse_faults(faults))
+        self._ensure_guest(name, seg, C.parse_faults(faults))
         self.wait_ssh(name, timeout=timeout)
         return self.target(name)
 
@@ -244,9 +293,9 @@ class Lab:
         """Throw mailhost away and boot a fresh release-1 one (same keys); returns its boot id.
         For tests that need a pristine prod (e.g. one per fault scenario)."""
         self.remove_guest(C.MAILHOST)
-        base = self._base_image()
-        kernel, initrd, _ = self._link_boot_files(base)
-        self._ensure_mailhost(base, kernel, initrd, C.parse_faults(faults))
+        wanted = C.parse_faults(faults)
+        C.check_faults_for(self.guest_kind, wanted)
+        self._ensure_mailhost(wanted)
         self.wait_ssh(C.MAILHOST, timeout=timeout)
         return self.boot_id(C.MAILHOST)
 
@@ -283,8 +332,12 @@ class Lab:
             base, _ = image.ensure_image(self.paths.cache, self._say)
         return base
 
-    def _write_state(self, bundle: Path) -> None:
-        data = {"plan": self.plan_values(bundle), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    def _write_state(self, bundle: Path | None, kind: C.GuestKind) -> None:
+        data = {"guest": kind.value, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = self.paths.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.paths.state_file)  # plan_values() reads the kind from it
+        data["plan"] = self.plan_values(bundle)
         tmp = self.paths.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.paths.state_file)
@@ -292,7 +345,15 @@ class Lab:
     # --- plan-relevant values ------------------------------------------------------------
 
     def plan_values(self, bundle: Path | None = None) -> dict[str, Any]:
-        """What a plan for the lab's mailhost needs (also in <lab dir>/lab.json)."""
+        """What a plan for the lab's mailhost needs (also in <lab dir>/lab.json). `guest` is the
+        mailhost's kind; the Debian guest's values replace LabOS's commands (docs/lab.md)."""
+        common = self._common_plan_values()
+        if self.guest_kind is C.GuestKind.DEBIAN:
+            return {**common, "guest": C.GuestKind.DEBIAN.value,
+                    **debian_guest.plan_values(pkgproxy.url())}
+        return {**common, "guest": C.GuestKind.LABOS.value, **self._labos_plan_values(bundle)}
+
+    def _common_plan_values(self) -> dict[str, Any]:
         return {
             "libvirt_uri": self.uri,
             "domain": C.MAILHOST,
@@ -307,15 +368,19 @@ class Lab:
             "proxy_command": {str(s): proxy_command(s) for s in C.Segment},
             "client_namespace": C.NS_CLIENT,
             "client_ip": C.CLIENT_IP,
+            "images_dir": str(self.paths.images),
+            "logs_dir": str(self.paths.logs),
+            "faults_file": C.FAULTS_FILE,
+        }
+
+    def _labos_plan_values(self, bundle: Path | None) -> dict[str, Any]:
+        return {
             "quiesce": C.QUIESCE_CMD,
             "resume": C.RESUME_CMD,
             "service_check": C.SMTP_CHECK_CMD,
             "upgrade": ["labos-update fetch", "labos-update install", "reboot",
                         "labos-update install", "labos-update install"],
             "update_bundle": str(bundle or self.paths.images / "boot" / image.BUNDLE_NAME),
-            "images_dir": str(self.paths.images),
-            "logs_dir": str(self.paths.logs),
-            "faults_file": C.FAULTS_FILE,
         }
 
     # --- down -----------------------------------------------------------------------------
@@ -335,6 +400,7 @@ class Lab:
 
         attempt(lambda: done.extend(self._remove_domains()))
         attempt(lambda: done.extend(daemons.stop(self.paths)))
+        attempt(lambda: done.extend(pkgproxy.stop(self.paths)))
         attempt(lambda: done.extend(netns.teardown()))
         attempt(lambda: done.extend(daemons.remove_mount_points(self.paths)))
         attempt(lambda: done.extend(self._remove_files(purge)))
@@ -399,7 +465,8 @@ class Lab:
                                "bridges": info.bridges, "macs": info.macs, "ip": info.ip,
                                "disks": info.disks, "console_log": info.console_log})
         mailhost_running = any(g["name"] == C.MAILHOST and g["state"] == "running" for g in guests)
-        cached = sorted(p.name for p in self.paths.cache.glob("labos-*")) if self.paths.cache.is_dir() else []
+        cached = sorted(p.name for pattern in ("labos-*", f"{debian_image.PREFIX}*")
+                        for p in self.paths.cache.glob(pattern)) if self.paths.cache.is_dir() else []
         return {
             "lab_dir": str(self.paths.root),
             "uri": self.uri,
@@ -414,6 +481,8 @@ class Lab:
                        "present": C.NS_CLIENT in net.namespaces},
             "guests": guests,
             "image_cache": cached,
+            "guest": self.guest_kind.value,
+            "package_proxy": {"url": pkgproxy.url(), "pid": pkgproxy.pid(self.paths)},
             "plan": self.plan_values(),
         }
 
@@ -501,7 +570,10 @@ class Lab:
         """Set /etc/labos-faults on a guest to exactly these faults."""
         wanted = C.parse_faults(faults)
         content = "".join(f"{f}\n" for f in wanted)
-        self.guest_exec(name_or_segment, f"cat > {C.FAULTS_FILE}.new && mv {C.FAULTS_FILE}.new {C.FAULTS_FILE} && sync",
+        C.check_faults_for(self.guest_kind, wanted)
+        apply = " && /usr/local/sbin/lab-faults" if self.guest_kind is C.GuestKind.DEBIAN else ""
+        self.guest_exec(name_or_segment,
+                        f"cat > {C.FAULTS_FILE}.new && mv {C.FAULTS_FILE}.new {C.FAULTS_FILE}{apply} && sync",
                         input=content)
 
     # --- the client namespace ------------------------------------------------------------
@@ -542,8 +614,25 @@ class Lab:
         except (ValueError, IndexError) as exc:
             raise CommandFailed(result) from exc
 
+    def imap_check(self, host: str = C.SERVICE_IP, *, ids: bool = False, timeout: float = 15.0) -> dict[str, Any]:
+        """IMAP STARTTLS login as alice from the client namespace (Debian guest):
+        {"ok", "uidvalidity", "messages"[, "message_ids"]} or {"ok": false, "error"}."""
+        argv = [sys.executable, "-m", "upgrader.lab.imapcheck", "--host", host, "--timeout", str(timeout)]
+        result = self.client_exec(argv, timeout=timeout + 60, check=False)
+        try:
+            view: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise CommandFailed(result) from exc
+        if not ids:
+            view.pop("message_ids", None)
+        return view
+
     def message_ids(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> set[str]:
-        """The Message-IDs of every message in /var/mail/<mailbox>/{new,cur} on a guest."""
+        """The Message-IDs of every message in alice's mailbox on a guest (LabOS: the Maildir
+        /var/mail/<mailbox>; Debian: the mbox /var/mail/<mailbox>)."""
+        if self.guest_kind is C.GuestKind.DEBIAN:
+            out = self.guest_exec(name_or_segment, debian_guest.message_ids_cmd(mailbox), timeout=120).stdout
+            return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
         out = self.guest_exec(
             name_or_segment,
             f"cat /var/mail/{mailbox}/new/* /var/mail/{mailbox}/cur/* 2>/dev/null | grep -i '^message-id:' || true",
@@ -553,7 +642,10 @@ class Lab:
 
     def seed_mails(self, count: int, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice",
                    tag: str = "seed") -> None:
-        """Write `count` messages straight into a guest's Maildir (a spool that was there before)."""
+        """Write `count` messages straight into a guest's mailbox (a spool that was there before)."""
+        if self.guest_kind is C.GuestKind.DEBIAN:
+            self.guest_exec(name_or_segment, debian_guest.seed_cmd(count, mailbox, tag), timeout=300)
+            return
         self.guest_exec(
             name_or_segment,
             f"d=/var/mail/{mailbox}/new; mkdir -p $d; i=1; while [ $i -le {int(count)} ]; do "
@@ -577,7 +669,9 @@ class Lab:
         return {p.name for p in self.paths.images.glob("*.qcow2")}
 
     def count_mails(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> int:
-        """Messages in /var/mail/<mailbox>/{new,cur} on a guest."""
+        """Messages in alice's mailbox on a guest (see message_ids)."""
+        if self.guest_kind is C.GuestKind.DEBIAN:
+            return int(self.guest_exec(name_or_segment, debian_guest.count_cmd(mailbox)).stdout.strip() or 0)
         out = self.guest_exec(
             name_or_segment,
             f"ls /var/mail/{mailbox}/new /var/mail/{mailbox}/cur 2>/dev/null | grep -c '^[0-9]' || true",

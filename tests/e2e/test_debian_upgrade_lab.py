@@ -1,4 +1,4 @@
-"""The real-guest scenario on every CI run: the lab's Debian 12 mailhost (systemd, Postfix to Maildir,
+"""The real-guest scenario on every CI run: the lab's Debian 12 mailhost (systemd, Postfix to mbox,
 Dovecot IMAP) gets a REAL security update (bookworm-security through the package proxy, apt's own
 prompt answered under a pty, services restarted, a reboot through GRUB) by the twin workflow while a
 client delivers mail over SMTP; afterwards every accepted Message-ID is read back over IMAP on the new
@@ -9,8 +9,6 @@ The full 12 -> 13 release upgrade (debian13.yml, ~20 min) is the documented comm
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,9 +37,7 @@ def debian_lab(lab: Lab) -> Iterator[Lab]:
 
 
 def imap_view(lab: Lab) -> dict[str, Any]:
-    out = lab.client_exec([sys.executable, "-m", "upgrader.lab.imapcheck",
-                           "--password", lab.plan_values()["imap_password"]], check=False)
-    view: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    view = lab.imap_check(ids=True)
     assert view["ok"], view
     return view
 
