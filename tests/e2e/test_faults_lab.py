@@ -89,6 +89,7 @@ def children_in_netns(pid: int, netns: str) -> list[int]:
     return found
 
 
+@pytest.mark.full  # 88 s; reconnects on the fakes and the real-sshd adapter tests in CI
 def test_ssh_to_the_twin_dropped_mid_upgrade(lab: Lab, tmp_path: Path) -> None:
     fresh(lab)
     state = tmp_path / "state"

@@ -49,8 +49,8 @@ def plan_variant(tmp_path: Path, old: str = "", new: str = "") -> Path:
 class Traffic:
     """upgrader.lab.traffic in the client namespace: mail every 50 ms + TCP probe at 20 Hz."""
 
-    def __init__(self, lab: Lab, log: Path) -> None:
-        self.proc = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(log)],
+    def __init__(self, lab: Lab, log: Path, *args: str) -> None:
+        self.proc = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(log), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def stop(self) -> dict[str, Any]:
@@ -129,6 +129,7 @@ def test_upgrade_fails_midway_holds_then_abort_leaves_prod_untouched(lab: Lab, t
     assert images(lab) == {"mailhost.qcow2"}
 
 
+@pytest.mark.full  # 94 s; a failed validation holds the run: on the fakes and the repair loop (test_held_lab) in CI
 def test_mail_broken_after_upgrade_fails_validation(lab: Lab, tmp_path: Path) -> None:
     fresh(lab, ("mail-broken-after-upgrade",))
     state = tmp_path / "state"
@@ -206,6 +207,7 @@ def test_chain_guard_refuses_unsafe_merge_then_abort_cleans_up(lab: Lab, tmp_pat
     assert lab.smtp_probe()["ok"]
 
 
+@pytest.mark.full  # 97 s; run-due and approval on the lab in CI (test_run_due_lab, test_window_lab), notices on the fakes with a real SMTP server
 def test_window_park_run_due_and_notices_in_the_lab_mail_sink(lab: Lab, tmp_path: Path) -> None:
     """The run parks before a window two minutes ahead and exits; `upgrader run-due` (as cron
     would call it) cuts over once the window opens; `upgrader lab mail` shows what customers got."""

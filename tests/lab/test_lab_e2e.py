@@ -236,6 +236,7 @@ def test_set_faults_over_ssh(lab: Lab) -> None:
         lab.set_faults("mailhost-twin", ["disk-on-fire"])
 
 
+@pytest.mark.full  # 36 s; the e2e upgrade-fails scenario covers it in CI
 def test_fault_upgrade_fails(lab: Lab) -> None:
     lab.recreate_mailhost(faults=[Fault.UPGRADE_FAILS])
     results = upgrade(lab)
@@ -247,6 +248,7 @@ def test_fault_upgrade_fails(lab: Lab) -> None:
     assert lab.smtp_probe()["ok"] is True  # the service itself is unharmed
 
 
+@pytest.mark.full  # 35 s; test_mail_broken_after_upgrade_fails_validation covers it (full run)
 def test_fault_mail_broken_after_upgrade(lab: Lab) -> None:
     lab.recreate_mailhost(faults=[Fault.MAIL_BROKEN_AFTER_UPGRADE])
     assert lab.smtp_probe()["ok"] is True  # release 1: fine
@@ -259,6 +261,7 @@ def test_fault_mail_broken_after_upgrade(lab: Lab) -> None:
     assert sh(lab, C.SMTP_CHECK_CMD, check=False).rc == 1
 
 
+@pytest.mark.full  # 41 s; the twin-not-back e2e scenario covers it in CI
 def test_fault_no_return_after_reboot(lab: Lab) -> None:
     lab.recreate_mailhost(faults=[Fault.NO_RETURN_AFTER_REBOOT])
     results = upgrade(lab, stop_after=2)  # fetch, install (kernel)
