@@ -123,7 +123,8 @@ def test_a_proxy_that_does_not_answer_is_a_502_naming_it(twin: FabricShell) -> N
     assert seconds < 10  # said at once, not a hang
 
 
-def test_port_in_use_on_the_twin_is_refused(twin: FabricShell, proxy: int) -> None:
+def test_port_in_use_on_the_twin_is_refused(twin: FabricShell, proxy: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("upgrader.adapters.fabric_shell.FORWARD_REOPEN_WAIT", 2.0)  # how long a taken port is waited for
     with socket.socket() as taken:  # the twin's loopback is this machine's (the servers share its network)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -137,6 +138,25 @@ def test_port_in_use_on_the_twin_is_refused(twin: FabricShell, proxy: int) -> No
     assert "AllowTcpForwarding" in (info.value.hint or "")
     assert twin.forwards.open == {}  # not kept: a reconnect does not ask for it again
     assert twin.run(Command("true"), timeout=30).ok  # the connection is still usable
+
+
+def test_a_port_an_older_session_frees_is_waited_for(twin: FabricShell, proxy: int) -> None:
+    """A resumed run finds the forward's port still held (the session of the killed upgrader, an
+    operator's `upgrader ssh --twin -R`): the forward is asked for again until it is free."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = int(taken.getsockname()[1])
+    threading.Timer(3.0, taken.close).start()
+    started = time.monotonic()
+    twin.forward(RemoteForward(port, "127.0.0.1", proxy))
+    try:
+        waited = time.monotonic() - started
+        rc, out, _ = fetch(twin, f"http://127.0.0.1:{port}/marker")
+        assert rc == 0 and out.strip() == f"{MARKER} GET /marker", out
+        assert 2.5 < waited < 30, waited
+    finally:
+        twin.unforward(RemoteForward(port, "127.0.0.1", proxy))
 
 
 @pytest.mark.parametrize(("kind", "args"), [("dropbear", "-k"), ("openssh", "AllowTcpForwarding local")])

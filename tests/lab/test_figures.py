@@ -30,7 +30,8 @@ def test_step_times_apt_summary_and_proxy_cache_share(tmp_path: Path) -> None:
     figures = collect(run, log)
     assert [(s.key, s.seconds) for s in figures.steps] == [("upgrade[2]", 700.5), ("upgrade[10]", 30.0)]
     assert (figures.steps[0].upgraded, figures.steps[0].installed, figures.steps[0].removed) == (179, 12, 3)
-    assert figures.steps[0].to_download == "179 MB" and figures.packages == 191
+    assert (figures.steps[0].to_download, figures.steps[0].archives) == ("10.5 MB", "179 MB")
+    assert figures.packages == 191
     text = render(figures)
     assert "fetched 179 MB in 41s" in text
     assert "served 4.0 MB, fetched 1.0 MB from the mirror: 75% from its cache" in text

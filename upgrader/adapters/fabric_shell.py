@@ -37,7 +37,7 @@ BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 REBOOT = "(sleep 1; reboot) </dev/null >/dev/null 2>&1 &"
 # A forward re-opened on a new connection may find its port still held by the guest-side session
 # of the connection that just died (sshd has not noticed yet): asked again for this long.
-FORWARD_REOPEN_WAIT = 30.0
+FORWARD_REOPEN_WAIT = 30.0  # a forward's port may be held a while by an older session (a reconnect, a resume)
 
 
 class HostKeyError(InfraError):
@@ -172,7 +172,7 @@ class FabricShell:
         return transport
 
     def forward(self, forward: RemoteForward) -> None:
-        self.forwards.add(self._transport(self.ensure()), forward)
+        self.forwards.add(self._transport(self.ensure()), forward, wait_if_taken=FORWARD_REOPEN_WAIT)
 
     def unforward(self, forward: RemoteForward) -> None:
         transport = self.conn.client.get_transport() if self.conn is not None and self.conn.is_connected else None

@@ -33,6 +33,24 @@ REQUEST_READ = 5.0  # how long the 502 answer waits for the client's request hea
 _BUFFER = 65536
 
 
+def _listening(transport: paramiko.Transport, port: int) -> bool:
+    """Does something on the guest listen on its 127.0.0.1:`port`? (A direct-tcpip channel there
+    opens; an sshd that refuses local forwarding, or nothing listening: False.)"""
+    try:
+        channel = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=CHECK_TIMEOUT)
+    except (paramiko.SSHException, OSError, EOFError):
+        return False
+    with suppress(paramiko.SSHException, OSError, EOFError):
+        channel.close()
+    return True
+
+
+def _held(waited: float) -> str:
+    return (f"; its port stayed taken for {waited:.0f} s (another session holds it: an open `upgrader ssh --twin`, "
+            "or the session of an upgrader that was killed - close it, or wait for the guest's sshd to drop it, "
+            "then `upgrader retry`)")
+
+
 class RemoteForwards:
     """The remote forwards of one guest's connection: asked for on its transport, and again on
     every new transport (a reconnect) by `reopen`. Each one is checked once open: a connection
@@ -45,10 +63,14 @@ class RemoteForwards:
         self.open: dict[int, RemoteForward] = {}  # listen port -> forward
         self._probes: dict[int, tuple[bytes, threading.Event]] = {}
 
-    def add(self, transport: paramiko.Transport, forward: RemoteForward) -> None:
+    def add(self, transport: paramiko.Transport, forward: RemoteForward, *, wait_if_taken: float = 0.0) -> None:
+        """Ask for `forward`. Refused while something on the guest listens on its port - the
+        guest-side session of a killed upgrader, or an operator's `upgrader ssh --twin` with the
+        same -R - keep asking up to `wait_if_taken`; refused with the port free (the sshd forbids
+        remote forwards): at once."""
         self.open[forward.listen_port] = forward  # looked up by the handler at connect time
         try:
-            self._install(transport, forward, wait=0.0)
+            self._install(transport, forward, wait=0.0, wait_if_taken=wait_if_taken)
         except BaseException:
             self.open.pop(forward.listen_port, None)
             raise
@@ -67,24 +89,36 @@ class RemoteForwards:
             return True
         return _cancel(transport, forward)
 
-    def _install(self, transport: paramiko.Transport, forward: RemoteForward, *, wait: float) -> None:
-        deadline = time.monotonic() + wait
+    def _install(self, transport: paramiko.Transport, forward: RemoteForward, *, wait: float,
+                 wait_if_taken: float = 0.0) -> None:
+        started = time.monotonic()
+        deadline, taken = started + wait, False
+        port = forward.listen_port
         while True:
             try:
-                transport.request_port_forward("127.0.0.1", forward.listen_port, handler=self._handle)
-                break
+                transport.request_port_forward("127.0.0.1", port, handler=self._handle)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 if not transport.is_active():  # the connection died (a guest going down): not a refusal
                     raise ConnectionLost(f"connection to {self.where} lost while asking for the forward "
                                          f"{forward.describe()}: {exc}") from exc
+                if not taken and wait_if_taken > 0 and _listening(transport, port):
+                    taken, deadline = True, max(deadline, started + wait_if_taken)
                 if time.monotonic() >= deadline:
-                    raise ForwardRefused(f"{self.where} refused a remote forward on its 127.0.0.1:{forward.listen_port} "
-                                         f"to {forward.host}:{forward.port} (the package proxy): {exc}") from exc
+                    raise ForwardRefused(f"{self.where} refused a remote forward on its 127.0.0.1:{port} to "
+                                         f"{forward.host}:{forward.port} (the package proxy): {exc}"
+                                         + (_held(wait_if_taken) if taken else "")) from exc
                 time.sleep(1)
-        if self._reaches_us(transport, forward) is False:
-            _cancel(transport, forward)
-            raise ForwardRefused(f"{self.where} accepted a remote forward on its 127.0.0.1:{forward.listen_port}, but a "
-                                 "connection there does not come through it: the port is in use on the guest")
+                continue
+            if self._reaches_us(transport, forward) is not False:
+                break
+            _cancel(transport, forward)  # dropbear said yes, but bound ::1 alone: the port is taken
+            if not taken:
+                taken, deadline = True, max(deadline, started + wait_if_taken)
+            if time.monotonic() >= deadline:
+                raise ForwardRefused(f"{self.where} accepted a remote forward on its 127.0.0.1:{port}, but a "
+                                     "connection there does not come through it: the port is in use on the guest"
+                                     + (_held(wait_if_taken) if wait_if_taken > 0 else ""))
+            time.sleep(1)
         log.info("remote forward %s open on %s", forward.describe(), self.where)
 
     def _reaches_us(self, transport: paramiko.Transport, forward: RemoteForward) -> bool | None:

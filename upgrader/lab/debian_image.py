@@ -11,8 +11,9 @@ first shipped, so a later real upgrade has something to do.
 
 Cached by content hash of the inputs (this file, guest/debian, the package list, the suite and
 debootstrap's version) under <lab dir>/images/cache/debian-<hash>/. The cached disk holds no
-secret: the SSH host key, root's authorized_keys and the fault switches are written into each
-guest's own disk (debugfs on the partition) by make_disk.
+per-lab secret: the SSH host key, root's authorized_keys and the fault switches are written into
+each guest's own disk (debugfs on the partition) by make_disk. (It does hold the hash of alice's
+fixed lab-only IMAP password, config.DEBIAN_IMAP_PASSWORD, which is in the source anyway.)
 """
 
 from __future__ import annotations

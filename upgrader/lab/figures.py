@@ -32,7 +32,8 @@ class StepFigures:
     upgraded: int = 0
     installed: int = 0
     removed: int = 0
-    to_download: str | None = None
+    to_download: str | None = None  # what apt had to fetch (the rest was in its own cache)
+    archives: str | None = None  # the size of all the archives the step installed
     fetched: str | None = None
 
 
@@ -81,8 +82,8 @@ def collect(run_dir: Path, proxy_log: Path | None = None) -> RunFigures:
         step, text = steps[event["key"]], str(event.get("line", ""))
         if found := _SUMMARY.search(text):
             step.upgraded, step.installed, step.removed = (int(found.group(i)) for i in (1, 2, 3))
-        if found := _NEED.search(text):
-            step.to_download = found.group(2) or found.group(1)
+        if found := _NEED.search(text):  # "Need to get 10.5 MB/179 MB of archives": 10.5 MB to fetch of 179
+            step.to_download, step.archives = found.group(1), found.group(2) or found.group(1)
         if found := _FETCHED.search(text):
             step.fetched = f"{found.group(1)} in {found.group(2)}"
     figures.steps = sorted(steps.values(), key=lambda s: int(s.key[8:-1]))
@@ -104,7 +105,7 @@ def render(figures: RunFigures) -> str:
         if s.upgraded or s.installed or s.removed:
             apt = f"  apt: {s.upgraded} upgraded, {s.installed} new, {s.removed} removed"
         if s.to_download:
-            apt += f"; archives {s.to_download}"
+            apt += f"; archives {s.archives}, to download {s.to_download}"
         if s.fetched:
             apt += f"; fetched {s.fetched}"
         lines.append(f"  {s.key:<12} {'' if s.seconds is None else f'{s.seconds:8.1f} s'}{apt}")

@@ -89,6 +89,10 @@ def run_playbook_step(ctx: "StepContext", key: str, step: "AnsibleStep", proxy: 
     playbook = playbook_of(ctx.plan, step)
 
     def run(_: dict[str, Any]) -> dict[str, Any]:
+        if proxy is not None and proxy.already_forwarded:
+            # the forward lives on upgrader's own connection to the twin: make sure that one is up
+            # (a reconnect asks for the forward again) before the playbook's apt needs it
+            ctx.ports.shells.connect("staging").boot_id()
         result = runner.run_playbook("staging", playbook, workdir=ctx.run_dir / WORKDIR,
                                      timeout=step.timeout.total_seconds(), proxy=proxy,
                                      on_output=ctx.output_sink(key))
