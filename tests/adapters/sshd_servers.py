@@ -5,12 +5,15 @@ target guest for RsyncSyncer on one machine. Started and ended by pid; needs roo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -135,3 +138,29 @@ class Server:
 def plan_for(prod: Server, staging: Server) -> SimpleNamespace:
     """What FabricShells reads from a plan."""
     return SimpleNamespace(ssh=SimpleNamespace(prod=prod.target(), staging=staging.target()), resolve_path=Path)
+
+
+@contextlib.contextmanager
+def http_stand_in(body: Callable[[str], str]) -> Iterator[int]:
+    """An HTTP server on the orchestrator's 127.0.0.1 standing in for a package proxy or mirror:
+    every GET is answered 200 with body(path). Yields its port; stopped on exit."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            data = body(self.path).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,12 +7,10 @@ OpenSSH's sshd and ansible-core (`pip install 'upgrader[ansible]'`)."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +20,7 @@ from upgrader.adapters.ansible_runner import AnsibleMissing, AnsibleRunner, find
 from upgrader.adapters.fabric_shell import HostKeyError
 from upgrader.plan import Plan, load_plan
 from upgrader.ports import HostRecap, PackageProxy, Playbook, PlaybookResult
-from tests.adapters.sshd_servers import Server, free_port, why_not
+from tests.adapters.sshd_servers import Server, free_port, http_stand_in, why_not
 
 PLAN = """\
 version: 1
@@ -187,29 +185,12 @@ def test_the_plans_proxy_command_is_the_path(tmp_path: Path, twin: Server) -> No
     assert seen.read_text().splitlines()[0] == f"127.0.0.1:{twin.port}"
 
 
-class _Mirror(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = f"mirror saw {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_the_package_proxy_is_forwarded_to_the_twin_and_named_in_an_extra_var(tmp_path: Path, twin: Server) -> None:
-    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mirror)
-    threading.Thread(target=mirror.serve_forever, daemon=True).start()
-    try:
+    with http_stand_in(lambda path: f"mirror saw {path}") as mirror:
         listen = free_port()  # nothing listens there but the forward over the playbook's SSH connection
         proxy = PackageProxy(twin_url=f"http://127.0.0.1:{listen}", listen_port=listen,
-                             host="127.0.0.1", port=mirror.server_address[1])
+                             host="127.0.0.1", port=mirror)
         result = run(plan_for(tmp_path, twin, FETCH), tmp_path, proxy=proxy, groups=("mailservers",))
-    finally:
-        mirror.shutdown()
-        mirror.server_close()
     assert result.ok, result.result.tail(40)
     assert (twin.home / "fetched").read_text() == "mirror saw /debian/dists"
 

@@ -7,7 +7,6 @@ ForwardRefused with its hint. Needs root (the servers' mount namespaces) and cur
 
 from __future__ import annotations
 
-import http.server
 import shutil
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.adapters.sshd_servers import Server, free_port, plan_for, why_not
+from tests.adapters.sshd_servers import Server, free_port, http_stand_in, plan_for, why_not
 from upgrader.adapters.fabric_shell import FabricShell, FabricShells
 from upgrader.errors import ForwardRefused
 from upgrader.ports import Command, RemoteForward, cmd
@@ -27,30 +26,11 @@ from upgrader.ports import Command, RemoteForward, cmd
 MARKER = "upgrader-package-proxy-marker"
 
 
-class _Proxy(http.server.BaseHTTPRequestHandler):
-    """Stands in for apt-cacher-ng: answers every request with the marker and the request line."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = f"{MARKER} {self.command} {self.path}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Stands in for apt-cacher-ng: answers every request with the marker and the request line."""
+    with http_stand_in(lambda path: f"{MARKER} GET {path}\n") as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -215,34 +215,15 @@ def test_twin_shell_reaches_the_package_proxy_through_its_forward(tmp_path: Path
                                                                    guests: tuple[Server, Server], client_key: Path) -> None:
     """plan `staging.packages`: `upgrader ssh --twin` adds `-R 127.0.0.1:P:HOST:PORT`; the twin's
     127.0.0.1:P reaches the proxy (here a tiny HTTP server of the test on this machine's loopback)."""
-    import http.server
-    import threading
+    from tests.adapters.sshd_servers import free_port, http_stand_in
 
-    from tests.adapters.sshd_servers import free_port
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            body = f"proxy saw {self.path}\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = free_port()
-    try:
+    with http_stand_in(lambda path: f"proxy saw {path}\n") as proxy_port:
+        port = free_port()
         with fake_world.change() as world:  # the run's upgrade opens the same forward on the (fake) twin
-            world["expected_forwards"] = [{"listen_port": port, "host": "127.0.0.1", "port": server.server_address[1]}]
+            world["expected_forwards"] = [{"listen_port": port, "host": "127.0.0.1", "port": proxy_port}]
         state = park(tmp_path, fake_world, guests, client_key,
-                     f"  packages: {{proxy: \"http://127.0.0.1:{server.server_address[1]}\", port: {port}}}\n")
+                     f"  packages: {{proxy: \"http://127.0.0.1:{proxy_port}\", port: {port}}}\n")
         done = upgrader(state, "--twin", "--", "curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{port}/marker")
         assert done.returncode == 0 and done.stdout == "proxy saw /marker\n", done.stderr
         done = upgrader(state, "--prod", "--", "curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}/marker")
         assert done.returncode != 0 and "proxy saw" not in done.stdout  # prod's path opens no forward
-    finally:
-        server.shutdown()
-        server.server_close()
