@@ -3,6 +3,7 @@
 #   bash tools/bootstrap.sh demo   install everything, then run the main job (the demo)
 #   bash tools/bootstrap.sh demo debian   the same on a real Debian 12 mailhost: a full 12 -> 13
 #                                          release upgrade on the twin (~25 min; docs/lab.md)
+#   bash tools/bootstrap.sh demo debian-ansible   the same upgrade by playbooks/debian13-ansible.yml
 #   bash tools/bootstrap.sh test   install everything, then run the whole test suite
 #   bash tools/bootstrap.sh setup  only install (apt packages, .venv, pip install -e .[test])
 # Safe to re-run: installed packages and an existing venv are reused.
@@ -75,12 +76,19 @@ demo() {
   upgrader --state-dir "$state" decommission mailhost --yes
 }
 
-demo_debian() {
+demo_debian() {  # [ansible]: the same upgrade by the Ansible plan (debian13-ansible.yml) pointed at the lab
   export PATH="$PWD/.venv/bin:$PATH"
   local state=state/demo-debian py="$PWD/.venv/bin/python" client=(ip netns exec upg-client "$PWD/.venv/bin/python")
+  local plan=debian13.yml
+  [[ ${1:-} != ansible ]] || state=state/demo-debian-ansible
   log "a fresh lab with the Debian 12 mailhost (systemd, Postfix, Dovecot IMAP)"
   upgrader lab down >/dev/null
   rm -rf "$state" "$state".*
+  if [[ ${1:-} == ansible ]]; then
+    log "debian13-ansible.yml pointed at the lab (source, ssh, staging, takeover as in debian13.yml)"
+    plan="$PWD/$state.plan.yml"
+    "$py" -m upgrader.lab.labplan playbooks/debian13-ansible.yml --like playbooks/debian13.yml --out "$plan"
+  fi
   upgrader lab up --guest debian
   log "100 mails into alice's mailbox over SMTP from the client namespace; INBOX as an IMAP client sees it"
   "${client[@]}" -m upgrader.lab.mailclient --count 100
@@ -90,9 +98,9 @@ demo_debian() {
   "${client[@]}" -m upgrader.lab.traffic --interval 0.5 --log "$PWD/$state.traffic.jsonl" --max-seconds 3600 \
     > "$state.traffic.json" &
   local traffic=$!
-  log "upgrader start mailhost --plan debian13.yml   (Debian 12 -> 13 on the twin, then cutover)"
+  log "upgrader start mailhost --plan $plan   (Debian 12 -> 13 on the twin, then cutover)"
   local rc=0 started=$SECONDS
-  upgrader --state-dir "$state" start mailhost --plan debian13.yml || rc=$?
+  upgrader --state-dir "$state" start mailhost --plan "$plan" || rc=$?
   kill -TERM "$traffic" && wait "$traffic" || true
   "$py" -m upgrader.lab.traffic --report "$state.traffic.json"
   ((rc == 0)) || return "$rc"
@@ -114,7 +122,13 @@ tests() {
 
 case "${1:-}" in
   setup) setup ;;
-  demo) setup; if [[ ${2:-} == debian ]]; then demo_debian; else demo; fi ;;
+  demo)
+    case "${2:-}" in
+      debian) setup; demo_debian ;;
+      debian-ansible) setup; demo_debian ansible ;;
+      "") setup; demo ;;
+      *) echo "usage: bash tools/bootstrap.sh demo [debian|debian-ansible]" >&2; exit 2 ;;
+    esac ;;
   test) shift; setup; tests "$@" ;;
-  *) echo "usage: bash tools/bootstrap.sh setup|demo [debian]|test [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/bootstrap.sh setup|demo [debian|debian-ansible]|test [pytest args]" >&2; exit 2 ;;
 esac

@@ -46,7 +46,7 @@ PART_OFFSET = PART_START_SECTOR * SECTOR
 # does not run, nothing handles the ACPI power button and libvirt's reboot/shutdown do nothing.
 PACKAGES = ("systemd-sysv", "dbus", "udev", "ifupdown", "iproute2", "openssh-server", "rsync", "postfix",
             "dovecot-imapd", "ssl-cert", "linux-image-amd64", "python3", "curl", "ca-certificates",
-            "less", "procps")
+            "less", "procps", "python3-apt")  # python3-apt: Ansible's apt module (debian13-ansible.yml)
 # installed afterwards in the chroot (debconf must be preseeded first)
 BOOT_PACKAGES = ("grub-pc",)
 PREFIX = "debian-"
