@@ -1,5 +1,6 @@
 """The rehearsal lab: `Lab(lab_dir).up()`, `.down()`, `.status()` and helpers that the product's
-end-to-end tests use (SSH to guests, commands in the client namespace, SMTP probes).
+end-to-end tests use: SSH to guests (lab_guests.py), commands in the client namespace, SMTP and
+IMAP probes, mailbox contents (lab_clients.py).
 
 `up()` is idempotent (reuses what is healthy); `down()` is idempotent and removes everything the
 lab created except the image cache (`purge=True` removes that too)."""
@@ -10,8 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,9 +21,11 @@ import libvirt
 from upgrader.lab import config as C
 from upgrader.lab import daemons, debian_guest, debian_image, image, netns, pkgproxy
 from upgrader.lab.domain import DomainInfo, GuestSpec, domain_xml, parse
-from upgrader.lab.errors import LabError, LabNotUp, LabTimeout
-from upgrader.lab.proc import CommandFailed, ExecResult, run
-from upgrader.lab.ssh import SSHTarget, proxy_command, run_on
+from upgrader.lab.errors import LabError, LabNotUp
+from upgrader.lab.lab_clients import LabClients
+from upgrader.lab.lab_guests import LabGuests
+from upgrader.lab.proc import run
+from upgrader.lab.ssh import SSHTarget, proxy_command
 
 Progress = Callable[[str], None]
 
@@ -35,7 +36,7 @@ def _quiet_libvirt() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-class Lab:
+class Lab(LabGuests, LabClients):
     def __init__(self, lab_dir: str | os.PathLike[str] | None = None, *,
                  progress: Progress | None = None) -> None:
         self.paths = C.LabPaths.resolve(lab_dir)
@@ -486,174 +487,6 @@ class Lab:
             "plan": self.plan_values(),
         }
 
-    # --- reaching guests ------------------------------------------------------------------
-
-    def ssh_target(self, segment: C.Segment | str) -> SSHTarget:
-        seg = C.Segment(str(segment))
-        return SSHTarget(segment=seg, host=C.SERVICE_IP, port=C.SSH_PORT, user=C.SSH_USER,
-                         key_path=self.paths.ssh_key, known_hosts=self.paths.known_hosts)
-
-    def target(self, name_or_segment: str | C.Segment) -> SSHTarget:
-        """SSH target for "prod"/"staging", or for a domain name (its segment = its bridge)."""
-        key = str(name_or_segment)
-        if key in {s.value for s in C.Segment}:
-            return self.ssh_target(key)
-        with self.libvirt_conn() as conn:
-            try:
-                info = parse(conn.lookupByName(key).XMLDesc())
-            except libvirt.libvirtError as exc:
-                raise LabError(f"no domain {key!r} in the lab",
-                               hint="`upgrader lab status` lists the guests") from exc
-        if info.segment is None:
-            raise LabError(f"domain {key!r} is on no lab bridge ({', '.join(info.bridges) or 'no NIC'})")
-        t = self.ssh_target(info.segment)
-        if info.ip and info.ip != t.host:
-            t = SSHTarget(t.segment, info.ip, t.port, t.user, t.key_path, t.known_hosts)
-        return t
-
-    def guest_exec(self, name_or_segment: str | C.Segment, cmd: str, *, timeout: float = 60.0,
-                   check: bool = True, input: str | None = None) -> ExecResult:
-        """Run a shell command on a guest over SSH (a fresh connection)."""
-        return run_on(self.target(name_or_segment), cmd, timeout=timeout, check=check, input=input)
-
-    def wait_ssh(self, name_or_segment: str | C.Segment, timeout: float = 120.0) -> str:
-        """Poll (inside the access namespace) until the guest's SSH banner shows. Returns it."""
-        t = self.target(name_or_segment)
-        ns = C.SEGMENTS[t.segment].access_ns
-        result = run(["ip", "netns", "exec", ns, sys.executable, "-m", "upgrader.lab.proxy", t.host,
-                      str(t.port), "--wait-banner", str(timeout)], check=False, timeout=timeout + 15)
-        if not result.ok:
-            raise LabTimeout(result.stderr.strip() or f"no SSH banner from {t.host}",
-                             hint=f"`upgrader lab console {name_or_segment}` shows the guest's console")
-        return result.stdout.strip()
-
-    def boot_id(self, name_or_segment: str | C.Segment, timeout: float = 30.0) -> str:
-        return self.guest_exec(name_or_segment, "cat /proc/sys/kernel/random/boot_id",
-                               timeout=timeout).stdout.strip()
-
-    def wait_boot(self, name_or_segment: str | C.Segment, old_boot_id: str | None,
-                  timeout: float = 120.0) -> str:
-        """Poll until the guest answers over SSH with a boot id different from old_boot_id.
-        While the old boot still answers, poll once a second; while SSH is down, wait for the
-        banner inside the access namespace (one process polling every 0.2 s)."""
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            left = deadline - time.monotonic()
-            try:
-                bid = self.boot_id(name_or_segment, timeout=max(5.0, min(20.0, left)))
-            except LabError as exc:
-                last = exc
-                with contextlib.suppress(LabError):
-                    self.wait_ssh(name_or_segment, timeout=max(1.0, deadline - time.monotonic()))
-                continue
-            if bid and bid != old_boot_id:
-                return bid
-            time.sleep(1.0)  # the old boot still answers: it has not gone down yet
-        raise LabTimeout(f"{name_or_segment} did not come back with a new boot id within {timeout:.0f} s"
-                         + (f" (last: {last})" if last else ""))
-
-    def reboot(self, name: str = C.MAILHOST, *, via: str = "libvirt", timeout: float = 120.0) -> str:
-        """Reboot a guest (via libvirt's ACPI reboot, or `reboot` over SSH); returns the new boot id."""
-        old = self.boot_id(name)
-        if via == "libvirt":
-            with self.libvirt_conn() as conn:
-                conn.lookupByName(name).reboot(0)
-        elif via == "ssh":
-            with contextlib.suppress(LabError):
-                self.guest_exec(name, "reboot", timeout=15, check=False)
-        else:
-            raise ValueError(via)
-        return self.wait_boot(name, old, timeout=timeout)
-
-    def set_faults(self, name_or_segment: str | C.Segment, faults: Iterable[str | C.Fault]) -> None:
-        """Set /etc/labos-faults on a guest to exactly these faults."""
-        wanted = C.parse_faults(faults)
-        content = "".join(f"{f}\n" for f in wanted)
-        C.check_faults_for(self.guest_kind, wanted)
-        apply = " && /usr/local/sbin/lab-faults" if self.guest_kind is C.GuestKind.DEBIAN else ""
-        self.guest_exec(name_or_segment,
-                        f"cat > {C.FAULTS_FILE}.new && mv {C.FAULTS_FILE}.new {C.FAULTS_FILE}{apply} && sync",
-                        input=content)
-
-    # --- the client namespace ------------------------------------------------------------
-
-    def client_exec(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 120.0,
-                    check: bool = True) -> ExecResult:
-        """Run argv inside the client namespace (upg-client, 192.0.2.100 on the prod segment)."""
-        if not netns.ns_exists(C.NS_CLIENT):
-            raise LabNotUp(f"namespace {C.NS_CLIENT} does not exist")
-        return run(["ip", "netns", "exec", C.NS_CLIENT, *argv], input=input, timeout=timeout, check=check)
-
-    def client_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        """Start argv in the client namespace without waiting (e.g. traffic during a cutover)."""
-        return subprocess.Popen(["ip", "netns", "exec", C.NS_CLIENT, *argv], **kwargs)
-
-    def mailclient_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "upgrader.lab.mailclient", *args]
-
-    def send_mails(self, count: int, *, to: str = "alice@mailhost", tag: str = "probe",
-                   each: bool = False, host: str = C.SERVICE_IP, timeout: float = 300.0) -> dict[str, Any]:
-        """Send count mails from the client namespace with smtplib; returns the JSON summary
-        (sent, failed, errors, seconds)."""
-        args = ["--host", host, "--count", str(count), "--to", to, "--tag", tag]
-        if each:
-            args.append("--each")
-        result = self.client_exec(self.mailclient_argv(*args), timeout=timeout, check=False)
-        try:
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError) as exc:
-            raise CommandFailed(result) from exc
-
-    def smtp_probe(self, host: str = C.SERVICE_IP, timeout: float = 15.0) -> dict[str, Any]:
-        """Banner + EHLO + QUIT from the client namespace: {"ok": bool, "banner"|"error": ...}."""
-        result = self.client_exec(self.mailclient_argv("--probe", "--host", host, "--timeout", str(timeout)),
-                                  timeout=timeout + 30, check=False)
-        try:
-            return json.loads(result.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError) as exc:
-            raise CommandFailed(result) from exc
-
-    def imap_check(self, host: str = C.SERVICE_IP, *, ids: bool = False, timeout: float = 15.0) -> dict[str, Any]:
-        """IMAP STARTTLS login as alice from the client namespace (Debian guest):
-        {"ok", "uidvalidity", "messages"[, "message_ids"]} or {"ok": false, "error"}."""
-        argv = [sys.executable, "-m", "upgrader.lab.imapcheck", "--host", host, "--timeout", str(timeout)]
-        result = self.client_exec(argv, timeout=timeout + 60, check=False)
-        try:
-            view: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError) as exc:
-            raise CommandFailed(result) from exc
-        if not ids:
-            view.pop("message_ids", None)
-        return view
-
-    def message_ids(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> set[str]:
-        """The Message-IDs of every message in alice's mailbox on a guest (LabOS: the Maildir
-        /var/mail/<mailbox>; Debian: the mbox /var/mail/<mailbox>)."""
-        if self.guest_kind is C.GuestKind.DEBIAN:
-            out = self.guest_exec(name_or_segment, debian_guest.message_ids_cmd(mailbox), timeout=120).stdout
-            return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
-        out = self.guest_exec(
-            name_or_segment,
-            f"cat /var/mail/{mailbox}/new/* /var/mail/{mailbox}/cur/* 2>/dev/null | grep -i '^message-id:' || true",
-            timeout=120,
-        ).stdout
-        return {line.split(":", 1)[1].strip() for line in out.splitlines() if ":" in line}
-
-    def seed_mails(self, count: int, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice",
-                   tag: str = "seed") -> None:
-        """Write `count` messages straight into a guest's mailbox (a spool that was there before)."""
-        if self.guest_kind is C.GuestKind.DEBIAN:
-            self.guest_exec(name_or_segment, debian_guest.seed_cmd(count, mailbox, tag), timeout=300)
-            return
-        self.guest_exec(
-            name_or_segment,
-            f"d=/var/mail/{mailbox}/new; mkdir -p $d; i=1; while [ $i -le {int(count)} ]; do "
-            f"printf 'Message-ID: <{tag}-%d@lab>\\nSubject: {tag} %d\\n\\n%0512d\\n' $i $i $i > $d/{tag}.$i; "
-            "i=$((i + 1)); done",
-            timeout=300,
-        )
-
     def pristine(self, faults: Iterable[str | C.Fault] = ()) -> str:
         """A fresh release-1 mailhost (with these lab faults) and nothing else: twins and
         overlays of earlier runs gone. Returns mailhost's boot id."""
@@ -668,15 +501,6 @@ class Lab:
     def image_names(self) -> set[str]:
         return {p.name for p in self.paths.images.glob("*.qcow2")}
 
-    def count_mails(self, name_or_segment: str | C.Segment = C.Segment.PROD, mailbox: str = "alice") -> int:
-        """Messages in alice's mailbox on a guest (see message_ids)."""
-        if self.guest_kind is C.GuestKind.DEBIAN:
-            return int(self.guest_exec(name_or_segment, debian_guest.count_cmd(mailbox)).stdout.strip() or 0)
-        out = self.guest_exec(
-            name_or_segment,
-            f"ls /var/mail/{mailbox}/new /var/mail/{mailbox}/cur 2>/dev/null | grep -c '^[0-9]' || true",
-        ).stdout.strip()
-        return int(out or 0)
 
 
 def _rm(path: Path) -> None:
