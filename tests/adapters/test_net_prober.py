@@ -3,6 +3,7 @@ banner, say goodbye in the protocol's own words and match the banner."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -143,3 +144,20 @@ def test_the_fast_wait_gives_up_at_the_probe_timeout() -> None:
     finally:
         server.close()
     assert 0.4 <= took < 1.5, took
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox nc is the lab's ProxyCommand")
+def test_the_fast_wait_through_a_proxy_starts_a_fresh_proxy_each_try() -> None:
+    """The lab reaches prod through `busybox nc %h %p`: a refused try ends that nc; the next try
+    is a new one, and the greeting of a port that opened late is seen soon after it opened."""
+    port, opened, thread, server = _opens_late(0.3, b"220 mailhost ESMTP\r\n")
+    prober = NetProber.__new__(NetProber)
+    prober.targets = {"prod": SimpleNamespace(host="127.0.0.1", proxy_command=f"{shutil.which('busybox')} nc %h %p")}  # type: ignore[dict-item]
+    try:
+        seen = prober.wait_answers("prod", Probe(kind="smtp", port=port, timeout=10))
+        noticed = time.monotonic()
+    finally:
+        thread.join(5)
+        server.close()
+    assert seen == "220 mailhost ESMTP"
+    assert noticed - opened[0] < 0.3, f"seen {noticed - opened[0]:.3f} s after the port opened"
