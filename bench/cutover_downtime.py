@@ -6,11 +6,16 @@
 Per run: a pristine mailhost; `--spool` messages written into its Maildir; `upgrader start` with a
 window far ahead, so the run parks after pre-sync (the spool is on the twin); `--new` messages
 delivered over SMTP (what arrived since the last pre-sync pass); then the client namespace starts
-probing the service address (TCP connect at 20 Hz and an SMTP delivery every 50 ms) and
+probing the service address (TCP connect at 20 Hz and an SMTP delivery every 50 ms, one after the
+other) and the realistic sender runs beside them (a delivery every 200 ms, each on its own
+connection and thread, 30 s connect timeout: upgrader/lab/sender.py), and
 `upgrader resume --now --yes` pre-syncs again and cuts over. Reported: the orchestrator's forecast
-(last pre-sync pass + quiesce + takeover + service start, upgrader/forecast.py) and its observed downtime (quiesce -> the service answers), the final sync, the client's
-longest TCP outage and refused SMTP deliveries, and messages lost (accepted but not on the new
-prod: seeded + new + those accepted during the cutover). Needs root; brings the lab up.
+(last pre-sync pass + quiesce + takeover + service start, upgrader/forecast.py) and its observed
+downtime (quiesce -> the service answers) with its parts from the run's journal (quiesce, final
+sync, takeover, claim_address, resume, service back: upgrader/lab/window_parts.py), the client's
+longest TCP outage and refused SMTP deliveries, the sender's refused and failed deliveries and its
+longest delay of one delivery, and messages lost (accepted but not on the new prod: seeded + new +
+those accepted during the cutover, the sender's included). Needs root; brings the lab up.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from labrun import lab_session, machine, plan_file, status, upgrader  # noqa: I001
 
 from upgrader.lab import Lab
+from upgrader.lab.window_parts import journal_window_parts
 from upgrader.step_keys import presync_passes
 
 
@@ -40,7 +46,8 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
     if done.returncode != 0 or status(state)["phase"] != "await_window":
         raise SystemExit(f"{strategy}: the run did not park before the window")
     sent = lab.send_mails(new, tag="new")
-    traffic = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(work / f"traffic-{strategy}.jsonl")],
+    traffic = lab.client_popen([sys.executable, "-m", "upgrader.lab.traffic", "--log", str(work / f"traffic-{strategy}.jsonl"),
+                                "--sender-interval", "0.2", "--sender-connect-timeout", "30"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(2)  # the probes are running before the cutover begins
     started = time.monotonic()
@@ -48,7 +55,7 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
     took = time.monotonic() - started
     time.sleep(2)
     traffic.send_signal(signal.SIGTERM)
-    out, _ = traffic.communicate(timeout=60)
+    out, _ = traffic.communicate(timeout=90)  # the sender's deliveries in flight end within their 30 s timeout
     seen = json.loads(out.decode().strip().splitlines()[-1])
     if done.returncode != 0:
         raise SystemExit(f"{strategy}: cutover failed:\n{done.stdout[-3000:]}")
@@ -59,6 +66,7 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
     final = outputs["cutover.final_sync"]
     passes = [v for _, v in presync_passes(outputs)]
     forecast = outputs["await_window"]["forecast"]  # the forecast the fit was decided with, after the fresh pre-sync
+    [journal] = state.glob("mailhost/*/journal.jsonl")
     return {
         "strategy": strategy,
         "spool": spool,
@@ -69,10 +77,15 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
         "final_sync_s": final["seconds"],
         "final_sync_files": final["files"],
         "observed_s": outputs["cutover.service_back"]["downtime"],
+        "window_parts_s": journal_window_parts(journal),
         "client_tcp_longest_s": seen["longest_outage"],
         "client_tcp_outages": seen["outages"],
-        "smtp_accepted": len(seen["accepted"]),
+        "smtp_accepted": len(seen["accepted"]) - seen["sender_accepted"],
         "smtp_refused": seen["failed"],
+        "sender_deliveries": seen["sender_deliveries"],
+        "sender_refused": seen["sender_refused"],
+        "sender_failed": seen["sender_failed"] + seen["sender_unfinished"],
+        "longest_delivery_delay_s": seen["longest_delivery_delay"],
         "lost": len(expected - on_prod),
         "resume_wall_s": round(took, 1),
     }
@@ -95,13 +108,15 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\nmachine: {machine()}")
-    print("| takeover | spool | new since pre-sync | forecast | observed (quiesce → service) | final sync | "
-          "client: longest TCP outage | SMTP accepted / refused | lost |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| takeover | spool | new since pre-sync | forecast | observed (quiesce → service) | window parts | final sync | "
+          "client: longest TCP outage | SMTP accepted / refused | sender: refused / failed of | longest delivery delay | lost |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        parts = " + ".join(f"{k} {v:.2f}" for k, v in r["window_parts_s"].items() if k not in ("total", "held"))
         print(f"| {r['strategy']} | {r['spool']} | {r['new_since_presync']} | {r['forecast_s']:.2f} s | {r['observed_s']:.2f} s | "
-              f"{r['final_sync_s']:.2f} s, {r['final_sync_files']} files | {r['client_tcp_longest_s']:.2f} s | "
-              f"{r['smtp_accepted']} / {r['smtp_refused']} | {r['lost']} |")
+              f"{parts} | {r['final_sync_s']:.2f} s, {r['final_sync_files']} files | {r['client_tcp_longest_s']:.2f} s | "
+              f"{r['smtp_accepted']} / {r['smtp_refused']} | {r['sender_refused']} / {r['sender_failed']} of {r['sender_deliveries']} | "
+              f"{r['longest_delivery_delay_s']:.2f} s | {r['lost']} |")
     return 0
 
 

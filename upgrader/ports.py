@@ -443,3 +443,8 @@ class Prober(Protocol):
         """Run `probe` against the guest in `role` ("prod": from the client side of the
         production segment; "staging": through the isolated staging path). Returns what was
         seen (banner, status line); raises CheckFailed."""
+
+    def wait_answers(self, role: str, probe: Probe, *, interval: float = 0.05, connect_timeout: float = 0.2) -> str:
+        """Like `probe`, for waiting on a service that is about to come back: an attempt every
+        `interval` seconds, each on a fresh connection (or proxy process) whose connect may take
+        at most `connect_timeout`, until one passes or `probe.timeout` has run out (CheckFailed)."""

@@ -3,6 +3,7 @@ banner, say goodbye in the protocol's own words and match the banner."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -84,3 +85,79 @@ def test_smtp_banner_and_quit(greeter: tuple[int, list[bytes], list[bytes]]) -> 
     seen = _prober().probe("prod", Probe(kind="smtp", port=port, expect="ESMTP Postfix", timeout=5))
     assert seen == "220 mailhost ESMTP Postfix (Debian/GNU)"
     assert _heard(heard) == [b"QUIT\r\n"]
+
+
+def _opens_late(delay: float, greeting: bytes | None) -> tuple[int, list[float], threading.Thread, socket.socket]:
+    """A loopback port that refuses (bound, not listening) until `delay` s have passed, then
+    accepts (and greets with `greeting`); opened[0] = time.monotonic() when it started listening."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    opened: list[float] = []
+
+    def serve() -> None:
+        time.sleep(delay)
+        server.listen()
+        opened.append(time.monotonic())
+        server.settimeout(5)
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            if greeting:
+                conn.sendall(greeting)
+                conn.settimeout(2)
+                try:
+                    conn.recv(100)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server.getsockname()[1], opened, thread, server
+
+
+@pytest.mark.parametrize(("kind", "greeting"), [("smtp", b"220 mailhost ESMTP\r\n"), ("tcp", None)])
+def test_the_fast_wait_sees_a_port_that_opens_late_at_once(kind: str, greeting: bytes | None) -> None:
+    """cutover.service_back's wait: a port that starts listening 0.3 s in is seen well within one
+    tenth of the old 1 s retry spacing (generous bound for a loaded machine)."""
+    port, opened, thread, server = _opens_late(0.3, greeting)
+    try:
+        seen = _prober().wait_answers("prod", Probe(kind=kind, port=port, timeout=10))
+        noticed = time.monotonic()
+    finally:
+        thread.join(5)
+        server.close()
+    assert seen == ("220 mailhost ESMTP" if greeting else "open")
+    assert opened, "the listener never opened"
+    assert noticed - opened[0] < 0.3, f"seen {noticed - opened[0]:.3f} s after the port opened"
+
+
+def test_the_fast_wait_gives_up_at_the_probe_timeout() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    try:
+        started = time.monotonic()
+        with pytest.raises(CheckFailed, match="refused"):
+            _prober().wait_answers("prod", Probe(kind="smtp", port=server.getsockname()[1], timeout=0.5))
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert 0.4 <= took < 1.5, took
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox nc is the lab's ProxyCommand")
+def test_the_fast_wait_through_a_proxy_starts_a_fresh_proxy_each_try() -> None:
+    """The lab reaches prod through `busybox nc %h %p`: a refused try ends that nc; the next try
+    is a new one, and the greeting of a port that opened late is seen soon after it opened."""
+    port, opened, thread, server = _opens_late(0.3, b"220 mailhost ESMTP\r\n")
+    prober = NetProber.__new__(NetProber)
+    prober.targets = {"prod": SimpleNamespace(host="127.0.0.1", proxy_command=f"{shutil.which('busybox')} nc %h %p")}  # type: ignore[dict-item]
+    try:
+        seen = prober.wait_answers("prod", Probe(kind="smtp", port=port, timeout=10))
+        noticed = time.monotonic()
+    finally:
+        thread.join(5)
+        server.close()
+    assert seen == "220 mailhost ESMTP"
+    assert noticed - opened[0] < 0.3, f"seen {noticed - opened[0]:.3f} s after the port opened"

@@ -171,3 +171,15 @@ def test_abort_request_stops_a_running_upgrade(tmp_path: Path, fake_world: World
     ran = [e["cmd"] for e in effects(fake_world, "run")]
     assert ran.count("labos-update install") == 1  # upgrade[3] never ran
     assert not any(isinstance(e, StepInDoubt) for e in events)
+
+
+def test_service_back_uses_the_fast_wait(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """After the takeover the orchestrator waits for prod's service with short, frequent attempts
+    (not the checks' 1 s retry), and the downtime still runs from the quiesce's begin; the
+    rehearsal on the twin times the service start with the same wait."""
+    record = app.start(context(tmp_path), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.COMPLETED
+    waits = effects(fake_world, "wait_answers")
+    assert [(w["role"], w["interval"], w["connect_timeout"]) for w in waits] == [("staging", 0.05, 0.2), ("prod", 0.05, 0.2)]
+    back = record.output("cutover.service_back")
+    assert back["downtime"] is not None and back["downtime"] >= 0

@@ -4,9 +4,12 @@
 
 Until SIGTERM/SIGINT it (a) delivers one mail per SMTP connection every --interval seconds (a
 unique Message-ID each, logged when the server accepted it) and (b) opens a TCP connection to the
-port every --tcp-interval seconds (20 Hz by default), logging up/down transitions. On exit it
-prints a JSON summary: accepted Message-IDs, failed attempts, and the longest TCP outage —
-the client-observed downtime.
+port every --tcp-interval seconds (20 Hz by default), logging up/down transitions. With
+--sender-interval it also runs the realistic sender (upgrader.lab.sender: a delivery every
+--sender-interval seconds, each on its own connection and thread, --sender-connect-timeout). On
+exit it prints a JSON summary: accepted Message-IDs (the sender's too), failed attempts of the
+mail loop, the longest TCP outage — the client-observed downtime — and, with the sender, its
+`sender_*` counts and `longest_delivery_delay`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from upgrader.lab import config as C
+from upgrader.lab.sender import Sender
 
 
 class Traffic:
@@ -34,6 +38,11 @@ class Traffic:
         self.outages: list[tuple[float, float]] = []
         self.log = open(log, "a", encoding="utf-8") if log else None  # noqa: SIM115
         self.lock = threading.Lock()
+        self.sender: Sender | None = None
+
+    def add_sender(self, interval: float, connect_timeout: float) -> Sender:
+        self.sender = Sender(self.host, self.port, self.to, interval=interval, connect_timeout=connect_timeout, write=self._write)
+        return self.sender
 
     def _write(self, **entry: Any) -> None:
         if self.log is not None:
@@ -85,9 +94,14 @@ class Traffic:
 
     def summary(self) -> dict[str, Any]:
         longest = max((b - a for a, b in self.outages), default=0.0)
-        return {"accepted": self.accepted, "failed": self.failed, "errors": self.errors,
-                "outages": len(self.outages), "longest_outage": round(longest, 3),
-                "total_outage": round(sum(b - a for a, b in self.outages), 3)}
+        out: dict[str, Any] = {"accepted": list(self.accepted), "failed": self.failed, "errors": self.errors,
+                               "outages": len(self.outages), "longest_outage": round(longest, 3),
+                               "total_outage": round(sum(b - a for a, b in self.outages), 3)}
+        if self.sender is not None:  # its accepted mails join `accepted`, so the lost-mail check covers them
+            sent = self.sender.summary()
+            out["accepted"] += sent.pop("sender_accepted_ids")
+            out.update(sent)
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.05, help="seconds between mails (default 0.05)")
     p.add_argument("--tcp-interval", type=float, default=0.05, help="seconds between TCP probes (default 0.05 = 20 Hz)")
     p.add_argument("--to", default="alice@mailhost")
+    p.add_argument("--sender-interval", type=float, metavar="SECONDS",
+                   help="also run the realistic sender: a delivery every SECONDS, each on its own connection (e.g. 0.2)")
+    p.add_argument("--sender-connect-timeout", type=float, default=30.0, help="the sender's connect timeout (default 30 s)")
     p.add_argument("--log", help="JSON lines of every event")
     p.add_argument("--max-seconds", type=float, default=3600.0, help="stop by itself after this long")
     p.add_argument("--report", metavar="SUMMARY_JSON", help="print a one-line report of a saved summary and exit")
@@ -106,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             s = json.load(handle)
         print(f"client: {len(s['accepted'])} mails accepted, {s['failed']} refused; "
               f"TCP at 20 Hz: {s['outages']} outage(s), longest {s['longest_outage']} s")
+        if "sender_deliveries" in s:
+            print(f"sender: {s['sender_accepted']} accepted, {s['sender_refused']} refused, {s['sender_failed']} failed "
+                  f"of {s['sender_deliveries']}; longest delivery delay {s['longest_delivery_delay']} s")
         return 0
     traffic = Traffic(args.host, args.port, args.interval, args.tcp_interval, args.to, args.log)
     signal.signal(signal.SIGTERM, lambda *_: traffic.stop.set())
     signal.signal(signal.SIGINT, lambda *_: traffic.stop.set())
     threads = [threading.Thread(target=traffic.mail_loop), threading.Thread(target=traffic.tcp_loop)]
+    if args.sender_interval:
+        threads.append(threading.Thread(target=traffic.add_sender(args.sender_interval, args.sender_connect_timeout).run,
+                                        args=(traffic.stop,)))
     for t in threads:
         t.start()
     traffic.stop.wait(args.max_seconds)

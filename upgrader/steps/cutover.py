@@ -66,7 +66,7 @@ def service_back(ctx: StepContext) -> dict[str, Any]:
     if found is None:
         return {"downtime": None, "note": "no network check in the plan to measure with"}
     kind, port = found
-    ctx.ports.prober.probe("prod", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
+    ctx.ports.prober.wait_answers("prod", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
     quiesced = ctx.journal.begun.get("cutover.quiesce", {}).get("ts")
     if not quiesced:
         return {"downtime": None}

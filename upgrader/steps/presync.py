@@ -71,7 +71,8 @@ def rehearse(ctx: StepContext) -> None:
         found = service_port(plan)
         if found is not None:
             kind, port = found
-            ctx.ports.prober.probe("staging", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
+            # the same wait as cutover.service_back, so the forecast's part measures what the window will
+            ctx.ports.prober.wait_answers("staging", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
         return {"commands": len(plan.sync.resume), "seconds": round(time.monotonic() - began, 3),
                 "waited_for_port": found[1] if found else None}
 

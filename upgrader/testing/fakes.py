@@ -550,6 +550,15 @@ class FakeProber:
             raise CheckFailed(f"fake: banner {seen!r} does not match /{probe.expect}/")
         return seen
 
+    def wait_answers(self, role: str, probe: Probe, *, interval: float = 0.05, connect_timeout: float = 0.2) -> str:
+        """The world does not change while a fake waits: one look, journaled as effect `wait_answers`
+        (so a test sees which wait a step used). Unusable timings are a caller bug: they raise."""
+        if not (0 < interval <= 1 and 0 < connect_timeout <= probe.timeout):
+            raise ValueError(f"fake: wait_answers(interval={interval}, connect_timeout={connect_timeout}) for a {probe.timeout} s probe")
+        with self.world.change() as world:
+            effect(world, "wait_answers", role=role, kind=probe.kind, port=probe.port, interval=interval, connect_timeout=connect_timeout)
+        return self.probe(role, probe)
+
 
 def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
     path = Path(plan.source.libvirt_uri.removeprefix("fake://"))
