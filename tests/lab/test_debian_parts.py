@@ -170,6 +170,7 @@ def _guest_tree(tmp_path: Path, faults: str) -> Path:
         "mail_location = mbox:~/mail:INBOX=/var/mail/%u\nmail_privileged_group = mail\n")
     (root / "etc/postfix/main.cf").write_text("myhostname = mailhost\n")
     (root / "etc/labos-faults").write_text(faults)
+    (root / "etc/debian_version").write_text("12.13\n")
     return root
 
 
@@ -190,6 +191,16 @@ def test_dovecot_conf_edited_edits_the_conffiles_in_place_once(tmp_path: Path) -
     assert auth == "# Disable LOGIN command\ndisable_plaintext_auth = no\n"
     assert mail.splitlines()[0] == "mail_location = mbox:~/mail:INBOX=/var/mail/%u:LAYOUT=fs"
     assert not (root / "etc/apt/apt.conf.d/99lab-break-postfix").exists()
+
+
+def test_dovecot_conf_edited_is_not_applied_again_after_the_upgrade(tmp_path: Path) -> None:
+    # the twin boots Debian 13 with the fault still listed: the operator's repaired 2.4 config stays
+    root = _guest_tree(tmp_path, "dovecot-conf-edited\n")
+    (root / "etc/debian_version").write_text("13.8\n")
+    repaired = "auth_allow_cleartext = yes\n"
+    (root / "etc/dovecot/conf.d/10-auth.conf").write_text(repaired)
+    _lab_faults(root)
+    assert (root / "etc/dovecot/conf.d/10-auth.conf").read_text() == repaired
 
 
 def test_postfix_broken_hook_breaks_main_cf_only_on_13(tmp_path: Path) -> None:
