@@ -161,3 +161,43 @@ def test_the_fast_wait_through_a_proxy_starts_a_fresh_proxy_each_try() -> None:
         server.close()
     assert seen == "220 mailhost ESMTP"
     assert noticed - opened[0] < 0.3, f"seen {noticed - opened[0]:.3f} s after the port opened"
+
+
+def test_the_fast_wait_doubles_its_connect_wait_on_silence_and_shortens_it_on_a_refusal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a far orchestrator (a connect slower than 0.2 s) must not fail every try until the timeout
+    # and roll back a good cutover: silence doubles the wait; a refusal brings it back to 0.2 s
+    import upgrader.adapters.net_prober as net_prober
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    real = socket.create_connection
+    waits: list[float] = []
+    script = ["silent", "silent", "refused", "silent", "real"]
+
+    def connect(address: tuple[str, int], timeout: float) -> socket.socket:
+        waits.append(timeout)
+        what = script.pop(0)
+        if what == "silent":
+            raise TimeoutError("timed out")
+        if what == "refused":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return real(address, timeout=timeout)
+
+    def greet() -> None:
+        conn, _ = server.accept()
+        conn.sendall(b"220 far ESMTP\r\n")
+        conn.recv(64)
+        conn.sendall(b"221 bye\r\n")
+        conn.close()
+
+    threading.Thread(target=greet, daemon=True).start()
+    monkeypatch.setattr(net_prober.socket, "create_connection", connect)
+    try:
+        seen = _prober().wait_answers("prod", Probe(kind="smtp", port=port, timeout=10))
+    finally:
+        server.close()
+    assert "ESMTP" in seen
+    assert waits == [0.2, 0.4, 0.8, 0.2, 0.4]

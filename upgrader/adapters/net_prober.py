@@ -40,6 +40,8 @@ class _Pipe:
             try:
                 self.sock = socket.create_connection((host, port), timeout=self.connect_timeout)
                 self.sock.settimeout(timeout)
+            except TimeoutError as exc:  # no answer yet: a far or slow path, or a SYN lost in a move
+                raise _Silent(f"{host}:{port}: no answer to the connect within {self.connect_timeout:.1f} s") from exc
             except OSError as exc:
                 raise CheckFailed(f"{host}:{port}: {exc}") from exc
 
@@ -118,14 +120,18 @@ class NetProber:
         where = f"{probe.kind} {host}:{probe.port} ({role})"
         deadline = time.monotonic() + probe.timeout
         last = "no attempt"
+        base = connect_timeout
         while True:  # a service may still be starting: retry within the check's timeout
             started = time.monotonic()
             try:
                 return self._once(probe, host, target.proxy_command, connect_timeout)
             except CheckFailed as exc:
                 last = exc.message
-                if isinstance(exc, _Silent) and connect_timeout is not None:  # a proxy connected to a slow greeter, or not yet
-                    connect_timeout = min(connect_timeout * 2, 10.0)
+                if base is not None:
+                    # silence (a connect or a proxy's first line not answered in time: a far path, a
+                    # slow greeter) doubles the next try's wait, up to 10 s; a clear refusal means
+                    # the path answers quickly: back to the short wait
+                    connect_timeout = min(connect_timeout * 2, 10.0) if isinstance(exc, _Silent) else base
             pause = max(0.0, interval - (time.monotonic() - started))
             if time.monotonic() + pause > deadline:
                 raise CheckFailed(f"{where}: {last}")
