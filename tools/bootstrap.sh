@@ -2,7 +2,7 @@
 # One entry point for a fresh Debian 12 machine (as root):
 #   bash tools/bootstrap.sh demo   install everything, then run the main job (the demo)
 #   bash tools/bootstrap.sh demo debian   the same on a real Debian 12 mailhost: a full 12 -> 13
-#                                          release upgrade on the twin (~25 min; docs/lab.md)
+#                                          release upgrade on the twin (~45 min; docs/lab.md)
 #   bash tools/bootstrap.sh demo debian-ansible   the same upgrade by playbooks/debian13-ansible.yml
 #   bash tools/bootstrap.sh test   install everything, then run the whole test suite
 #   bash tools/bootstrap.sh setup  only install (apt packages, .venv, pip install -e .[test])
