@@ -163,3 +163,37 @@ def test_a_server_that_never_greets_is_a_failed_delivery_after_the_timeout() -> 
     assert delivery.outcome == "failed" and "timed out" in delivery.error
     assert delivery.delay is not None and delivery.delay >= 0.3
     assert sender.summary()["sender_failed"] == 1
+
+
+def test_a_mail_accepted_at_data_counts_as_accepted_whatever_quit_gets() -> None:
+    # a server that accepts the mail and then answers QUIT with an error (or hangs up): the mail
+    # was delivered, so it is accepted (and in the lost-mail check), not "refused"
+    listener = socket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 mx ESMTP\r\n")
+        while line := f.readline():
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                conn.sendall(b"354 go on\r\n")
+                while f.readline() not in (b".\r\n", b""):
+                    pass
+                conn.sendall(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"554 not today\r\n")
+                break
+            else:
+                conn.sendall(b"250 ok\r\n")
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        delivery = Sender(LOOPBACK, port, "alice@mx", connect_timeout=5).deliver(1)
+    finally:
+        listener.close()
+    assert delivery.outcome == "accepted", delivery.error

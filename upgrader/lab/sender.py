@@ -13,6 +13,7 @@ The delay of a delivery is completion - first attempt; the summary has the longe
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import threading
 import time
@@ -74,8 +75,12 @@ class Sender:
         with self.lock:
             self.deliveries.append(delivery)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.connect_timeout) as smtp:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.connect_timeout)
+            try:
                 refused = smtp.send_message(msg)
+            finally:  # the mail was accepted (or not) by DATA's reply: QUIT's answer changes nothing
+                with contextlib.suppress(OSError, smtplib.SMTPException):
+                    smtp.quit()
             if refused:  # some recipients refused: not delivered to them
                 raise smtplib.SMTPRecipientsRefused(refused)
             outcome, error = ACCEPTED, ""
