@@ -140,6 +140,34 @@ def test_a_port_nobody_listens_on_counts_as_refused() -> None:
     assert s["longest_delivery_delay"] < 1.0
 
 
+def test_a_refusal_that_took_long_is_not_a_delivery_delay() -> None:
+    """A mail refused after 0.6 s was never delivered: it must not show up as the longest delay."""
+    door = socket.socket()
+    door.bind((LOOPBACK, 0))
+    door.listen(1)
+
+    def refuse_late() -> None:
+        door.settimeout(5)
+        client, _ = door.accept()
+        time.sleep(0.6)
+        client.sendall(b"554 5.3.2 not now\r\n")
+        time.sleep(0.2)
+        client.close()
+
+    thread = threading.Thread(target=refuse_late, daemon=True)
+    thread.start()
+    try:
+        sender = Sender(LOOPBACK, door.getsockname()[1], "alice@mx.test", connect_timeout=5)
+        delivery = sender.deliver(1)
+    finally:
+        thread.join(5)
+        door.close()
+    assert delivery.outcome == "refused", delivery.error
+    s = sender.summary()
+    assert s["longest_delivery_delay"] == 0.0
+    assert s["longest_unaccepted_s"] >= 0.6
+
+
 def test_the_traffic_summary_keeps_its_keys_and_adds_the_senders_accepted_mails(smtp: tuple[Server, int]) -> None:
     _, port = smtp
     traffic = Traffic(LOOPBACK, port, 0.05, 0.05, "alice@mx.test", None)

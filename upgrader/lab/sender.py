@@ -8,7 +8,8 @@ Per delivery it records the first attempt and the completion (time.monotonic) an
 - refused: the server said no (an SMTP 4xx/5xx reply) or refused the connection (ECONNREFUSED)
   — a real MTA queues such a mail and retries it minutes later;
 - failed: anything else (a timeout, a reset, a dropped session).
-The delay of a delivery is completion - first attempt; the summary has the longest.
+The delay of a delivery is completion - first attempt; the summary has the longest of the accepted
+ones (`longest_delivery_delay`) and, apart, the longest a refused or failed one took.
 """
 
 from __future__ import annotations
@@ -102,5 +103,7 @@ class Sender:
                     "sender_refused": count[REFUSED], "sender_failed": count[FAILED],
                     "sender_unfinished": len(self.deliveries) - len(done),
                     "sender_accepted_ids": [d.msg_id for d in done if d.outcome == ACCEPTED],
-                    "longest_delivery_delay": round(max((d.delay or 0.0 for d in done), default=0.0), 3),
+                    # over accepted mails only: a refused or timed-out one was never delivered
+                    "longest_delivery_delay": round(max((d.delay or 0.0 for d in done if d.outcome == ACCEPTED), default=0.0), 3),
+                    "longest_unaccepted_s": round(max((d.delay or 0.0 for d in done if d.outcome != ACCEPTED), default=0.0), 3),
                     "sender_errors": list(self.errors)}

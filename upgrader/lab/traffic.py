@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, encoding="utf-8") as handle:
             s = json.load(handle)
-        print(f"client: {len(s['accepted'])} mails accepted, {s['failed']} refused; "
+        loop_accepted = len(s["accepted"]) - s.get("sender_accepted", 0)  # `accepted` holds the sender's too
+        print(f"client mail loop: {loop_accepted} mails accepted, {s['failed']} refused; "
               f"TCP at 20 Hz: {s['outages']} outage(s), longest {s['longest_outage']} s")
         if "sender_deliveries" in s:
             print(f"sender: {s['sender_accepted']} accepted, {s['sender_refused']} refused, {s['sender_failed']} failed "
