@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -161,6 +162,25 @@ def test_the_fast_wait_through_a_proxy_starts_a_fresh_proxy_each_try() -> None:
         server.close()
     assert seen == "220 mailhost ESMTP"
     assert noticed - opened[0] < 0.3, f"seen {noticed - opened[0]:.3f} s after the port opened"
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox nc is the lab's ProxyCommand")
+def test_the_fast_wait_through_a_proxy_spawns_at_most_ten_proxies_a_second(tmp_path: Path) -> None:
+    """Each try through a proxy is a new process (an `ssh -W` login at a site): a refused port
+    must not make the wait start one every 50 ms."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))  # bound, never listening: refused at once
+    spawned = tmp_path / "spawned"
+    prober = NetProber.__new__(NetProber)
+    prober.targets = {"prod": SimpleNamespace(  # type: ignore[dict-item]
+        host="127.0.0.1", proxy_command=f"echo x >> {spawned}; exec {shutil.which('busybox')} nc %h %p")}
+    try:
+        with pytest.raises(CheckFailed):
+            prober.wait_answers("prod", Probe(kind="smtp", port=server.getsockname()[1], timeout=1.0))
+    finally:
+        server.close()
+    tries = len(spawned.read_text().splitlines())
+    assert 5 <= tries <= 11, tries
 
 
 def test_the_fast_wait_doubles_its_connect_wait_on_silence_and_shortens_it_on_a_refusal(

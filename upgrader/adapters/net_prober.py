@@ -95,6 +95,10 @@ class _Pipe:
             self.proc.wait()
 
 
+# with a proxy every try is a new process (in the lab `ip netns exec` + nc; at a site possibly a
+# whole `ssh -W` login): tries through one are at least this far apart (10 spawns a second)
+PROXY_INTERVAL_FLOOR = 0.1
+
 # protocols that greet first: default banner pattern, what to say before closing
 BANNERS = {"smtp": ("^220", "QUIT\r\n"), "imap": (r"^\* OK", "a1 LOGOUT\r\n")}
 
@@ -107,9 +111,11 @@ class NetProber:
         return self._until(role, probe, interval=1.0, connect_timeout=None)
 
     def wait_answers(self, role: str, probe: Probe, *, interval: float = 0.05, connect_timeout: float = 0.2) -> str:
-        """The fast wait (cutover's service_back): a new attempt every `interval`, the connect
-        bounded by `connect_timeout`, so a SYN lost while the address moves costs one short try,
-        not the client stack's 1 s retransmit."""
+        """The fast wait (cutover's service_back): a new attempt every `interval` (through a proxy
+        at least PROXY_INTERVAL_FLOOR apart), the connect bounded by `connect_timeout`, so a SYN
+        lost while the address moves costs one short try, not the client stack's 1 s retransmit.
+        Silence (no answer to the connect in time) doubles the next try's connect wait, up to
+        10 s, so that a far path still passes; a refusal brings it back to `connect_timeout`."""
         return self._until(role, probe, interval=interval, connect_timeout=connect_timeout)
 
     def _until(self, role: str, probe: Probe, *, interval: float, connect_timeout: float | None) -> str:
@@ -119,6 +125,8 @@ class NetProber:
         host = probe.host or target.host
         where = f"{probe.kind} {host}:{probe.port} ({role})"
         deadline = time.monotonic() + probe.timeout
+        if target.proxy_command:
+            interval = max(interval, PROXY_INTERVAL_FLOOR)
         last = "no attempt"
         base = connect_timeout
         while True:  # a service may still be starting: retry within the check's timeout
@@ -133,7 +141,7 @@ class NetProber:
                     # the path answers quickly: back to the short wait
                     connect_timeout = min(connect_timeout * 2, 10.0) if isinstance(exc, _Silent) else base
             pause = max(0.0, interval - (time.monotonic() - started))
-            if time.monotonic() + pause > deadline:
+            if time.monotonic() + max(pause, interval) > deadline:  # no try that starts with ms left
                 raise CheckFailed(f"{where}: {last}")
             time.sleep(pause)
 
