@@ -6,8 +6,10 @@ a bastion, `approval: required`) on the lab's mailhost without keeping a second 
 
 What the site plan says about the upgrade, its checks and the sync is kept as it is; where the
 machines are (`source`, `ssh`, `staging`, `takeover`) is taken from a plan that already drives the
-lab (`--like`). `approval` is dropped (nobody approves a lab run), and an `ansible:` step's
-playbook, relative to the site plan, is made absolute so the new file can live anywhere.
+lab (`--like`). Dropped: `approval` (nobody approves a lab run), and `window`, `announce` and
+`operator` (a lab run must neither park until the site's window nor mail its users or operator).
+Every file path is made absolute — an `ansible:` step's playbook against the site plan's folder,
+the `--like` plan's SSH keys and known_hosts against its own — so the new file can live anywhere.
 The output is a generated file (comments are not carried over): the site plan stays the one to read.
 """
 
@@ -21,6 +23,13 @@ from typing import Any
 import yaml
 
 WHERE = ("source", "ssh", "staging", "takeover")
+SITE_ONLY = ("approval", "window", "announce", "operator")
+SSH_FILES = ("key", "known_hosts")
+
+
+def _absolute(path: str, base: Path) -> str:
+    found = Path(path).expanduser()
+    return str(found if found.is_absolute() else (base / found).resolve())
 
 
 def lab_variant(site: Path, like: Path) -> dict[str, Any]:
@@ -31,12 +40,16 @@ def lab_variant(site: Path, like: Path) -> dict[str, Any]:
             plan[key] = lab[key]
         else:
             plan.pop(key, None)
-    plan.pop("approval", None)
+    for key in SITE_ONLY:
+        plan.pop(key, None)
+    for target in (plan.get("ssh") or {}).values():
+        for field in SSH_FILES:
+            if isinstance(target, dict) and isinstance(target.get(field), str):
+                target[field] = _absolute(target[field], like.parent)
     for step in plan.get("upgrade") or []:
         ansible = step.get("ansible") if isinstance(step, dict) else None
         if isinstance(ansible, dict) and "playbook" in ansible:
-            book = Path(ansible["playbook"])
-            ansible["playbook"] = str(book if book.is_absolute() else (site.parent / book).resolve())
+            ansible["playbook"] = _absolute(ansible["playbook"], site.parent)
     plan["description"] = f"{plan.get('description', site.stem)} (on the lab: {site.name} where {like.name})"
     return plan
 
