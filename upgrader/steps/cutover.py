@@ -8,9 +8,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from upgrader.phases import Phase
-from upgrader.ports import Probe
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.service_probe import service_probe
 from upgrader.steps.sync import run_commands, sync_once
 
 if TYPE_CHECKING:
@@ -52,21 +52,19 @@ class Cutover:
 
 
 def service_port(plan: "Plan") -> tuple[str, int] | None:
-    """The first network check after cutover tells which port clients use."""
-    for check in plan.verify_checks:
-        if check.kind in ("tcp", "smtp", "imap", "http"):
-            return check.kind, getattr(check, check.kind).port
-    return None
+    """(kind, port) of the check that tells the service is back (steps/service_probe.py)."""
+    probe = service_probe(plan)
+    return (probe.kind, probe.port) if probe else None
 
 
 def service_back(ctx: StepContext) -> dict[str, Any]:
     """Observed downtime: from the moment prod was quiesced (its journal `begin`, so a crash in
     between counts too) until the service answers again at its address, from the client side."""
-    found = service_port(ctx.plan)
-    if found is None:
+    probe = service_probe(ctx.plan)
+    if probe is None:
         return {"downtime": None, "note": "no network check in the plan to measure with"}
-    kind, port = found
-    ctx.ports.prober.wait_answers("prod", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
+    port = probe.port
+    ctx.ports.prober.wait_answers("prod", probe)
     quiesced = ctx.journal.begun.get("cutover.quiesce", {}).get("ts")
     if not quiesced:
         return {"downtime": None}

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from upgrader.events import Notice
 from upgrader.forecast import QUIESCE_KEY, SERVICE_START_KEY
 from upgrader.phases import Phase
-from upgrader.ports import Probe
 from upgrader.step_keys import presync_pass_key, presync_pass_number, presync_passes
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.notices import forecast_of
+from upgrader.steps.service_probe import service_probe
 from upgrader.steps.sync import run_commands, run_plain_commands, sync_once
 from upgrader.steps.upgrade import merge_checkpoints
 
@@ -64,17 +64,14 @@ def rehearse(ctx: StepContext) -> None:
     run_commands(ctx, QUIESCE_KEY, "staging", list(plan.sync.quiesce), "rehearse the quiesce")
 
     def start(_: dict[str, Any]) -> dict[str, Any]:
-        from upgrader.steps.cutover import service_port
-
         began = time.monotonic()
         run_plain_commands(ctx, SERVICE_START_KEY, "staging", list(plan.sync.resume), "rehearse the service start")
-        found = service_port(plan)
-        if found is not None:
-            kind, port = found
+        probe = service_probe(plan)
+        if probe is not None:
             # the same wait as cutover.service_back, so the forecast's part measures what the window will
-            ctx.ports.prober.wait_answers("staging", Probe(kind="tcp" if kind == "http" else kind, port=port, timeout=120))
+            ctx.ports.prober.wait_answers("staging", probe)
         return {"commands": len(plan.sync.resume), "seconds": round(time.monotonic() - began, 3),
-                "waited_for_port": found[1] if found else None}
+                "waited_for_port": probe.port if probe else None}
 
     ctx.once(SERVICE_START_KEY, f"rehearse the service start on staging ({len(plan.sync.resume)} command(s))", start)
 
