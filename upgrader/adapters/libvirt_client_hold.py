@@ -2,9 +2,9 @@
 connections (a SYN without ACK/RST/FIN) to the held ports, so during the cutover clients
 retransmit their SYN instead of being refused; established connections pass and drain.
 
-- `define_client_hold` defines the filter `upgrader-hold-<run>` (one drop rule per port for
-  `tcp` and one for `tcp-ipv6`, direction `in`; never `reject`: a reject is the refusal the hold
-  removes).
+- `define_client_hold` defines the filter `upgrader-hold-<run>` (one `tcp` drop rule per port,
+  direction `in`; never `reject`: a reject is the refusal the hold removes; IPv4 only, see
+  hold_filter_xml).
 - `hold_clients` / `release_clients` change the running domain's NIC with `updateDeviceFlags`
   and VIR_DOMAIN_AFFECT_LIVE only: a restarted VM comes back unheld (fail-open), and libvirt
   removes the rules when the domain stops.
@@ -32,28 +32,38 @@ from upgrader.ports import HOLD_PREFIX
 SYN_ONLY = "SYN,ACK,RST,FIN/SYN"
 RULE_PRIORITY = 100
 
-TOOLS_HINT = ("install iptables on the hypervisor host (it brings iptables, ip6tables and ebtables, nft variants) "
-              "and restart libvirtd")
+# libvirt 9.0 looks the tools up when it applies rules: a running libvirtd uses them as soon as
+# they are installed (checked in the lab); older ones probed them when libvirtd started
+TOOLS_HINT = ("install iptables on the hypervisor host (it brings iptables, ip6tables and ebtables, nft variants); "
+              "libvirt >= 9.0 uses them at once, an older libvirtd only after a restart")
 OWN_FILTER_HINT = ("the NIC has its own nwfilter (filterref): upgrader does not stack its hold on it; "
                    "set takeover.hold: [] for this plan")
 NWFILTER_HINT = "see libvirtd's log; `virsh nwfilter-list` and `virsh nwfilter-binding-list` show the filters"
 
 
-def hold_filter_xml(name: str, ports: Sequence[int]) -> str:
-    """The nwfilter of a client hold: for each port (sorted, once) a drop rule for IPv4 (`tcp`)
-    and one for IPv6 (`tcp-ipv6`), inbound, new connections only."""
+def hold_filter_xml(name: str, ports: Sequence[int], uuid: str | None = None) -> str:
+    """The nwfilter of a client hold: for each port (sorted, once) a drop rule for TCP over IPv4,
+    inbound, new connections only (`--tcp-flags FIN,SYN,RST,ACK SYN -j DROP` on the tap).
+
+    No `tcp-ipv6` rule: libvirt's tcp-ipv6 has no `flags` attribute (formatnwfilter: TCP/UDP/SCTP
+    over IPv6) and 9.0 silently drops it, so the rule became `ip6tables -p tcp --dport 25 -j DROP`
+    (plus `--sport 25 -j DROP` from the VM): every packet of an established IPv6 connection was
+    dropped instead of draining (seen in the lab). IPv6 clients are therefore not held: they meet
+    the window as before (refused, then the new prod).
+
+    `uuid`: the defined filter's, when redefining it (libvirt refuses a filter of an existing name
+    without its UUID: "already exists with uuid ...")."""
     wanted = sorted({int(p) for p in ports})
     if not wanted:
         raise ValueError("a client hold needs at least one port")
     bad = [p for p in wanted if not 0 < p < 65536]
     if bad:
         raise ValueError(f"not a TCP port: {bad[0]}")
-    lines = [f"<filter name='{esc(name)}' chain='root'>"]
+    lines = [f"<filter name='{esc(name)}' chain='root'>"] + ([f"  <uuid>{esc(uuid)}</uuid>"] if uuid else [])
     for port in wanted:
-        for proto in ("tcp", "tcp-ipv6"):
-            lines += [f"  <rule action='drop' direction='in' priority='{RULE_PRIORITY}'>",
-                      f"    <{proto} dstportstart='{port}' flags='{SYN_ONLY}'/>",
-                      "  </rule>"]
+        lines += [f"  <rule action='drop' direction='in' priority='{RULE_PRIORITY}'>",
+                  f"    <tcp dstportstart='{port}' flags='{SYN_ONLY}'/>",
+                  "  </rule>"]
     lines.append("</filter>")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +115,9 @@ def hold_errors(what: str) -> Iterator[None]:
         yield
     except libvirt.libvirtError as exc:
         text = exc.get_error_message() or str(exc)
-        tools = any(t in text for t in ("iptables", "ebtables", "firewall", "nwfilter driver"))
+        # libvirt 9.0 without the tools: "failed to add new filter rules to 'vnet0' - attempting to
+        # restore old rules" (the missing binary is only in libvirtd's log)
+        tools = any(t in text for t in ("iptables", "ebtables", "firewall", "filter rules", "nwfilter driver"))
         raise InfraError(f"{what}: {text}", hint=TOOLS_HINT if tools else NWFILTER_HINT) from exc
 
 
@@ -136,7 +148,8 @@ class ClientHoldMixin:
             return dom if dom is not None and dom.isActive() else None
 
     def define_client_hold(self, name: str, ports: Sequence[int]) -> None:
-        xml = hold_filter_xml(name, ports)
+        existing = self._nwfilter(name)
+        xml = hold_filter_xml(name, ports, None if existing is None else existing.UUIDString())
         with hold_errors(f"defining nwfilter {name}"):
             self.conn.nwfilterDefineXML(xml)
 
