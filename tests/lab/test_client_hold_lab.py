@@ -54,6 +54,9 @@ def test_hold_drops_new_connections_while_open_ones_drain(lab: Lab, hv: LibvirtH
         assert not [r for r in state.rules if "REJECT" in r]
 
         hv.hold_clients(C.MAILHOST, C.MAILHOST_MAC, NAME)  # idempotent
+        hv.define_client_hold(NAME, [25, 143])  # redefined while in use: libvirt rewrites the rules
+        assert any("--dport 143 --tcp-flags FIN,SYN,RST,ACK SYN -j DROP" in r for r in lab.client_holds().rules)
+        assert probe.connect(0.3) == "timeout" and hv.client_holds(C.MAILHOST) == {C.MAILHOST_MAC: NAME}
         hv.define_client_hold(OTHER, [25])
         with pytest.raises(InfraError, match="already has the nwfilter") as other:
             hv.hold_clients(C.MAILHOST, C.MAILHOST_MAC, OTHER)
