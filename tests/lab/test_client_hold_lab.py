@@ -3,6 +3,7 @@ mailhost's NIC, seen from the client namespace and in the firewall of libvirtd's
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
@@ -90,3 +91,35 @@ def test_hold_refuses_what_it_cannot_hold(lab: Lab, hv: LibvirtHypervisor) -> No
     assert hv.client_holds("no-such-domain") == {}
     hv.undefine_client_hold(NAME)
     assert lab.client_holds().clear
+
+
+def test_hold_outlives_a_libvirtd_restart_and_is_released_after(lab: Lab, hv: LibvirtHypervisor) -> None:
+    """Crash safety: libvirtd restarted while prod is held (an upgrade of the host's libvirt)
+    keeps the binding and its rules; the adapter reconnects and the release still works."""
+    with lab.hold_probe() as probe:
+        hv.define_client_hold(NAME, [25])
+        hv.hold_clients(C.MAILHOST, C.MAILHOST_MAC, NAME)
+        lab.restart_libvirtd()
+        assert hv.client_holds(C.MAILHOST) == {C.MAILHOST_MAC: NAME}
+        assert probe.connect(0.3) == "timeout" and probe.noop().startswith("250 ")
+        hv.release_clients(C.MAILHOST, C.MAILHOST_MAC)
+        hv.undefine_client_hold(NAME)
+        assert probe.connect(0.3) == "ok"
+    assert lab.client_holds().clear
+
+
+def test_a_stopped_vm_drops_its_hold_and_comes_back_unheld(lab: Lab, hv: LibvirtHypervisor) -> None:
+    """LIVE only, so fail-open: stopping the held VM tears the rules down with it, and it starts
+    again without the filterref (the persistent config never had it)."""
+    hv.define_client_hold(NAME, [25])
+    hv.hold_clients(C.MAILHOST, C.MAILHOST_MAC, NAME)
+    assert NAME not in ET.tostring(hv._xml(hv.conn.lookupByName(C.MAILHOST), inactive=True), encoding="unicode")
+    hv.destroy(C.MAILHOST)
+    assert hv.client_holds(C.MAILHOST) == {} and hv.conn.listAllNWFilterBindings() == []
+    hv.release_clients(C.MAILHOST, C.MAILHOST_MAC)  # off: no-op
+    hv.undefine_client_hold(NAME)  # no longer in use
+    hv.start(C.MAILHOST)
+    lab.wait_ssh(C.MAILHOST)
+    state = lab.client_holds()
+    assert state.clear and hv.client_holds(C.MAILHOST) == {}
+    assert lab.smtp_probe()["ok"]
