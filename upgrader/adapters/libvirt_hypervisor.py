@@ -20,6 +20,7 @@ import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from upgrader.adapters.libvirt_checkpoints import LibvirtCheckpoints
+from upgrader.adapters.libvirt_client_hold import ClientHoldMixin
 from upgrader.adapters.libvirt_common import (chain_of, disk_elements, disk_only_flags, esc, libvirt_errors, running_job,
                                               source_file, wait_job)
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
@@ -31,7 +32,7 @@ CLAIM_PREFIX = "upgrader"
 RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
 
 
-class LibvirtHypervisor:
+class LibvirtHypervisor(ClientHoldMixin):
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
