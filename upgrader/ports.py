@@ -306,7 +306,32 @@ class SyncStats:
     key_left: bool = False  # its removal failed: still authorised on the source until a sweep
 
 
+class SyncSession(Protocol):
+    """An open sync (Syncer.open): the key is authorised on the source and the tunnel is up, so
+    a pass is only rsync. Held in this process only; the key a killed process left is removed by
+    the next sync's authorisation or by `sweep`."""
+
+    key_id: str  # the session key's marker, upgrader-sync-<run_id>-<nonce>
+
+    def pass_(self, *, final: bool, on_output: OutputSink | None = None) -> SyncStats:
+        """One rsync pass of the session's paths. `final`: exit 24 (vanished files) is an error.
+        Raises on a closed session. `seconds` is the pass alone; `key_left` is always False."""
+
+    def close(self) -> bool:
+        """Cancel the tunnel, remove the key from the source and the key pair from the target;
+        bounded and never raising (a failure is reported to the session's output). Idempotent.
+        True when the key line is gone from the source."""
+
+
 class Syncer(Protocol):
+    def open(self, source: str, target: str, paths: Sequence[tuple[str, Sequence[str]]], *,
+             on_output: OutputSink | None = None) -> SyncSession:
+        """Set up a sync of `paths` (path, excludes) from role `source` to role `target` without
+        joining their networks: a key made for this session is authorised on the source
+        (restricted to rsync's sending side of `paths`, from the source's loopback; keys a killed
+        sync left are dropped in the same edit), and the tunnel to it is opened. On a failure
+        whatever was set up is removed before the error propagates."""
+
     def sync(
         self,
         source: str,
@@ -316,11 +341,8 @@ class Syncer(Protocol):
         final: bool,
         on_output: OutputSink | None = None,
     ) -> SyncStats:
-        """rsync `paths` (path, excludes) from role `source` to role `target` without joining
-        their networks. `final`: exit 24 (vanished files) is an error. A key made for this one
-        sync is authorised on the source (restricted to rsync's sending side of `paths`, from
-        the source's loopback) and removed before returning or raising; keys left by a killed
-        sync are removed when the next one starts, or by `sweep`."""
+        """`open`, one `pass_`, `close`: the key is removed before returning or raising.
+        `seconds` covers all three; `key_left` says the removal failed."""
 
     def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
         """Remove every sync key of `run_id` (any run's when None) from the authorized_keys of

@@ -322,6 +322,11 @@ def test_cleanup_is_bounded_and_never_replaces_the_original_error(monkeypatch: p
     def killed(*args: object) -> tuple[int, int, int]:
         raise KeyboardInterrupt
 
+    class Gone:  # the session's transport: already closed, so no forward to cancel
+        def is_active(self) -> bool:
+            return False
+
+    monkeypatch.setattr(syncer, "_tunnel", lambda src, dst, keydir: (Gone(), 40000, f"{keydir}/rsh"))
     monkeypatch.setattr(syncer, "_transfer", killed)
     with pytest.raises(KeyboardInterrupt):
         syncer.sync("prod", "staging", [("/var/mail", [])], final=False)
@@ -420,6 +425,38 @@ def test_sync_through_the_restricted_key_and_nothing_left(guests: tuple[Server, 
     assert any("removed 1 sync key(s)" in line for line in said)
     assert sync_lines(prod) == [] and prod.authorized_keys.read_text().splitlines()[0].endswith(" orchestrator")
     assert stat.S_IMODE(prod.authorized_keys.stat().st_mode) == 0o600
+    for server in guests:
+        workdir = server.home / ".upgrader-sync"
+        assert not workdir.exists() or list(workdir.iterdir()) == [], list(workdir.iterdir())
+
+
+def test_a_session_runs_two_passes_through_one_key_then_removes_it(guests: tuple[Server, Server],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncer.open sets the key and the tunnel up once; each pass is only rsync; close removes it all."""
+    prod, staging = guests
+    (prod.data / "mail").mkdir()
+    (prod.data / "mail" / "m1").write_text("one\n")
+    (staging.data / "mail").mkdir()
+    syncer = real_syncer(prod, staging)
+    try:
+        session = syncer.open("prod", "staging", [("/mnt/mail", [])])
+        assert [line.split()[-1] for line in sync_lines(prod)] == [session.key_id]
+        first = session.pass_(final=False)
+        (prod.data / "mail" / "m2").write_text("two\n")
+        ran: list[str] = []
+        for shell in (session.src, session.dst):
+            real_run = shell.run
+            monkeypatch.setattr(shell, "run", lambda command, _run=real_run, **kw: (ran.append(command.line), _run(command, **kw))[1])
+        second = session.pass_(final=True)
+        assert ran and all(line.startswith("rsync ") for line in ran), ran  # no key, no forward, no wrapper
+        assert session.close() and session.close()  # idempotent
+        with pytest.raises(InfraError):
+            session.pass_(final=True)
+    finally:
+        syncer.shells.reset()
+    assert first.files == 1 and second.files == 1 and first.key_id == second.key_id == session.key_id
+    assert sorted(p.name for p in (staging.data / "mail").iterdir()) == ["m1", "m2"]
+    assert sync_lines(prod) == [] and prod.authorized_keys.read_text().splitlines()[0].endswith(" orchestrator")
     for server in guests:
         workdir = server.home / ".upgrader-sync"
         assert not workdir.exists() or list(workdir.iterdir()) == [], list(workdir.iterdir())

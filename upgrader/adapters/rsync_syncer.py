@@ -13,9 +13,12 @@ no-agent-forwarding, no-X11-forwarding, no-port-forwarding; `from="127.0.0.1,::1
 source's sshd is OpenSSH (dropbear refuses the whole line for an option it does not know, `from=`
 among them). No `restrict`: old OpenSSH does not know it. authorized_keys is only ever edited by
 KEYS_SCRIPT: the new content goes to a temp file beside it, is checked line by line against the
-old one, and renamed over it; on any failure the original is left as it was. The key is removed
-in a `finally` (bounded, never hiding the error that got there); a key left by a killed process
-is removed when the next sync starts, or by `sweep`.
+old one, and renamed over it; on any failure the original is left as it was.
+
+`open` sets all of that up once and returns a session; each `pass_` through it is only rsync, and
+`close` removes the key (bounded, never hiding the error that got there). `sync` is open + one
+pass + close, the close in a `finally`. A key left by a killed process is removed when the next
+sync starts, or by `sweep`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import shlex
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Sequence
 
 import paramiko
 
 from upgrader.adapters.fabric_shell import FabricShell
+from upgrader.adapters.rsync_session import RsyncSession, unforward
 from upgrader.errors import InfraError, StepFailed, UpgraderError
 from upgrader.ports import SIGNALLED, Command, OutputSink, Result, SyncStats, cmd
 
@@ -273,30 +278,44 @@ class RsyncSyncer:
         final: bool,
         on_output: OutputSink | None = None,
     ) -> SyncStats:
+        """One pass in a session of its own: open, pass, close (the pre-sync passes, the reverse sync)."""
+        started = time.monotonic()
+        session = self.open(source, target, paths, on_output=on_output)
+        try:
+            stats = session.pass_(final=final, on_output=on_output)
+        finally:
+            left = not session.close()
+        return replace(stats, seconds=round(time.monotonic() - started, 3), key_left=left)
+
+    def open(self, source: str, target: str, paths: Sequence[tuple[str, Sequence[str]]], *,
+             on_output: OutputSink | None = None) -> "RsyncSession":
+        """Everything a pass needs, set up once: the key pair on the target, the forced command
+        and the authorised key on the source, the remote forward, the rsh wrapper. On a failure
+        what was set up is removed again before the error propagates."""
         folders = [path.rstrip("/") + "/" for path, _ in paths]
         key_id = new_key_id(self.run_id)
         serve = serve_script(key_id, folders)  # refuses a path the forced command could not match
         src, dst = self.shells.connect(source), self.shells.connect(target)
-        keydir, serve_path = f"{self.workdir}/{key_id}", f"{self.workdir}/{key_id}.serve"
-        started = time.monotonic()
+        session = RsyncSession(self, src, dst, key_id, list(paths), on_output)
         try:
-            public = self._keygen(dst, keydir)
+            public = self._keygen(dst, session.keydir)
             openssh = "OpenSSH" in _sshd_banner(src, self.sshd_port)
             _must(src, cmd("umask 077 && mkdir -p {} && rm -f {}/{}-*.serve && printf %s {} > {} && [ $(wc -c < {}) -eq {} ]",
-                           self.workdir, self.workdir, MARKER, serve, serve_path, serve_path, str(len(serve.encode()))),
+                           self.workdir, self.workdir, MARKER, serve, session.serve_path, session.serve_path,
+                           str(len(serve.encode()))),
                   "writing the sync key's forced command")
             # one checked edit: drops every sync key left by a killed run, adds this one
-            line = key_line(public, key_id, serve_path, openssh=openssh)
+            line = key_line(public, key_id, session.serve_path, openssh=openssh)
             result = src.run(edit_keys(key_pattern(), line), timeout=120)
             if not result.ok:
                 raise SyncKeyError("authorising the sync key", src.name, result)
             if removed_count(result) and on_output:
                 on_output(f"upgrader: removed {removed_count(result)} sync key(s) a killed sync left on {src.name}")
-            files, size, rc = self._transfer(src, dst, keydir, paths, final, on_output)
-        finally:
-            left = not self._cleanup(src, dst, key_id, keydir, serve_path, on_output)
-        return SyncStats(files=files, bytes=size, seconds=round(time.monotonic() - started, 3), rc=rc,
-                         key_id=key_id, key_left=left)
+            session.transport, session.remote_port, session.wrapper = self._tunnel(src, dst, session.keydir)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     def _cleanup(self, src: "FabricShell", dst: "FabricShell", key_id: str, keydir: str, serve_path: str,
                  on_output: OutputSink | None) -> bool:
@@ -367,9 +386,9 @@ class RsyncSyncer:
                 on_output(f"upgrader: rsync exited {result.rc} (cut short); running it again ({attempt + 1} of {RSYNC_ATTEMPTS})")
         raise AssertionError("unreachable")
 
-    def _transfer(self, src: "FabricShell", dst: "FabricShell", workdir: str, paths: Sequence[tuple[str, Sequence[str]]],
-                  final: bool, on_output: OutputSink | None) -> tuple[int, int, int]:
-        user = src.target.user
+    def _tunnel(self, src: "FabricShell", dst: "FabricShell", workdir: str) -> tuple[paramiko.Transport, int, str]:
+        """The remote forward on the target back to the source's sshd and the rsh wrapper that
+        uses it: (the target's transport holding the forward, its port, the wrapper's path)."""
         src_transport = src.ensure().client.get_transport()
         dst_transport = dst.ensure().client.get_transport()
         if src_transport is None or dst_transport is None:
@@ -386,22 +405,28 @@ class RsyncSyncer:
             wrapper = f"{workdir}/rsh"
             script = f'#!/bin/sh\nHOME={workdir}; export HOME\nexec {client} "$@"\n'
             _must(dst, cmd("printf %s {} > {} && chmod 700 {}", script, wrapper, wrapper), "writing the rsync remote shell")
-            files = size = worst = 0
-            for path, excludes in paths:
-                folder = path.rstrip("/") + "/"
-                args = ["rsync", "-aH", "--delete", "--numeric-ids", "--stats", "-e", wrapper]
-                args += [f"--exclude={e}" for e in excludes]
-                args += [f"{user}@127.0.0.1:{folder}", folder]
-                result = self._rsync(dst, Command(" ".join(shlex.quote(a) for a in args)), on_output)
-                if result.rc != 0 and not (result.rc == VANISHED and not final):
-                    raise SyncFailed(f"rsync of {folder} {src.name} -> {dst.name}", dst.name, result,
-                                     hint="a final pass must exit 0; nothing was switched over")
-                f, b = parse_stats(result.stdout)
-                files, size, worst = files + f, size + b, max(worst, result.rc)
-            return files, size, worst
-        finally:
-            if dst_transport.is_active():
-                dst_transport.cancel_port_forward("127.0.0.1", remote_port)
+        except BaseException:
+            unforward(dst_transport, remote_port)
+            raise
+        return dst_transport, remote_port, wrapper
+
+    def _transfer(self, src: "FabricShell", dst: "FabricShell", wrapper: str, paths: Sequence[tuple[str, Sequence[str]]],
+                  final: bool, on_output: OutputSink | None) -> tuple[int, int, int]:
+        """rsync once per path through the session's wrapper: (files, bytes, worst exit code)."""
+        user = src.target.user
+        files = size = worst = 0
+        for path, excludes in paths:
+            folder = path.rstrip("/") + "/"
+            args = ["rsync", "-aH", "--delete", "--numeric-ids", "--stats", "-e", wrapper]
+            args += [f"--exclude={e}" for e in excludes]
+            args += [f"{user}@127.0.0.1:{folder}", folder]
+            result = self._rsync(dst, Command(" ".join(shlex.quote(a) for a in args)), on_output)
+            if result.rc != 0 and not (result.rc == VANISHED and not final):
+                raise SyncFailed(f"rsync of {folder} {src.name} -> {dst.name}", dst.name, result,
+                                 hint="a final pass must exit 0; nothing was switched over")
+            f, b = parse_stats(result.stdout)
+            files, size, worst = files + f, size + b, max(worst, result.rc)
+        return files, size, worst
 
 
 def _sshd_banner(src: "FabricShell", port: int) -> str:

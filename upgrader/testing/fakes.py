@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from upgrader.errors import CheckFailed, ConnectionLost, ForwardRefused, InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import (Claim, Command, DomainInfo, OutputSink, Probe, Prompt, RemoteForward, Result, SnapshotInfo,
-                            SyncStats)
+from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, RemoteForward, Result, SnapshotInfo
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
@@ -32,7 +31,7 @@ from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, W
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "UnexpectedForward",
+__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "UnexpectedCall", "UnexpectedForward",
            "World", "WorldFile", "build", "new_world"]
 
 
@@ -442,90 +441,6 @@ class FakeShells:
 # ---------------------------------------------------------------------------------------- sync
 
 
-class FakeSyncer:
-    """Copies the source guest's mail to the target. Like the real one it authorises a key on
-    the source for the sync (guest["authorized_sync_keys"], after dropping any a killed sync left)
-    and removes it afterwards, also when the connection is lost; a process killed at the pause
-    point `during:sync:pass|final` leaves it there for the next sync or `sweep`."""
-
-    MARKER = "upgrader-sync"
-
-    def __init__(self, world: WorldFile, networks: dict[str, str], run_id: str = "fake-run") -> None:
-        self.world, self.networks, self.run_id = world, networks, run_id
-
-    def _network(self, role: str) -> str:
-        if role not in self.networks:
-            raise ValueError(f"fake: unknown role {role!r}; known: {', '.join(self.networks)}")
-        return self.networks[role]
-
-    def sync(
-        self,
-        source: str,
-        target: str,
-        paths: Sequence[tuple[str, Sequence[str]]],
-        *,
-        final: bool,
-        on_output: OutputSink | None = None,
-    ) -> SyncStats:
-        kind = "final" if final else "pass"
-        if f"sync:{kind}" in self.world.read()["faults"]:
-            result = Result(f"rsync -a {source}:… {target}:…", 23, "", "rsync error: some files could not be transferred (code 23)")
-            raise StepFailed(f"fake: rsync from {source} to {target} exited 23:\n{result.tail()}", result=result)
-        key_id = f"{self.MARKER}-{self.run_id}-{uuidlib.uuid4().hex[:8]}"
-        with self.world.change() as world:
-            _guest_of(world, self._network(target))
-            _, src = _guest_of(world, self._network(source))
-            src["authorized_sync_keys"] = [key_id]  # stale ones of killed syncs go first
-        maybe_pause(f"during:sync:{kind}")
-        try:
-            with self.world.change() as world:
-                _, src = _guest_of(world, self.networks[source])
-                _, dst = _guest_of(world, self.networks[target])
-                passes = sum(1 for e in world["effects"] if e["op"] == "sync")
-                incoming = world["incoming"]
-                if src["services"] and not final and passes < len(incoming):
-                    start = len(src["mail"])
-                    src["mail"].extend(f"m{start + i}-p{passes}" for i in range(incoming[passes]))
-                new = sorted(set(src["mail"]) - set(dst["mail"]))
-                gone = set(dst["mail"]) - set(src["mail"])
-                dst["mail"] = list(src["mail"])
-                files = len(new) + len(gone)
-                effect(world, "sync", source=source, target=target, final=final, files=files)
-                drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
-                lost = kind in drops
-                if lost:
-                    drops.remove(kind)
-        finally:
-            with self.world.change() as world:
-                for guest in world["guests"].values():  # wherever the source's guest is now
-                    if key_id in guest.get("authorized_sync_keys", []):
-                        guest["authorized_sync_keys"].remove(key_id)
-        if lost:
-            raise ConnectionLost(f"fake: connection to {target} lost during rsync")
-        if on_output:
-            on_output(f"sent {files} files")
-        maybe_pause(f"after:sync:{kind}")
-        return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3), key_id=key_id)
-
-    def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
-        networks = [self._network(role) for role in roles]
-        prefix = f"{self.MARKER}-{run_id}-" if run_id is not None else f"{self.MARKER}-"
-        removed, silent = 0, []
-        with self.world.change() as world:
-            for role, network in zip(roles, networks):
-                try:
-                    _, guest = _guest_of(world, network)
-                except InfraError:
-                    if strict:
-                        raise
-                    silent.append(role)  # does not answer: 0 for that role
-                    continue
-                keys = guest.get("authorized_sync_keys", [])
-                guest["authorized_sync_keys"] = [k for k in keys if not k.startswith(prefix)]
-                removed += len(keys) - len(guest["authorized_sync_keys"])
-            effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
-        return removed
-
 
 # -------------------------------------------------------------------------------------- probing
 
@@ -568,7 +483,8 @@ def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
         raise InfraError(f"fake world {path} does not exist", hint="tests create it with upgrader.testing.fakes.new_world()")
     world = WorldFile(path)
     networks = {"prod": plan.takeover.production_network, "staging": plan.staging.network}
-    from upgrader.testing.fake_playbooks import FakePlaybooks  # it builds on this module's guests
+    from upgrader.testing.fake_playbooks import FakePlaybooks  # they build on this module's guests
+    from upgrader.testing.fake_syncer import FakeSyncer
 
     return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks),
                  playbooks=FakePlaybooks(world, networks, plan.source.domain))
