@@ -1,5 +1,10 @@
-"""cutover: quiesce prod, final sync (must be complete), take the network over, start services
-on the new prod. The clock of the downtime runs from quiesce to resume."""
+"""cutover: open the sync session (key, tunnel), quiesce prod, final sync through it (must be
+complete), close it, take the network over, start services on the new prod. The clock of the
+downtime runs from quiesce to resume; nothing of the sync is set up inside it.
+
+The session is closed before the takeover, not after service_back: its key is authorised on the
+old VM, which is off the production segment once the takeover began (its link is down, and the
+role "prod" reaches the twin), so it could no longer be removed from there."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from upgrader.phases import Phase
 from upgrader.ports import Probe
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
-from upgrader.steps.sync import run_commands, sync_once
+from upgrader.steps.sync import OpenSync, close_session, open_session, run_commands, session_pass
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
@@ -22,8 +27,9 @@ class Cutover:
 
     def describe(self, plan: "Plan") -> list[str]:
         return [
+            "open the sync prod -> twin: its key authorised on prod, the tunnel up (before the quiesce)",
             f"quiesce prod: {'; '.join(plan.sync.quiesce) or '(no commands)'}",
-            "final rsync prod -> twin (must exit 0)",
+            "final rsync prod -> twin through the open sync (must exit 0), then close it (key removed)",
             f"takeover ({plan.takeover.strategy}): {plan.source.domain}'s NICs link-down, "
             f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}"
             + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
@@ -32,9 +38,18 @@ class Cutover:
 
     def run(self, ctx: StepContext) -> Outcome:
         plan = ctx.plan
-        started = time.monotonic()
-        run_commands(ctx, "cutover.quiesce", "prod", list(plan.sync.quiesce), "quiesce")
-        final = sync_once(ctx, "cutover.final_sync", "prod", "staging", final=True)
+        held = OpenSync("prod", "staging")
+        try:
+            open_session(ctx, "cutover.sync_open", held)
+            if "cutover.quiesce" not in ctx.journal.begun:
+                held.ensure(ctx, "cutover.sync_open")  # resumed after the open: set up again outside the window
+            started = time.monotonic()
+            run_commands(ctx, "cutover.quiesce", "prod", list(plan.sync.quiesce), "quiesce")
+            final = session_pass(ctx, "cutover.final_sync", held, final=True)
+            close_session(ctx, "cutover.sync_close", held)
+        except BaseException:
+            held.drop()  # bounded, never raising; the key counts as in doubt until sync_close is done
+            raise
         moved = ctx.once(
             "cutover.takeover",
             f"take the network over ({plan.takeover.strategy})",
