@@ -62,6 +62,18 @@ def test_a_connection_lost_in_the_final_pass_closes_the_session_and_the_retry_op
     assert no_sync_key_left(json.loads(fake_world.path.read_text()))
 
 
+def test_a_failed_quiesce_rolls_back_and_the_open_session_leaves_no_key(tmp_path: Path, fake_world: WorldFile,
+                                                                        fake_plan: Path) -> None:
+    with fake_world.change() as world:
+        world["commands"].insert(0, {"match": "smtpd stop", "role": "prod", "rc": 1, "stdout": "fault: cannot stop"})
+    record = app.start(app.Context(RunStore(tmp_path / "state"), []), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.ROLLED_BACK and record.error is not None
+    ops = [e["op"] for e in effects(fake_world)]
+    assert "cutover.sync_open" in record.outputs and "cutover.sync_close" not in record.outputs
+    assert ops.count("sync_close") == ops.count("sync_open")  # the failed cutover closed its session
+    assert no_sync_key_left(json.loads(fake_world.path.read_text()))
+
+
 # (pause point, what it exercises, the final pass's sessions: the key a resumed final pass used)
 KILLS = [
     ("done:cutover.sync_open", "open journaled, quiesce not begun: resume sweeps the key, opens again before the quiesce"),
