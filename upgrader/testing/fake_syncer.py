@@ -1,6 +1,7 @@
 """The fake Syncer and its sessions (the Syncer port in upgrader/ports.py), on the fake world of
-upgrader/testing/fakes.py: the sync key lives in guest["authorized_sync_keys"]; effects
-`sync_open`, `sync` (a pass) and `sync_close`."""
+upgrader/testing/fakes.py: the sync key lives in guest["authorized_sync_keys"] (the source's)
+and guest["sync_key_pairs"] (the target's); effects `sync_open`, `sync` (a pass),
+`sync_revoke` (the key line) and `sync_close` (the key pair)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Sequence
 from upgrader.errors import ConnectionLost, InfraError, StepFailed
 from upgrader.ports import OutputSink, Result, SyncStats
 from upgrader.testing.fake_commands import UnexpectedCall
-from upgrader.testing.fakes import _guest_of
+from upgrader.testing.fakes import FakeShells, _guest_of
 from upgrader.testing.hooks import maybe_pause
 from upgrader.testing.world import WorldFile, effect
 
@@ -20,17 +21,26 @@ __all__ = ["FakeSyncSession", "FakeSyncer"]
 
 class FakeSyncer:
     """Copies the source guest's mail to the target. Like the real one `open` authorises a key on
-    the source (guest["authorized_sync_keys"], after dropping any a killed sync left; effect
-    `sync_open`), each pass copies (effect `sync`), and `close` removes the key from the machine
-    the source role reaches then (effect `sync_close`): if that is no longer the guest it was
-    authorised on (a takeover came between), the key stays and close says so. `sync` is open +
-    pass + close, and removes the key also when the connection is lost; a process killed at the
-    pause point `during:sync:pass|final` or `after:sync_open` leaves it for the next sync or `sweep`."""
+    the source (guest["authorized_sync_keys"], after dropping any a killed sync left) and a key
+    pair made on the target (guest["sync_key_pairs"]; effect `sync_open`), each pass copies
+    (effect `sync`) through the tunnel of the connections `shells` had at the open (another
+    connection since: ConnectionLost, as the real one), `revoke` removes the key from the machine
+    the source role reaches then (effect `sync_revoke`): if that is no longer the guest it was
+    authorised on (a takeover came between), the key stays and revoke says so; `close` revokes and
+    removes the key pair from the target (effect `sync_close`). `sync` is open + pass + close, and
+    removes the key also when the connection is lost; a process killed at the pause point
+    `during:sync:pass|final` or `after:sync_open[:session]` leaves it for the next sync or `sweep`.
+    Faults: `sync:open`, `sync:pass|final` (rsync exits 23), `sync:revoke` (the key line's removal
+    fails), `sweep:ROLE` (ROLE does not answer a sweep)."""
 
     MARKER = "upgrader-sync"
+    SETUP_SECONDS = 0.4  # what a real open costs (issue 14: most of a 1.1-1.5 s final sync was set-up)
+    CLOSE_SECONDS = 0.1
 
-    def __init__(self, world: WorldFile, networks: dict[str, str], run_id: str = "fake-run") -> None:
+    def __init__(self, world: WorldFile, networks: dict[str, str], run_id: str = "fake-run",
+                 shells: FakeShells | None = None) -> None:
         self.world, self.networks, self.run_id = world, networks, run_id
+        self.shells = shells if shells is not None else FakeShells(world, networks)
 
     def _network(self, role: str) -> str:
         if role not in self.networks:
@@ -39,16 +49,22 @@ class FakeSyncer:
 
     def open(self, source: str, target: str, paths: Sequence[tuple[str, Sequence[str]]], *,
              on_output: OutputSink | None = None) -> "FakeSyncSession":
+        """Pause point `after:sync_open:session` (a session's open; `sync`'s own: `after:sync_open`)."""
+        return self._open(source, target, "after:sync_open:session")
+
+    def _open(self, source: str, target: str, point: str) -> "FakeSyncSession":
         if "sync:open" in self.world.read()["faults"]:
             raise StepFailed(f"fake: authorising the sync key on {source} exited 3 (fault)")
         key_id = f"{self.MARKER}-{self.run_id}-{uuidlib.uuid4().hex[:8]}"
+        connections = (self.shells.connection(source), self.shells.connection(target))
         with self.world.change() as world:
-            _guest_of(world, self._network(target))
+            _, dst = _guest_of(world, self._network(target))
+            dst["sync_key_pairs"] = [key_id]  # the key pairs of killed syncs go first
             guest_id = world["domains"][_guest_of(world, self._network(source))[0]]["guest"]
             world["guests"][guest_id]["authorized_sync_keys"] = [key_id]  # stale ones of killed syncs go first
             effect(world, "sync_open", source=source, target=target, key_id=key_id)
-        maybe_pause("after:sync_open")
-        return FakeSyncSession(self, source, target, key_id, guest_id)
+        maybe_pause(point)
+        return FakeSyncSession(self, source, target, key_id, guest_id, connections)
 
     def sync(
         self,
@@ -63,13 +79,13 @@ class FakeSyncer:
         if f"sync:{kind}" in self.world.read()["faults"]:
             result = Result(f"rsync -a {source}:… {target}:…", 23, "", "rsync error: some files could not be transferred (code 23)")
             raise StepFailed(f"fake: rsync from {source} to {target} exited 23:\n{result.tail()}", result=result)
-        session = self.open(source, target, paths, on_output=on_output)
+        session = self._open(source, target, "after:sync_open")
         maybe_pause(f"during:sync:{kind}")  # killed here: the key stays (an exception would close it)
         try:
             stats = session.pass_(final=final, on_output=on_output, paused=True)
         finally:
             left = not session.close()
-        return replace(stats, key_left=left)
+        return replace(stats, key_left=left, setup_seconds=self.SETUP_SECONDS, close_seconds=self.CLOSE_SECONDS)
 
     def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
         networks = [self._network(role) for role in roles]
@@ -78,6 +94,8 @@ class FakeSyncer:
         with self.world.change() as world:
             for role, network in zip(roles, networks):
                 try:
+                    if f"sweep:{role}" in world["faults"]:
+                        raise InfraError(f"fake: {role} does not answer the sweep (fault)")
                     _, guest = _guest_of(world, network)
                 except InfraError:
                     if strict:
@@ -87,22 +105,31 @@ class FakeSyncer:
                 keys = guest.get("authorized_sync_keys", [])
                 guest["authorized_sync_keys"] = [k for k in keys if not k.startswith(prefix)]
                 removed += len(keys) - len(guest["authorized_sync_keys"])
+                guest["sync_key_pairs"] = [k for k in guest.get("sync_key_pairs", []) if not k.startswith(prefix)]
             effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
         return removed
 
 
 class FakeSyncSession:
-    """A strict session: a pass after `close` is an UnexpectedCall."""
+    """A strict session: a pass after `revoke`/`close` is an UnexpectedCall, a pass when either
+    role is on another connection than at the open is ConnectionLost."""
 
-    def __init__(self, syncer: FakeSyncer, source: str, target: str, key_id: str, guest_id: str) -> None:
+    def __init__(self, syncer: FakeSyncer, source: str, target: str, key_id: str, guest_id: str,
+                 connections: tuple[str, str]) -> None:
         self.syncer, self.world, self.source, self.target = syncer, syncer.world, source, target
-        self.key_id, self.guest_id, self.closed, self.key_left = key_id, guest_id, False, False
+        self.key_id, self.guest_id, self.connections = key_id, guest_id, connections
+        self.revoked = self.closed = self.key_left = False
 
     def pass_(self, *, final: bool, on_output: OutputSink | None = None, paused: bool = False) -> SyncStats:
         """`paused`: FakeSyncer.sync passed the `during:` pause point already."""
         kind = "final" if final else "pass"
-        if self.closed:
+        if self.revoked:
             raise UnexpectedCall(f"fake: a {kind} pass through the closed sync session {self.key_id}")
+        shells = self.syncer.shells
+        for role, opened in zip((self.source, self.target), self.connections):
+            if shells.connection(role) != opened:
+                raise ConnectionLost(f"fake: the sync session {self.key_id}'s tunnel went with its connection to {role} "
+                                     "(reconnected since the open)")
         if f"sync:{kind}" in self.world.read()["faults"]:
             result = Result(f"rsync -a {self.source}:… {self.target}:…", 23, "", "rsync error: some files could not be transferred (code 23)")
             raise StepFailed(f"fake: rsync from {self.source} to {self.target} exited 23:\n{result.tail()}", result=result)
@@ -130,17 +157,22 @@ class FakeSyncSession:
             if lost:
                 drops.remove(kind)
         if lost:
+            shells.replace_connection(self.target)
             raise ConnectionLost(f"fake: connection to {self.target} lost during rsync")
         if on_output:
             on_output(f"sent {files} files")
         maybe_pause(f"after:sync:{kind}")
         return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3), key_id=self.key_id)
 
-    def close(self) -> bool:
-        if self.closed:
+    def revoke(self) -> bool:
+        if self.revoked:
             return not self.key_left
-        self.closed = True
+        self.revoked = True
         with self.world.change() as world:
+            if "sync:revoke" in world["faults"]:
+                self.key_left = True
+                effect(world, "sync_revoke", source=self.source, key_id=self.key_id, left=True)
+                return False
             try:
                 name, _ = _guest_of(world, self.syncer.networks[self.source])
                 reached = world["domains"][name]["guest"] == self.guest_id
@@ -150,5 +182,22 @@ class FakeSyncSession:
             if reached and self.key_id in keys:
                 keys.remove(self.key_id)
             self.key_left = self.key_id in keys
-            effect(world, "sync_close", source=self.source, key_id=self.key_id, left=self.key_left)
+            effect(world, "sync_revoke", source=self.source, key_id=self.key_id, left=self.key_left)
         return not self.key_left
+
+    def close(self) -> bool:
+        gone = self.revoke()
+        if self.closed:
+            return gone
+        self.closed = True
+        with self.world.change() as world:
+            try:
+                _, dst = _guest_of(world, self.syncer.networks[self.target])
+                pairs = dst.get("sync_key_pairs", [])
+                if self.key_id in pairs:
+                    pairs.remove(self.key_id)
+                pair_left = False
+            except InfraError:
+                pair_left = True
+            effect(world, "sync_close", target=self.target, key_id=self.key_id, left=self.key_left, pair_left=pair_left)
+        return gone

@@ -301,8 +301,14 @@ def live_forwards(world: World, role: str, session: str) -> list[dict[str, Any]]
 
 
 class FakeShell:
-    def __init__(self, world: WorldFile, role: str, network: str, session: str = "") -> None:
-        self.world, self.name, self.network, self.session = world, role, network, session
+    def __init__(self, world: WorldFile, role: str, network: str, session: str = "",
+                 factory: "FakeShells | None" = None) -> None:
+        self.world, self.name, self.network, self.session, self.factory = world, role, network, session, factory
+
+    def _replaced(self) -> None:
+        """This role's connection died: the next command runs on a new one (FabricShell.ensure)."""
+        if self.factory is not None:
+            self.factory.replace_connection(self.name)
 
     def run(
         self,
@@ -329,6 +335,12 @@ class FakeShell:
                         entry["was_cut"] = int(entry.get("was_cut", 0)) + 1
                         cut = True
                         break
+                    # `stale: N`: the first N matching runs find the connection dead and reconnect
+                    # quietly first (FabricShell.ensure), so the command runs on a new connection
+                    if int(entry.get("stale", 0)) > int(entry.get("was_stale", 0)):
+                        entry["was_stale"] = int(entry.get("was_stale", 0)) + 1
+                        self._replaced()
+                        effect(world, "reconnect", role=self.name, domain=domain)
                     canned = entry
                     rc, stdout = int(canned.get("rc", 0)), str(canned.get("stdout", "")).format(**guest)
                     guest.update(canned.get("set", {}))
@@ -359,6 +371,7 @@ class FakeShell:
         if unexpected is not None:
             raise unexpected
         if lost:
+            self._replaced()
             raise ConnectionLost(f"fake: connection to {self.name} lost while running `{command.short()}`")
         if on_output and stdout:
             for out in stdout.splitlines():
@@ -423,11 +436,20 @@ class FakeShells:
     def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
         self.world, self.networks = world, networks
         self.session = uuidlib.uuid4().hex  # this process's connections: its forwards die with it
+        self.replaced: dict[str, int] = {}  # role -> how often its connection died or was dropped in this process
+
+    def connection(self, role: str) -> str:
+        """The identity of `role`'s current connection (like a paramiko Transport): a sync
+        session's tunnel lives on the connections it was opened on (FakeSyncer)."""
+        return f"{self.session}/{role}/{self.replaced.get(role, 0)}"
+
+    def replace_connection(self, role: str) -> None:
+        self.replaced[role] = self.replaced.get(role, 0) + 1
 
     def connect(self, role: str, *, wait: float | None = None) -> FakeShell:
         if f"ssh:{role}" in self.world.read()["faults"]:
             raise InfraError(f"fake: SSH to {role} does not answer (fault)")
-        shell = FakeShell(self.world, role, self.networks[role], self.session)
+        shell = FakeShell(self.world, role, self.networks[role], self.session, self)
         shell.boot_id()  # fails like SSH would when nothing answers
         return shell
 
@@ -436,6 +458,8 @@ class FakeShells:
             effect(world, "reset_connections")
             opened = world.setdefault("forwards", [])  # their forwards went with them
             opened[:] = [f for f in opened if f["session"] != self.session]
+        for role in self.networks:
+            self.replace_connection(role)
 
 
 # -------------------------------------------------------------------------------------- probing
@@ -482,5 +506,6 @@ def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
     from upgrader.testing.fake_playbooks import FakePlaybooks  # they build on this module's guests
     from upgrader.testing.fake_syncer import FakeSyncer
 
-    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks),
+    shells = FakeShells(world, networks)
+    return Ports(FakeHypervisor(world), shells, FakeSyncer(world, networks, run_id, shells), FakeProber(world, networks),
                  playbooks=FakePlaybooks(world, networks, plan.source.domain))
