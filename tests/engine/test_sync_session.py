@@ -7,6 +7,7 @@ anywhere between the open and the revoke leaves no key behind and repeats nothin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from upgrader.store import RunStore
 from upgrader.testing.crash import Cli, op_counts, world_of
 from upgrader.testing.fakes import WorldFile
 from upgrader.events import Notice
+from upgrader.testing.fake_syncer import FakeSyncer
 from upgrader.testing.scenario import effects
+from upgrader.ui import figures
 
 
 def window(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,9 +71,11 @@ def test_only_the_final_rsync_runs_between_the_quiesce_and_the_takeover(tmp_path
 
 
 def test_a_connection_lost_in_the_final_pass_closes_the_session_and_the_retry_opens_one(
-        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with fake_world.change() as world:
         world["sync_drops"] = ["final"]  # the first final pass loses its connection after syncing
+    real_open = FakeSyncer.open
+    monkeypatch.setattr(FakeSyncer, "open", lambda self, *a, **kw: (time.sleep(0.02), real_open(self, *a, **kw))[1])  # a real open takes time
     record, said = run(tmp_path, fake_plan)
     assert record.phase == Phase.COMPLETED
     ops = effects(fake_world)
@@ -80,7 +85,8 @@ def test_a_connection_lost_in_the_final_pass_closes_the_session_and_the_retry_op
     assert no_sync_key_left(json.loads(fake_world.path.read_text()))
     # the set-up inside the window is said and timed
     assert any("set up again after the quiesce" in n.text and n.level == "warning" for n in said), said
-    assert "setup_seconds" in record.output("cutover.final_sync")
+    setup = record.output("cutover.final_sync")["setup_seconds"]
+    assert setup >= 0.02 and f"+ {setup:.2f} s setting the sync up inside the window" in figures(record)["final sync"]
 
 
 def test_a_stale_connection_after_the_open_reopens_the_session_instead_of_rolling_back(
