@@ -12,7 +12,10 @@ connection and thread, 30 s connect timeout: upgrader/lab/sender.py), and
 `upgrader resume --now --yes` pre-syncs again and cuts over. Reported: the orchestrator's forecast
 (last pre-sync pass + quiesce + takeover + service start, upgrader/forecast.py) and its observed
 downtime (quiesce -> the service answers) with its parts from the run's journal (quiesce, final
-sync, takeover, claim_address, resume, service back: upgrader/lab/window_parts.py), the client's
+sync, sync_close, takeover, claim_address, resume, service back: upgrader/lab/window_parts.py),
+the sync session's open (before the quiesce) and close (the key's revoke on prod, in the window)
+apart, the final sync's rsync alone (`final_sync_s`; a session opened inside the window, on a
+resume or a reconnect, is `final_sync_setup_s`), the client's
 longest TCP outage and refused SMTP deliveries, the sender's refused and failed deliveries and its
 longest delay of one delivery, and messages lost (accepted but not on the new prod: seeded + new +
 those accepted during the cutover, the sender's included). Needs root; brings the lab up.
@@ -74,8 +77,11 @@ def one(lab: Lab, work: Path, strategy: str, spool: int, new: int) -> dict[str, 
         "forecast_s": forecast["total"],
         "forecast_parts": {k: forecast[k] for k in ("last_pass", "quiesce", "takeover", "service_start")},
         "presync_passes": len(passes),
-        "final_sync_s": final["seconds"],
+        "final_sync_s": final["seconds"],  # the rsync pass alone (the session was opened before the quiesce)
+        "final_sync_setup_s": final.get("setup_seconds", 0.0),  # a session opened inside the window
         "final_sync_files": final["files"],
+        "sync_open_s": outputs["cutover.sync_open"]["seconds"],  # before the quiesce: not in the window
+        "sync_close_s": outputs["cutover.sync_close"]["seconds"],  # the key's revoke on prod: in the window
         "observed_s": outputs["cutover.service_back"]["downtime"],
         "window_parts_s": journal_window_parts(journal),
         "client_tcp_longest_s": seen["longest_outage"],
@@ -108,13 +114,15 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\nmachine: {machine()}")
-    print("| takeover | spool | new since pre-sync | forecast | observed (quiesce → service) | window parts | final sync | "
-          "client: longest TCP outage | SMTP accepted / refused | sender: refused / failed of | longest delivery delay | lost |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| takeover | spool | new since pre-sync | forecast | observed (quiesce → service) | window parts | final sync (rsync) | "
+          "sync open (before) / close (in window) | client: longest TCP outage | SMTP accepted / refused | "
+          "sender: refused / failed of | longest delivery delay | lost |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         parts = " + ".join(f"{k} {v:.2f}" for k, v in r["window_parts_s"].items() if k not in ("total", "held"))
         print(f"| {r['strategy']} | {r['spool']} | {r['new_since_presync']} | {r['forecast_s']:.2f} s | {r['observed_s']:.2f} s | "
-              f"{parts} | {r['final_sync_s']:.2f} s, {r['final_sync_files']} files | {r['client_tcp_longest_s']:.2f} s | "
+              f"{parts} | {r['final_sync_s']:.2f} s, {r['final_sync_files']} files | "
+              f"{r['sync_open_s']:.2f} s / {r['sync_close_s']:.2f} s | {r['client_tcp_longest_s']:.2f} s | "
               f"{r['smtp_accepted']} / {r['smtp_refused']} | {r['sender_refused']} / {r['sender_failed']} of {r['sender_deliveries']} | "
               f"{r['longest_delivery_delay_s']:.2f} s | {r['lost']} |")
     return 0

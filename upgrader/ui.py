@@ -253,6 +253,8 @@ def figures(record: RunRecord) -> dict[str, str]:
     final = record.output("cutover.final_sync")
     if final:
         out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
+        if final.get("setup_seconds"):  # a resumed or reconnected cutover opened its sync session after the quiesce
+            out["final sync"] += f" (+ {final['setup_seconds']:.2f} s setting the sync up inside the window)"
     synced = sum(v.get("files", 0) for v in presync) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)

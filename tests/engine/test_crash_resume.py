@@ -38,8 +38,11 @@ KILL_POINTS = [
     ("begin:presync.rehearse.service_start", "rehearsal: journaled begin, the twin's services still stopped"),
     ("done:presync.rehearse.service_start", "boundary: rehearsal timed, forecast not journaled"),
     ("enter:cutover", "boundary: window passed"),
+    ("after:sync_open:session", "inside cutover: the sync session's key authorised, sync_open not journaled"),
     ("after:run@prod:/etc/init.d/smtpd stop", "inside cutover: prod quiesced"),
+    ("during:sync:final", "inside cutover: inside the session's final pass, its key authorised"),
     ("after:sync:final", "inside cutover: final sync done"),
+    ("done:cutover.sync_close", "inside cutover: the key revoked on prod, takeover not begun"),
     ("after:set_link:mailhost", "inside takeover: old VM link down, twin not moved"),
     ("after:move_nic:prod-net", "inside takeover: twin moved"),
     ("done:verify", "boundary: verified"),
@@ -107,6 +110,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert g["release"] == "2" and g["services"]
     assert len(set(g["mail"])) == len(g["mail"]) == 20 + 40 + 8 + 1
     assert all(img["backing"] is None for img in world["images"].values())
+    assert not [g for g in world["guests"].values() if g.get("authorized_sync_keys") or g.get("sync_key_pairs")], why
     assert set(world["images"]) == set(twin["disks"].values()), "the old VM's images must be gone"
     # the run's own record agrees
     record = cli.record()
