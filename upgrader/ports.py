@@ -219,6 +219,41 @@ class Hypervisor(Protocol):
     def set_autostart(self, name: str, on: bool) -> None:
         """Switch the domain's autostart on or off (idempotent)."""
 
+    # client hold (issue 14): new connections to prod are dropped on the hypervisor during the
+    # cutover so clients retransmit instead of being refused. All idempotent.
+
+    def define_client_hold(self, name: str, ports: Sequence[int]) -> None:
+        """Define (or redefine) nwfilter `name`: drop inbound TCP SYNs (SYN set, ACK/RST/FIN clear)
+        to each port, IPv4 and IPv6. Established connections pass (they drain)."""
+
+    def hold_clients(self, domain: str, mac: str, name: str) -> None:
+        """LIVE only (never the persistent config): the running domain's NIC `mac` gets
+        <filterref filter=name/>. Raises InfraError(hint) if the domain is not running / NIC missing /
+        the NIC already has another filterref (refuse, hint: the NIC has its own nwfilter)."""
+
+    def release_clients(self, domain: str, mac: str) -> None:
+        """LIVE: remove our filterref from NIC `mac` if present; no-op if the domain is off,
+        missing, or the NIC carries no upgrader-hold-* filterref."""
+
+    def undefine_client_hold(self, name: str) -> None:
+        """Undefine nwfilter `name`; no-op if it does not exist."""
+
+    def client_holds(self, domain: str) -> dict[str, str]:
+        """mac -> filter name for the running domain's NICs that are held: the live XML has a
+        <filterref> to an `upgrader-hold-*` filter AND its rules are instantiated (an nwfilter
+        binding for that NIC's target dev with that filter exists). {} if off/missing."""
+
+    def client_hold_filters(self) -> list[str]:
+        """Names of defined nwfilters that start with `upgrader-hold-`, sorted."""
+
+
+HOLD_PREFIX = "upgrader-hold-"  # every client-hold nwfilter's name starts with it
+
+
+def client_hold_name(run_id: str) -> str:
+    """The nwfilter of run `run_id`'s client hold."""
+    return f"{HOLD_PREFIX}{run_id}"
+
 
 # --------------------------------------------------------------------------------------- shell
 

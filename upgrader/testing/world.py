@@ -23,6 +23,9 @@ World shape (see `new_world`):
   forwards: [{role, session, listen_port, host, port}]  open forwards, per process (`session`): a
             run effect lists the ones live on its role's connection (`forwards`) and its `env`
   faults:   ... "forward:staging"  the twin's sshd refuses a remote forward (ForwardRefused)
+  nwfilters: name -> [ports]   defined nwfilters (fake_client_hold.py)
+  client_holds: domain -> {mac: filter name}   live filterrefs of running domains (dropped when
+            the domain stops); a name without the upgrader-hold- prefix is the NIC's own filter
   effects:  [{op, ...}]
 """
 
@@ -78,6 +81,8 @@ def new_world(
         "playbooks": [],  # canned `ansible:` playbook runs (fake_playbooks.py)
         "incoming": [40, 8, 1],
         "faults": [],
+        "nwfilters": {},
+        "client_holds": {},
         "effects": [],
     }
 
