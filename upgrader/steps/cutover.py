@@ -8,8 +8,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from upgrader.phases import Phase
+from upgrader.plan_hold import describe_hold, hold_ports
 from upgrader.ports import Probe
 from upgrader.steps import takeover
+from upgrader.steps.client_hold import CUTOVER_RELEASE_KEY, hold_clients, release_clients
 from upgrader.steps.base import Outcome, StepContext
 from upgrader.steps.sync import run_commands, sync_once
 
@@ -22,17 +24,19 @@ class Cutover:
 
     def describe(self, plan: "Plan") -> list[str]:
         return [
+            describe_hold(plan),
             f"quiesce prod: {'; '.join(plan.sync.quiesce) or '(no commands)'}",
             "final rsync prod -> twin (must exit 0)",
             f"takeover ({plan.takeover.strategy}): {plan.source.domain}'s NICs link-down, "
             f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}"
             + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
             f"resume services on the new prod: {'; '.join(plan.sync.resume) or '(no commands)'}",
-        ]
+        ] + (["once the service answers: release the client hold"] if hold_ports(plan) else [])
 
     def run(self, ctx: StepContext) -> Outcome:
         plan = ctx.plan
         started = time.monotonic()
+        hold_clients(ctx)  # the last thing before the quiesce: the hold must stay short (< ~0.9 s, SYN retransmit at +1 s)
         run_commands(ctx, "cutover.quiesce", "prod", list(plan.sync.quiesce), "quiesce")
         final = sync_once(ctx, "cutover.final_sync", "prod", "staging", final=True)
         moved = ctx.once(
@@ -46,6 +50,7 @@ class Cutover:
             moved = {**moved, **claimed}
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
         back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
+        release_clients(ctx, CUTOVER_RELEASE_KEY)
         out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),
                                "observed_downtime": back.get("downtime")}
         return Outcome(out)
