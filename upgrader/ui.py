@@ -313,7 +313,7 @@ def state_line(console: Console, status: RunStatus) -> None:
     if status.client_hold:
         console.print(f"[bold red]clients held on {safe(status.client_hold)}:[/] new connections are dropped until "
                       f"the cutover or the rollback releases them (`upgrader resume {safe(status.record.host)}`; "
-                      "by hand: docs/operations.md, \"Client hold\")")
+                      "by hand: docs/operations.md, \"Client hold: undoing it by hand\")")
 
 
 class IdleFilter:
