@@ -12,10 +12,14 @@ from upgrader import app
 from upgrader.app_status import held_clients_of
 from upgrader.phases import Phase
 from upgrader.ports import client_hold_name
+from upgrader.plan import load_plan, parse_plan
+from upgrader.record import RunRecord
+from upgrader.steps.base import Journal, StepContext
+from upgrader.steps.client_hold import hold_in_doubt
 from upgrader.steps.cutover import Cutover
-from upgrader.plan import load_plan
+from upgrader.steps.staging import teardown
 from upgrader.store import RunStore
-from upgrader.testing.fakes import WorldFile
+from upgrader.testing.fakes import FakeHypervisor, WorldFile, build
 from upgrader.testing.scenario import FAKE_PLAN
 
 MAC = "52:54:00:12:34:56"
@@ -137,3 +141,43 @@ def test_status_names_a_hold_in_doubt() -> None:
     assert held_clients_of(released) is None
     assert held_clients_of(released[:2]) == "mailhost:25, 143"  # a release begun is not a release done
     assert held_clients_of([]) is None
+
+
+class ListJournal:
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+
+
+def step_context(tmp_path: Path, wf: WorldFile, entries: list[dict[str, Any]]) -> StepContext:
+    plan = parse_plan(FAKE_PLAN.format(world=wf.path, keep="1h"), str(tmp_path / "fake.yml"))
+    record = RunRecord(run_id=RUN_ID, host="mailhost", plan_path=str(tmp_path / "fake.yml"), plan_sha256="0" * 64)
+    io = ListJournal()
+    return StepContext(plan, record, build(plan, RUN_ID), Journal.from_entries(io, entries), lambda _: None)
+
+
+RUN_ID = "20261202T080000Z-0000001"
+
+
+def test_teardown_releases_a_hold_a_run_left_in_doubt(tmp_path: Path, fake_world: WorldFile) -> None:
+    """Every way out: a teardown finds the hold begun and never released, and releases it."""
+    name = client_hold_name(RUN_ID)
+    hv = FakeHypervisor(fake_world)
+    hv.define_client_hold(name, [25])
+    hv.hold_clients("mailhost", MAC, name)
+    begin = {"kind": "begin", "key": "cutover.hold_clients", "domain": "mailhost", "ports": [25], "ts": "2026-12-02T08:00:00+00:00"}
+    ctx = step_context(tmp_path, fake_world, [begin])
+    assert hold_in_doubt(ctx.journal)
+    teardown(ctx, "abort")
+    no_hold_left(world_of(fake_world))
+    assert "abort.release_clients" in ctx.journal.done and not hold_in_doubt(ctx.journal)
+    teardown(ctx, "abort")  # again: nothing more
+    assert [e["op"] for e in world_of(fake_world)["effects"]].count("release_clients") == 1
+
+
+def test_teardown_without_a_hold_touches_nothing(tmp_path: Path, fake_world: WorldFile) -> None:
+    ctx = step_context(tmp_path, fake_world, [])
+    teardown(ctx, "abort")
+    assert ctx.journal.begun == {} and "release_clients" not in {e["op"] for e in world_of(fake_world)["effects"]}

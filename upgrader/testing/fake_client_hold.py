@@ -60,11 +60,11 @@ class FakeClientHold:
                                  hint="a hold is live only: it is meaningless on a stopped VM")
             if mac not in dom["nics"]:
                 raise InfraError(f"fake: {domain} has no NIC {mac}")
-            if name not in world.get("nwfilters", {}):
-                raise InfraError(f"fake: nwfilter {name} is not defined", hint="define_client_hold first")
             held = world.setdefault("client_holds", {}).setdefault(domain, {})
-            if held.get(mac) not in (None, name):
+            if held.get(mac) not in (None, name):  # like the adapter: this before the filter's existence
                 raise InfraError(f"fake: {domain}'s NIC {mac} already has the nwfilter {held[mac]}", hint=OWN_FILTER_HINT)
+            if held.get(mac) is None and name not in world.get("nwfilters", {}):
+                raise InfraError(f"fake: nwfilter {name} is not defined", hint="define_client_hold first")
             if held.get(mac) != name:
                 held[mac] = name
                 effect(world, "hold_clients", domain=domain, mac=mac, name=name)
