@@ -199,6 +199,8 @@ def history_states(ctx: "Context") -> list[RunStatus]:
         lock = lock_holder(ctx.store, h)
         out += [state_of(ctx.store.load(h, r), lock, latest=r == ids[-1],
                          entries=ctx.store.journal(h, r) if r == ids[-1] and lock is not None else None) for r in ids]
+        if out and ids:  # only the latest run can hold clients (an earlier one finished, releasing)
+            out[-1] = replace(out[-1], client_hold=held_clients_of(ctx.store.journal(h, ids[-1])))
     return out
 
 

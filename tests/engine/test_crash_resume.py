@@ -159,7 +159,11 @@ def test_status_names_the_clients_a_killed_cutover_left_held(tmp_path: Path, fak
     cli.kill_at("done:cutover.hold_clients", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "reached")
     shown = cli.run("status", "mailhost")
     assert "clients held on mailhost:25" in " ".join(shown.out.split()), shown
+    for command in (("status", "--json"), ("status", "mailhost", "--json"), ("list", "--json")):
+        runs = json.loads(cli.run(*command).out)["runs"]
+        assert runs[-1]["client_hold"] == "mailhost:25", command
     assert world_of(fake_world)["client_holds"] == {"mailhost": {"52:54:00:12:34:56": f"upgrader-hold-{cli.record()['run_id']}"}}
     assert cli.run("resume", "mailhost").rc == 0
     no_client_hold(world_of(fake_world))
     assert "clients held" not in cli.run("status", "mailhost").out
+    assert json.loads(cli.run("status", "mailhost", "--json").out)["runs"][0]["client_hold"] is None
