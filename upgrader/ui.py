@@ -312,6 +312,10 @@ def state_line(console: Console, status: RunStatus) -> None:
     if state in ("urgent", "interrupted", "active", "error"):
         label = "URGENT" if state == "urgent" else state
         console.print(f"[{STATE_STYLE[state]}]{label}:[/] {safe(status.hint or '')}")
+    if status.client_hold:
+        console.print(f"[bold red]clients held on {safe(status.client_hold)}:[/] new connections are dropped until "
+                      f"the cutover or the rollback releases them (`upgrader resume {safe(status.record.host)}`; "
+                      "by hand: docs/operations.md, \"Client hold: undoing it by hand\")")
 
 
 class IdleFilter:

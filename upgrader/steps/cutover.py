@@ -15,8 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from upgrader.phases import Phase
+from upgrader.plan_hold import describe_hold, hold_ports
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.client_hold import CUTOVER_RELEASE_KEY, hold_clients, release_clients
 from upgrader.steps.service_probe import service_probe
 from upgrader.steps.sync import run_commands
 from upgrader.steps.sync_session import (OPEN_KEY, REVOKE_KEY, SWEEP_KEY, OpenSync, open_session, reopen_key,
@@ -32,6 +34,7 @@ class Cutover:
     def describe(self, plan: "Plan") -> list[str]:
         return [
             "open the sync prod -> twin: its key authorised on prod, the tunnel up (before the quiesce)",
+            describe_hold(plan),
             f"quiesce prod: {'; '.join(plan.sync.quiesce) or '(no commands)'}",
             "final rsync prod -> twin through the open sync (must exit 0), then its key revoked on prod (one command)",
             f"takeover ({plan.takeover.strategy}): {plan.source.domain}'s NICs link-down, "
@@ -39,7 +42,7 @@ class Cutover:
             + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
             f"resume services on the new prod: {'; '.join(plan.sync.resume) or '(no commands)'}",
             "once the service answers: the sync's key pair removed from the new prod",
-        ]
+        ] + (["once the service answers: release the client hold"] if hold_ports(plan) else [])
 
     def run(self, ctx: StepContext) -> Outcome:
         plan = ctx.plan
@@ -48,6 +51,7 @@ class Cutover:
             open_session(ctx, OPEN_KEY, held)
             if held.session is None and "cutover.quiesce" not in ctx.journal.begun:
                 open_session(ctx, reopen_key(ctx), held)  # resumed after the open: set up again outside the window
+            hold_clients(ctx)  # the last thing before the quiesce: the hold must stay short (< ~0.9 s, SYN retransmit at +1 s)
             started = time.monotonic()
             run_commands(ctx, "cutover.quiesce", "prod", list(plan.sync.quiesce), "quiesce")
             final = session_pass(ctx, "cutover.final_sync", held, final=True)
@@ -66,6 +70,7 @@ class Cutover:
             moved = {**moved, **claimed}
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
         back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
+        release_clients(ctx, CUTOVER_RELEASE_KEY)
         sweep_session(ctx, SWEEP_KEY, "prod")  # the twin now
         out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),
                                "observed_downtime": back.get("downtime")}

@@ -7,7 +7,7 @@ Fakes fail loudly: an unknown domain, an unsafe merge or a command the shell was
 (fake_commands.UnexpectedCall: no canned entry, none of upgrader's own guest commands) raises.
 
 The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py;
-checkpoints of the fake hypervisor in fake_checkpoints.py.
+checkpoints of the fake hypervisor in fake_checkpoints.py, its client hold in fake_client_hold.py.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
+from upgrader.testing.fake_client_hold import FakeClientHold, drop_live_holds
 from upgrader.testing.fake_commands import UnexpectedCall, UnexpectedForward, canned_for, own_command
 from upgrader.testing.hooks import maybe_pause
 from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
@@ -45,7 +46,7 @@ def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- hypervisor
 
 
-class FakeHypervisor(FakeCheckpoints):
+class FakeHypervisor(FakeCheckpoints, FakeClientHold):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
@@ -154,6 +155,7 @@ class FakeHypervisor(FakeCheckpoints):
             dom = domain_of(world, name)
             if dom["running"]:
                 dom["running"] = False
+                drop_live_holds(world, name)
                 effect(world, "destroy", domain=name)
         maybe_pause(f"after:destroy:{name}")
 

@@ -27,6 +27,9 @@ World shape (see `new_world`):
             run effect lists the ones live on its role's connection (`forwards`) and its `env`
   faults:   ... "forward:staging"  the twin's sshd refuses a remote forward (ForwardRefused);
              "sync:open", "sync:final", "sync:revoke", "sweep:prod": see fake_syncer.py
+  nwfilters: name -> [ports]   defined nwfilters (fake_client_hold.py)
+  client_holds: domain -> {mac: filter name}   live filterrefs of running domains (dropped when
+            the domain stops); a name without the upgrader-hold- prefix is the NIC's own filter
   effects:  [{op, ...}]
 """
 
@@ -82,6 +85,8 @@ def new_world(
         "playbooks": [],  # canned `ansible:` playbook runs (fake_playbooks.py)
         "incoming": [40, 8, 1],
         "faults": [],
+        "nwfilters": {},
+        "client_holds": {},
         "effects": [],
     }
 
