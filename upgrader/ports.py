@@ -224,7 +224,8 @@ class Hypervisor(Protocol):
 
     def define_client_hold(self, name: str, ports: Sequence[int]) -> None:
         """Define (or redefine) nwfilter `name`: drop inbound TCP SYNs (SYN set, ACK/RST/FIN clear)
-        to each port, IPv4 and IPv6. Established connections pass (they drain)."""
+        to each port, IPv4 only (libvirt cannot match TCP flags for IPv6: an IPv6 rule would cut
+        established connections too). Established connections pass (they drain)."""
 
     def hold_clients(self, domain: str, mac: str, name: str) -> None:
         """LIVE only (never the persistent config): the running domain's NIC `mac` gets

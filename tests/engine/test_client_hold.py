@@ -82,7 +82,7 @@ def test_hold_off_does_nothing(tmp_path: Path, fake_world: WorldFile) -> None:
     assert not ops & {"define_client_hold", "hold_clients", "release_clients", "undefine_client_hold"}
     assert not any("clients" in k for _, k in keys(tmp_path))
     lines = Cutover().describe(load_plan(plan))
-    assert lines[0].startswith("no client hold") and not any("release" in line for line in lines)
+    assert lines[1].startswith("no client hold") and not any("release" in line for line in lines)
 
 
 def test_final_sync_fails_while_held_released_before_the_network_comes_back(
