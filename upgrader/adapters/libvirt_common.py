@@ -106,7 +106,15 @@ def wait_job(dom: libvirt.virDomain, disk: str, *, pivot: bool, timeout: float =
                 raise StepFailed(f"block job on {dom.name()} {disk} ended before it could pivot")
             return
         if pivot and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
-            dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            try:
+                dom.blockJobAbort(disk, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            except libvirt.libvirtError as exc:
+                # cur == end before QEMU declared the job ready (seen on the lab under load:
+                # "block job ... not ready for pivot yet"): poll on and pivot once it is
+                if "not ready for pivot" not in str(exc):
+                    raise
+                time.sleep(JOB_POLL)
+                continue
             while dom.blockJobInfo(disk, 0):
                 time.sleep(JOB_POLL)
             return
