@@ -42,6 +42,8 @@ KILL_POINTS = [
     ("after:sync:final", "inside cutover: final sync done"),
     ("after:set_link:mailhost", "inside takeover: old VM link down, twin not moved"),
     ("after:move_nic:prod-net", "inside takeover: twin moved"),
+    ("begin:cutover.persist_nics", "after the window: moved live only, the definitions not yet written"),
+    ("after:persist_link:mailhost", "inside persist_nics: the old VM's definition written, the twin's not"),
     ("done:verify", "boundary: verified"),
     ("after:undefine_domain", "inside decommission: old VM undefined, its images not deleted (found on the lab)"),
     ("after:undefine", "inside decommission: old VM undefined"),
@@ -49,7 +51,8 @@ KILL_POINTS = [
 
 DECOMMISSION_POINTS = {"after:undefine_domain", "after:undefine"}  # reached by `upgrader decommission`
 
-ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "undefine", "flatten")
+ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "persist_link", "persist_nic", "undefine",
+        "flatten")
 
 
 def upgrader(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
@@ -94,7 +97,8 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     world = world_of(fake_world)
     counts = op_counts(world)
     assert {op: counts.get(op, 0) for op in ONCE} == {
-        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "undefine": 1, "flatten": 1,
+        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "persist_link": 1,
+        "persist_nic": 1, "undefine": 1, "flatten": 1,
     }, why
     assert counts["set_claim"] == 1 and counts["release_claim"] == 1, why
     commands = [e["cmd"] for e in world["effects"] if e["op"] == "run" and e["role"] == "staging" and "labos-update" in e["cmd"]]
@@ -103,6 +107,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert list(world["domains"]) == ["mailhost-twin"]
     twin = world["domains"]["mailhost-twin"]
     assert set(twin["nics"].values()) == {"prod-net"} and twin["claim"] is None
+    assert "config" not in twin, why  # its persistent definition is where it serves (fake_nics.py)
     g = guest(world, "mailhost-twin")
     assert g["release"] == "2" and g["services"]
     assert len(set(g["mail"])) == len(g["mail"]) == 20 + 40 + 8 + 1

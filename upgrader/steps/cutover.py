@@ -28,6 +28,7 @@ class Cutover:
             f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}"
             + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
             f"resume services on the new prod: {'; '.join(plan.sync.resume) or '(no commands)'}",
+            "persist the takeover in both VMs' definitions (the window changed the running VMs only)",
         ]
 
     def run(self, ctx: StepContext) -> Outcome:
@@ -38,7 +39,7 @@ class Cutover:
         moved = ctx.once(
             "cutover.takeover",
             f"take the network over ({plan.takeover.strategy})",
-            lambda _: takeover.takeover(ctx),
+            lambda _: takeover.takeover(ctx, live_only=True),
             lambda _: {"strategy": plan.takeover.strategy, "probed": True} if takeover.taken_over(ctx) else None,
         )
         claimed = takeover.claim_address(ctx, "cutover.claim_address")
@@ -46,6 +47,7 @@ class Cutover:
             moved = {**moved, **claimed}
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
         back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
+        takeover.persist(ctx, "cutover.persist_nics")  # the window moved the live domains only
         out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),
                                "observed_downtime": back.get("downtime")}
         return Outcome(out)
