@@ -106,6 +106,7 @@ def test_stop_waits_for_the_mail_in_progress_and_nothing_writes_after_it(lab: La
     head, _, snap = r.stdout.partition(SEP + "\n")
     took = [float(x) for x in head.split("took ")[1].split()[:2]]
     at_return = snapshot(snap)
+    print(f"smtpd stop with A in DATA and D stalled (wait {STOP_WAIT} s): {took[1] - took[0]:.2f} s; replies {replies}")
     time.sleep(1.0)
     after = snapshot(lab.guest_exec("mailhost", SNAPSHOT).stdout)
     try:
@@ -136,6 +137,7 @@ def test_stop_with_no_connection_is_quick(lab: Lab) -> None:
                                    "e=$(cut -d' ' -f1 /proc/uptime); echo \"took $s $e\"")
     try:
         s, e = (float(x) for x in r.stdout.split("took ")[1].split()[:2])
+        print(f"smtpd stop with no connection: {e - s:.2f} s")
         assert "smtpd: stopped" in r.stdout
         assert e - s < 1.0, r.stdout
     finally:
