@@ -24,9 +24,10 @@ IP_MOVE = ("takeover:\n  strategy: ip_move\n  production_network: upgprod0\n  ad
 FAR_WINDOW = "window: {start: 2030-01-06T01:30:00, duration: 1h, timezone: UTC}\n"
 
 
-def plan_file(path: Path, *, strategy: str = "mac_move", window: bool = False) -> Path:
-    """playbooks/lab-mailhost.yml, optionally with ip_move and a window far ahead (the run parks
-    after pre-sync; `resume --now --yes` cuts over when the benchmark is ready)."""
+def plan_file(path: Path, *, strategy: str = "mac_move", window: bool = False, hold: bool = True) -> Path:
+    """playbooks/lab-mailhost.yml, optionally with ip_move, a window far ahead (the run parks
+    after pre-sync; `resume --now --yes` cuts over when the benchmark is ready) and without the
+    client hold (`takeover.hold: []`)."""
     text = PLAN.read_text()
     if strategy == "ip_move":
         old = "takeover:\n  strategy: mac_move\n  production_network: upgprod0\n"
@@ -34,6 +35,9 @@ def plan_file(path: Path, *, strategy: str = "mac_move", window: bool = False) -
         text = text.replace(old, IP_MOVE)
     if window:
         text = text.replace("keep_old_for: 1h\n", "keep_old_for: 1h\n" + FAR_WINDOW)
+    if not hold:
+        assert text.count("\ntakeover:\n") == 1
+        text = text.replace("\ntakeover:\n", "\ntakeover:\n  hold: []\n")
     path.write_text(text)
     return path
 

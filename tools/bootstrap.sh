@@ -17,6 +17,9 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   linux-image-amd64 busybox-static dropbear-bin rsync openssh-client openssh-sftp-server e2fsprogs
   iproute2 arping util-linux
+  # the client hold (issue 14): libvirt's nwfilter driver runs iptables/ip6tables/ebtables (this
+  # package gives all three, nft variants; install it before libvirtd starts)
+  iptables
   # a real OpenSSH sshd for the sync-key tests (started by the tests on loopback, by pid; the
   # image's policy-rc.d keeps apt from starting the system one)
   openssh-server

@@ -21,7 +21,7 @@ The JSON of these (`status --json`, `list --json`) is versioned: docs/json-schem
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -87,6 +87,7 @@ class RunStatus:
     state: RunState
     holder: LockHolder | None = None
     hint: str | None = None
+    client_hold: str | None = None  # "mailhost:25, 143": a client hold began and no release finished
 
     @property
     def killed(self) -> bool:
@@ -172,8 +173,17 @@ def status(ctx: "Context", host: str | None) -> list[RunRecord]:
 
 
 def states(ctx: "Context", host: str | None) -> list[RunStatus]:
-    """status() with each run's state."""
-    return [state_of(record, lock_holder(ctx.store, record.host), entries=entries) for record, entries in _latest(ctx, host)]
+    """status() with each run's state, and a client hold that may still be on."""
+    return [replace(state_of(record, lock_holder(ctx.store, record.host), entries=entries), client_hold=held_clients_of(entries))
+            for record, entries in _latest(ctx, host)]
+
+
+def held_clients_of(entries: list[dict[str, Any]]) -> str | None:
+    """"mailhost:25, 143" when the journal has a client hold begun and no release done."""
+    from upgrader.steps.base import Journal, ReadOnlyJournal
+    from upgrader.steps.client_hold import held_clients
+
+    return held_clients(Journal.from_entries(ReadOnlyJournal(), entries))
 
 
 def history(ctx: "Context") -> list[RunRecord]:
@@ -189,6 +199,8 @@ def history_states(ctx: "Context") -> list[RunStatus]:
         lock = lock_holder(ctx.store, h)
         out += [state_of(ctx.store.load(h, r), lock, latest=r == ids[-1],
                          entries=ctx.store.journal(h, r) if r == ids[-1] and lock is not None else None) for r in ids]
+        if out and ids:  # only the latest run can hold clients (an earlier one finished, releasing)
+            out[-1] = replace(out[-1], client_hold=held_clients_of(ctx.store.journal(h, ids[-1])))
     return out
 
 

@@ -3,7 +3,10 @@
     forecast = last pre-sync pass + quiesce + takeover + service start
 
 * **last pre-sync pass**: what the final sync will take (it moves what arrived since that pass);
-  measured, the last of the passes (by number: pass 10 comes after pass 9).
+  measured, the last of the passes (by number: pass 10 comes after pass 9): its rsync (`seconds`)
+  plus its close (`close_seconds`, standing in for the revoke of the key line that follows the
+  final pass in the window). Not its set-up (`setup_seconds`): the cutover opens its sync
+  session before the quiesce. A pass recorded before the split has only `seconds` (all three).
 * **quiesce**: the plan's `sync.quiesce` commands. Measured on the twin: the pre-sync rehearses
   them there (`presync.rehearse.quiesce`; the twin serves nobody on staging).
 * **takeover**: the NIC moves (and, for ip_move, claiming the address with gratuitous ARPs).
@@ -35,7 +38,7 @@ FORECAST_KEY = "forecast"  # in the await_window decision's outputs
 
 @dataclass(frozen=True)
 class Forecast:
-    last_pass: float  # seconds of the last pre-sync pass
+    last_pass: float  # seconds of the last pre-sync pass: its rsync + its close, not its set-up
     quiesce: float
     takeover: float
     service_start: float
@@ -86,7 +89,8 @@ def forecast(outputs: Mapping[str, Mapping[str, Any]], *, strategy: str, quiesce
         if resume_commands:
             estimated.append("service_start")
     estimated.append("takeover")
-    return Forecast(last_pass=float(last.get("seconds") or 0.0), quiesce=quiesce,
+    last_pass = float(last.get("seconds") or 0.0) + float(last.get("close_seconds") or 0.0)
+    return Forecast(last_pass=round(last_pass, 3), quiesce=quiesce,
                     takeover=TAKEOVER_ESTIMATE.get(strategy, max(TAKEOVER_ESTIMATE.values())), service_start=start,
                     last_pass_key=presync_pass_key(number), estimated=tuple(estimated))
 

@@ -69,6 +69,7 @@ from upgrader.plan_ansible import AnsiblePlaybook
 from upgrader.plan_packages import PackageProxy
 from upgrader.plan_checks import (PlanCheckError, check_env_name, check_operator, check_sync_paths, check_webhook_url,
                                   lone_surrogates, normalise_sync_path, printable, rrule_problem, window_problem)
+from upgrader.plan_hold import check_hold, default_ports
 
 __all__ = [
     "MAX_PLAN_BYTES",
@@ -634,6 +635,12 @@ class Takeover(_Model):
     )
     interface: StrictStr | None = Field(default=None, description="guest interface for ip_move (default: the first)")
     garp_count: _int_range(0, 100) = Field(default=5, description="gratuitous ARPs sent after the move")  # type: ignore[valid-type]
+    hold: list[Port] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="TCP ports whose new connections are held (SYN dropped on the hypervisor, clients retransmit) "
+        "from just before the quiesce until the new prod answers; default: the ports of the verify checks "
+        "without `host:` (not prod's SSH port); [] turns the hold off",
+    )
 
     @model_validator(mode="after")
     def _address(self) -> Takeover:
@@ -884,6 +891,16 @@ class Plan(_Model):
                                announce.sender if announce else None, announce.to if announce else [])
             except PlanCheckError as exc:
                 raise _fail("{why}", at=("operator", *exc.at), why=exc.message) from None
+        return self
+
+    @model_validator(mode="after")
+    def _client_hold(self) -> Plan:
+        hold = self.takeover.hold if self.takeover.hold is not None else list(default_ports(self))
+        at = ("takeover", "hold") if self.takeover.hold is not None else ("takeover",)
+        try:
+            check_hold(hold, self.ssh.prod.port)
+        except PlanCheckError as exc:
+            raise _fail("{why}", at=(*at, *exc.at), why=exc.message) from None
         return self
 
     @model_validator(mode="after")

@@ -245,6 +245,42 @@ class Hypervisor(Protocol):
     def set_autostart(self, name: str, on: bool) -> None:
         """Switch the domain's autostart on or off (idempotent)."""
 
+    # client hold (issue 14): new connections to prod are dropped on the hypervisor during the
+    # cutover so clients retransmit instead of being refused. All idempotent.
+
+    def define_client_hold(self, name: str, ports: Sequence[int]) -> None:
+        """Define (or redefine) nwfilter `name`: drop inbound TCP SYNs (SYN set, ACK/RST/FIN clear)
+        to each port, IPv4 only (libvirt cannot match TCP flags for IPv6: an IPv6 rule would cut
+        established connections too). Established connections pass (they drain)."""
+
+    def hold_clients(self, domain: str, mac: str, name: str) -> None:
+        """LIVE only (never the persistent config): the running domain's NIC `mac` gets
+        <filterref filter=name/>. Raises InfraError(hint) if the domain is not running / NIC missing /
+        the NIC already has another filterref (refuse, hint: the NIC has its own nwfilter)."""
+
+    def release_clients(self, domain: str, mac: str) -> None:
+        """LIVE: remove our filterref from NIC `mac` if present; no-op if the domain is off,
+        missing, or the NIC carries no upgrader-hold-* filterref."""
+
+    def undefine_client_hold(self, name: str) -> None:
+        """Undefine nwfilter `name`; no-op if it does not exist."""
+
+    def client_holds(self, domain: str) -> dict[str, str]:
+        """mac -> filter name for the running domain's NICs that are held: the live XML has a
+        <filterref> to an `upgrader-hold-*` filter AND its rules are instantiated (an nwfilter
+        binding for that NIC's target dev with that filter exists). {} if off/missing."""
+
+    def client_hold_filters(self) -> list[str]:
+        """Names of defined nwfilters that start with `upgrader-hold-`, sorted."""
+
+
+HOLD_PREFIX = "upgrader-hold-"  # every client-hold nwfilter's name starts with it
+
+
+def client_hold_name(run_id: str) -> str:
+    """The nwfilter of run `run_id`'s client hold."""
+    return f"{HOLD_PREFIX}{run_id}"
+
 
 # --------------------------------------------------------------------------------------- shell
 
@@ -326,13 +362,49 @@ class ShellFactory(Protocol):
 class SyncStats:
     files: int  # files transferred
     bytes: int  # bytes transferred (literal data)
-    seconds: float
+    seconds: float  # the pass alone (rsync), without setting the sync up or taking it down
     rc: int = 0
     key_id: str = ""  # the sync key's marker, upgrader-sync-<run_id>-<nonce> ("" if none was made)
     key_left: bool = False  # its removal failed: still authorised on the source until a sweep
+    setup_seconds: float = 0.0  # Syncer.sync: its open (key pair, authorisation, tunnel); 0 for a session's pass
+    close_seconds: float = 0.0  # Syncer.sync: its close (key line, tunnel, key pair); 0 for a session's pass
+
+
+class SyncSession(Protocol):
+    """An open sync (Syncer.open): the key is authorised on the source and the tunnel is up, so
+    a pass is only rsync. Held in this process only; the key a killed process left is removed by
+    the next sync's authorisation or by `sweep`."""
+
+    key_id: str  # the session key's marker, upgrader-sync-<run_id>-<nonce>
+
+    def pass_(self, *, final: bool, on_output: OutputSink | None = None) -> SyncStats:
+        """One rsync pass of the session's paths. `final`: exit 24 (vanished files) is an error.
+        Raises on a revoked or closed session, and ConnectionLost when the tunnel went with
+        its connection (either side's connection is not the one it was opened on, or died
+        during the pass): close it and open a new one. `seconds` is the pass alone; `key_left`
+        is always False."""
+
+    def revoke(self) -> bool:
+        """The least that must happen before the source leaves: remove the key line and its
+        forced command from the source (one command) and let the tunnel go without waiting.
+        No pass after it; the key pair stays on the target for `close` or a `sweep`. Bounded,
+        never raising, idempotent. True when the key line is gone from the source."""
+
+    def close(self) -> bool:
+        """`revoke` (unless done), then remove the key pair from the target; bounded and never
+        raising (a failure is reported to the session's output). Idempotent. True when the key
+        line is gone from the source."""
 
 
 class Syncer(Protocol):
+    def open(self, source: str, target: str, paths: Sequence[tuple[str, Sequence[str]]], *,
+             on_output: OutputSink | None = None) -> SyncSession:
+        """Set up a sync of `paths` (path, excludes) from role `source` to role `target` without
+        joining their networks: a key made for this session is authorised on the source
+        (restricted to rsync's sending side of `paths`, from the source's loopback; keys a killed
+        sync left are dropped in the same edit), and the tunnel to it is opened. On a failure
+        whatever was set up is removed before the error propagates."""
+
     def sync(
         self,
         source: str,
@@ -342,11 +414,9 @@ class Syncer(Protocol):
         final: bool,
         on_output: OutputSink | None = None,
     ) -> SyncStats:
-        """rsync `paths` (path, excludes) from role `source` to role `target` without joining
-        their networks. `final`: exit 24 (vanished files) is an error. A key made for this one
-        sync is authorised on the source (restricted to rsync's sending side of `paths`, from
-        the source's loopback) and removed before returning or raising; keys left by a killed
-        sync are removed when the next one starts, or by `sweep`."""
+        """`open`, one `pass_`, `close`: the key is removed before returning or raising.
+        `seconds` is the pass, `setup_seconds` the open, `close_seconds` the close; `key_left`
+        says the removal failed."""
 
     def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
         """Remove every sync key of `run_id` (any run's when None) from the authorized_keys of

@@ -50,6 +50,7 @@ def run_json(status: RunStatus) -> dict[str, Any]:
         },
         "warnings": list(r.warnings),
         "customers_not_told": customers_not_told(r.outputs),
+        "client_hold": status.client_hold,
         "plan": {"path": r.plan_path, "sha256": r.plan_sha256},
         "vm": r.vm.model_dump(mode="json") if r.vm else None,
         "options": r.options.model_dump(mode="json"),

@@ -253,6 +253,8 @@ def figures(record: RunRecord) -> dict[str, str]:
     final = record.output("cutover.final_sync")
     if final:
         out["final sync"] = f"{final.get('files', 0)} files, {final.get('bytes', 0)} bytes in {final.get('seconds', 0):.2f} s"
+        if final.get("setup_seconds"):  # a resumed or reconnected cutover opened its sync session after the quiesce
+            out["final sync"] += f" (+ {final['setup_seconds']:.2f} s setting the sync up inside the window)"
     synced = sum(v.get("files", 0) for v in presync) + final.get("files", 0)
     if presync or final:
         out["files synced"] = str(synced)
@@ -310,6 +312,10 @@ def state_line(console: Console, status: RunStatus) -> None:
     if state in ("urgent", "interrupted", "active", "error"):
         label = "URGENT" if state == "urgent" else state
         console.print(f"[{STATE_STYLE[state]}]{label}:[/] {safe(status.hint or '')}")
+    if status.client_hold:
+        console.print(f"[bold red]clients held on {safe(status.client_hold)}:[/] new connections are dropped until "
+                      f"the cutover or the rollback releases them (`upgrader resume {safe(status.record.host)}`; "
+                      "by hand: docs/operations.md, \"Client hold: undoing it by hand\")")
 
 
 class IdleFilter:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from upgrader.errors import ConnectionLost, InfraError
-from upgrader.testing import fakes
-from upgrader.testing.fakes import FakeSyncer, WorldFile, new_world
+from upgrader.testing import fake_syncer
+from upgrader.testing.fake_syncer import FakeSyncer
+from upgrader.testing.fakes import WorldFile, new_world
 
 NETWORKS = {"prod": "prod-net", "staging": "staging-net"}
 RUN = "20261124T201500Z-3f9a"
@@ -38,7 +39,7 @@ def keys(world: WorldFile, guest: str) -> list[str]:
 
 def test_the_key_is_there_only_during_the_sync(world: WorldFile, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
-    monkeypatch.setattr(fakes, "maybe_pause", lambda point: seen.append(keys(world, "g0")) if point.startswith("during:") else None)
+    monkeypatch.setattr(fake_syncer, "maybe_pause", lambda point: seen.append(keys(world, "g0")) if point.startswith("during:") else None)
     stats = FakeSyncer(world, NETWORKS, RUN).sync("prod", "staging", [("/var/mail", [])], final=False)
     assert seen == [[stats.key_id]] and stats.key_id.startswith(f"upgrader-sync-{RUN}-")
     assert keys(world, "g0") == [] and world.read()["guests"]["g1"]["mail"]
@@ -57,17 +58,17 @@ def test_a_kill_leaves_the_key_for_the_next_sync_or_a_sweep(world: WorldFile, mo
         if point == "during:sync:pass":
             raise Killed
 
-    monkeypatch.setattr(fakes, "maybe_pause", kill)
+    monkeypatch.setattr(fake_syncer, "maybe_pause", kill)
     syncer = FakeSyncer(world, NETWORKS, RUN)
     with pytest.raises(Killed):
         syncer.sync("prod", "staging", [("/var/mail", [])], final=False)
     left = keys(world, "g0")
     assert len(left) == 1 and left[0].startswith(f"upgrader-sync-{RUN}-")
-    monkeypatch.setattr(fakes, "maybe_pause", lambda point: None)
+    monkeypatch.setattr(fake_syncer, "maybe_pause", lambda point: None)
     syncer.sync("prod", "staging", [("/var/mail", [])], final=True)  # the next sync drops it first
     assert keys(world, "g0") == []
 
-    monkeypatch.setattr(fakes, "maybe_pause", kill)
+    monkeypatch.setattr(fake_syncer, "maybe_pause", kill)
     with pytest.raises(Killed):
         syncer.sync("prod", "staging", [("/var/mail", [])], final=False)
     assert syncer.sweep(["prod", "staging"], "20991231T000000Z-ffff") == 0  # another run's: kept

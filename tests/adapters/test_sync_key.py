@@ -15,6 +15,7 @@ from typing import Iterator
 
 import pytest
 
+from upgrader.adapters.rsync_session import RsyncSession
 from upgrader.adapters.rsync_syncer import (
     KEYS_SCRIPT,
     MARKER,
@@ -300,7 +301,8 @@ def test_cleanup_is_bounded_and_never_replaces_the_original_error(monkeypatch: p
     said: list[str] = []
     src = StubShell("prod", {"upgrader-keys": ConnectionLost("fake: gone")})
     dst = StubShell("staging")
-    assert syncer._cleanup(src, dst, f"{MARKER}-{RUN}-0badf00d", "/w/k", "/w/k.serve", said.append) is False  # type: ignore[arg-type]
+    assert syncer._revoke(src, f"{MARKER}-{RUN}-0badf00d", "/w/k.serve", said.append) is False  # type: ignore[arg-type]
+    assert syncer._remove_keypair(dst, f"{MARKER}-{RUN}-0badf00d", "/w/k", said.append) is True  # type: ignore[arg-type]
     assert "removing the sync key" in said[0] and "sweep" in said[0]
     assert all(timeout is not None and timeout <= 30 for _, timeout in src.seen + dst.seen)
     assert dst.seen[0][0] == "rm -rf /w/k"
@@ -317,12 +319,18 @@ def test_cleanup_is_bounded_and_never_replaces_the_original_error(monkeypatch: p
 
     syncer = RsyncSyncer(Shells(), RUN)  # type: ignore[arg-type]
     monkeypatch.setattr(syncer, "_keygen", lambda dst, keydir: PUBLIC)
-    monkeypatch.setattr("upgrader.adapters.rsync_syncer._sshd_banner", lambda src, port: "SSH-2.0-dropbear_2022.83")
+    monkeypatch.setattr("upgrader.adapters.rsync_syncer.sshd_banner", lambda src, port: "SSH-2.0-dropbear_2022.83")
 
-    def killed(*args: object) -> tuple[int, int, int]:
+    def killed(*args: object, **kwargs: object) -> tuple[int, int, int]:
         raise KeyboardInterrupt
 
+    class Gone:  # the session's transport: already closed, so no forward to cancel
+        def is_active(self) -> bool:
+            return False
+
+    monkeypatch.setattr(syncer, "_tunnel", lambda src, dst, keydir, carry: (Gone(), Gone(), 40000, f"{keydir}/rsh"))
     monkeypatch.setattr(syncer, "_transfer", killed)
+    monkeypatch.setattr(RsyncSession, "check_tunnel", lambda self: None)  # stand-in shells hold no connection
     with pytest.raises(KeyboardInterrupt):
         syncer.sync("prod", "staging", [("/var/mail", [])], final=False)
     lines = [line for line, _ in src_ok.seen]
@@ -342,7 +350,7 @@ def test_authorising_failure_raises_with_the_result(monkeypatch: pytest.MonkeyPa
 
     syncer = RsyncSyncer(Shells(), RUN)  # type: ignore[arg-type]
     monkeypatch.setattr(syncer, "_keygen", lambda dst, keydir: PUBLIC)
-    monkeypatch.setattr("upgrader.adapters.rsync_syncer._sshd_banner", lambda src, port: "SSH-2.0-OpenSSH_4.5p1 FreeBSD-20061110")
+    monkeypatch.setattr("upgrader.adapters.rsync_syncer.sshd_banner", lambda src, port: "SSH-2.0-OpenSSH_4.5p1 FreeBSD-20061110")
     with pytest.raises(SyncKeyError) as caught:
         syncer.sync("prod", "staging", [("/var/mail", [])], final=False)
     assert caught.value.result is full and "disk full" in str(caught.value) and caught.value.hint
@@ -425,10 +433,42 @@ def test_sync_through_the_restricted_key_and_nothing_left(guests: tuple[Server, 
         assert not workdir.exists() or list(workdir.iterdir()) == [], list(workdir.iterdir())
 
 
+def test_a_session_runs_two_passes_through_one_key_then_removes_it(guests: tuple[Server, Server],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Syncer.open sets the key and the tunnel up once; each pass is only rsync; close removes it all."""
+    prod, staging = guests
+    (prod.data / "mail").mkdir()
+    (prod.data / "mail" / "m1").write_text("one\n")
+    (staging.data / "mail").mkdir()
+    syncer = real_syncer(prod, staging)
+    try:
+        session = syncer.open("prod", "staging", [("/mnt/mail", [])])
+        assert [line.split()[-1] for line in sync_lines(prod)] == [session.key_id]
+        first = session.pass_(final=False)
+        (prod.data / "mail" / "m2").write_text("two\n")
+        ran: list[str] = []
+        for shell in (session.src, session.dst):
+            real_run = shell.run
+            monkeypatch.setattr(shell, "run", lambda command, _run=real_run, **kw: (ran.append(command.line), _run(command, **kw))[1])
+        second = session.pass_(final=True)
+        assert ran and all(line.startswith("rsync ") for line in ran), ran  # no key, no forward, no wrapper
+        assert session.close() and session.close()  # idempotent
+        with pytest.raises(InfraError):
+            session.pass_(final=True)
+    finally:
+        syncer.shells.reset()
+    assert first.files == 1 and second.files == 1 and first.key_id == second.key_id == session.key_id
+    assert sorted(p.name for p in (staging.data / "mail").iterdir()) == ["m1", "m2"]
+    assert sync_lines(prod) == [] and prod.authorized_keys.read_text().splitlines()[0].endswith(" orchestrator")
+    for server in guests:
+        workdir = server.home / ".upgrader-sync"
+        assert not workdir.exists() or list(workdir.iterdir()) == [], list(workdir.iterdir())
+
+
 def test_the_key_runs_rsync_sender_and_nothing_else(guests: tuple[Server, Server], tmp_path: Path) -> None:
     """The line the syncer authorises, tried with the OpenSSH client: rsync's sender works,
     a shell, a command, a forward, sftp, another path or another source address do not."""
-    from upgrader.adapters.rsync_syncer import _sshd_banner
+    from upgrader.adapters.rsync_tunnel import sshd_banner
 
     prod, staging = guests
     (prod.data / "mail").mkdir()
@@ -440,7 +480,7 @@ def test_the_key_runs_rsync_sender_and_nothing_else(guests: tuple[Server, Server
         key_id = new_key_id(RUN)
         keydir, serve_path = f"/root/.upgrader-sync/{key_id}", f"/root/.upgrader-sync/{key_id}.serve"
         public = syncer._keygen(dst, keydir)
-        banner = _sshd_banner(src, prod.port)
+        banner = sshd_banner(src, prod.port)
         assert ("OpenSSH" in banner) == (prod.kind == "openssh")
         (prod.home / ".upgrader-sync").mkdir(mode=0o700)
         (prod.home / ".upgrader-sync" / f"{key_id}.serve").write_text(serve_script(key_id, ["/mnt/mail/"]))

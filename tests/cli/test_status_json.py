@@ -21,7 +21,7 @@ SCHEMA = "upgrader.status/1"
 RUN_KEYS = {"host": str, "run_id": str, "state": str, "phase": str, "finished": bool, "created": str, "updated": str,
             "hint": (str, type(None)), "parked": (str, type(None)), "held": (dict, type(None)),
             "error": (dict, type(None)), "cleanup_error": (dict, type(None)), "holder": (dict, type(None)),
-            "warnings": list, "customers_not_told": bool, "plan": dict, "vm": (dict, type(None)), "options": dict, "timings": list, "outputs": dict}
+            "warnings": list, "customers_not_told": bool, "client_hold": (str, type(None)), "plan": dict, "vm": (dict, type(None)), "options": dict, "timings": list, "outputs": dict}
 HOLDER_KEYS = {"pid", "hostname", "since", "command", "alive"}
 TIMING_KEYS = {"phase", "status", "started", "ended", "seconds"}
 ERROR_KEYS = {"phase", "message", "hint", "kind"}

@@ -1,7 +1,7 @@
 """The crash matrix on the lab: SIGKILL the real orchestrator at a step boundary or inside a
 side-effecting step (watching its journal), then `upgrader resume`; a client delivers mail the
 whole time. Every point must end with the run completed, each side effect done once (one
-snapshot overlay, one twin), no mail lost and no sync key left behind.
+snapshot overlay, one twin), no mail lost, no sync key and no client hold left behind.
 
 CI runs the points marked `fast`; the whole matrix (and its table for docs/reliability.md):
     UPGRADER_CRASH_FULL=1 .venv/bin/python -m pytest tests/e2e/test_crash_lab.py -q -s
@@ -49,11 +49,14 @@ POINTS = [
     ("begin", "presync.rehearse.quiesce", 0.1, False),  # inside: the twin's services stopping
     ("begin", "presync.rehearse.service_start", 0.1, False),  # inside: the twin's services starting
     ("done", "await_window", 0, False),
+    ("begin", "cutover.hold_clients", 0.3, False),  # inside: libvirt writing the hold's rules
+    ("done", "cutover.hold_clients", 0, True),  # clients held, prod not quiesced
     ("done", "cutover.quiesce", 0, False),
     ("begin", "cutover.final_sync", 0.4, True),
     ("begin", "cutover.takeover", 0, False),
     ("done", "cutover.takeover", 0, False),
     ("begin", "cutover.resume", 0, False),
+    ("begin", "cutover.release_clients", 0.2, False),  # inside the release
     ("begin", "verify", 0, False),
     ("decommission", "decommission.flatten", 0.1, False),
     ("decommission", "decommission.undefine", 0, False),
@@ -116,6 +119,9 @@ def test_kill_and_resume_on_the_lab(lab: Lab, tmp_path: Path, event: str, key: s
     assert "upgrader-sync" not in lab.guest_exec(prod, "cat /root/.ssh/authorized_keys").stdout
     names = {info.name for info, _ in lab.domains()}
     overlays = {n for n in images(lab) if ".upgrader-" in n}
+    for domain in sorted(names):  # no held port left: filterref, binding, hold filter or rule
+        held = lab.client_holds(domain)
+        assert held.clear, (domain, held)
     if want == "completed":
         assert names == {"mailhost", "mailhost-twin"} and len(overlays) == 1, (names, images(lab))
     else:

@@ -4,13 +4,14 @@ should with every side effect done exactly once and no mail lost or image leaked
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from upgrader.testing.crash import CHECKS, Cli, world_of
+from upgrader.testing.crash import CHECKS, Cli, no_client_hold, op_counts, world_of
 from upgrader.testing.fakes import WorldFile
 
 NEW_PROD_MAIL = {"match": "smtpd start", "role": "prod", "set": {"services": True}, "add_mail": 3}
@@ -55,6 +56,8 @@ KILL_POINTS: list[tuple[str, Path_, str]] = [
     ("after:release_claim:mailhost", ROLLBACK, "claim released, not journaled"),
     ("begin:rollback.plan", AUTO_ROLLBACK, "verify failed, the automatic rollback begins"),
     ("after:move_nic:stg-net", AUTO_ROLLBACK, "automatic rollback: twin moved back"),
+    ("begin:rollback.release_clients", AUTO_ROLLBACK, "the service never came back: the old VM still held, link down"),
+    ("after:release_clients:mailhost", AUTO_ROLLBACK, "automatic rollback: old VM released, the filter still defined"),
     ("begin:abort.remove_twin", ABORT, "upgrade failed, abort's cleanup begins"),
     ("after:undefine_domain", ABORT, "abort: twin undefined, images not deleted"),
     ("during:merge_back", ABORT, "abort: pivoted onto the base, the overlay not yet deleted (found on the lab)"),
@@ -97,3 +100,26 @@ def test_recovery_path_killed_and_resumed(tmp_path: Path, fake_world: WorldFile,
             world[key] = list(items) + list(world[key])
     drive(Cli(tmp_path / "state", tmp_path / "locks"), abort_plan, path, point, tmp_path / "reached")
     CHECKS[path.end](world_of(fake_world))
+
+
+@pytest.mark.parametrize("point", ["begin:rollback.release_clients", "after:release_clients:mailhost", "done:rollback.release_clients"])
+def test_final_sync_fails_while_held_killed_in_the_release(tmp_path: Path, fake_world: WorldFile, abort_plan: Path,
+                                                           point: str) -> None:
+    """The final sync fails with prod held and quiesced: the rollback releases it (killed in the
+    release, resumed) before the network step, and the old VM ends with no hold and serving."""
+    with fake_world.change() as world:
+        world["faults"].append("sync:final")
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at(point, *_args(START, abort_plan), reached=tmp_path / "reached")
+    done = cli.run(*RESUME)
+    record = cli.record()
+    assert record["phase"] == "rolled_back" and record["finished"] and record["cleanup_error"] is None, done
+    world = world_of(fake_world)
+    no_client_hold(world)
+    counts = op_counts(world)
+    assert (counts["hold_clients"], counts["release_clients"], counts["undefine_client_hold"]) == (1, 1, 1)
+    assert world["domains"]["mailhost"]["links"] == {"52:54:00:12:34:56": True} and list(world["domains"]) == ["mailhost"]
+    run_dir = sorted(p for p in (tmp_path / "state" / "mailhost").iterdir() if p.is_dir())[-1]
+    entries = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines() if line.strip()]
+    journal = [(e["kind"], e.get("key")) for e in entries]
+    assert journal.index(("done", "rollback.release_clients")) < journal.index(("begin", "rollback.network"))

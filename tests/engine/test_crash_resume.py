@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from upgrader.testing.crash import Cli, guest, op_counts, world_of
+from upgrader.testing.crash import Cli, guest, no_client_hold, op_counts, world_of
 from upgrader.testing.fakes import WorldFile
 
 # (pause point, what it exercises)
@@ -38,10 +38,17 @@ KILL_POINTS = [
     ("begin:presync.rehearse.service_start", "rehearsal: journaled begin, the twin's services still stopped"),
     ("done:presync.rehearse.service_start", "boundary: rehearsal timed, forecast not journaled"),
     ("enter:cutover", "boundary: window passed"),
-    ("after:run@prod:/etc/init.d/smtpd stop", "inside cutover: prod quiesced"),
+    ("after:sync_open:session", "inside cutover: the sync session's key authorised, sync_open not journaled"),
+    ("after:hold_clients:mailhost", "inside cutover: prod's NIC held, not journaled -> the probe finds it"),
+    ("done:cutover.hold_clients", "boundary: clients held, prod not quiesced yet (it still serves open connections)"),
+    ("after:run@prod:/etc/init.d/smtpd stop", "inside cutover: prod held and quiesced"),
+    ("during:sync:final", "inside cutover: inside the session's final pass, its key authorised"),
     ("after:sync:final", "inside cutover: final sync done"),
+    ("done:cutover.sync_close", "inside cutover: the key revoked on prod, takeover not begun"),
     ("after:set_link:mailhost", "inside takeover: old VM link down, twin not moved"),
     ("after:move_nic:prod-net", "inside takeover: twin moved"),
+    ("begin:cutover.release_clients", "service back: the release journaled, the old VM still held"),
+    ("after:release_clients:mailhost", "inside the release: the NIC released, the filter still defined"),
     ("begin:cutover.persist_nics", "after the window: moved live only, the definitions not yet written"),
     ("after:persist_link:mailhost", "inside persist_nics: the old VM's definition written, the twin's not"),
     ("done:verify", "boundary: verified"),
@@ -52,7 +59,7 @@ KILL_POINTS = [
 DECOMMISSION_POINTS = {"after:undefine_domain", "after:undefine"}  # reached by `upgrader decommission`
 
 ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "persist_link", "persist_nic", "undefine",
-        "flatten")
+        "flatten", "define_client_hold", "hold_clients", "release_clients", "undefine_client_hold")
 
 
 def upgrader(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
@@ -91,6 +98,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
         cli.kill_at(point, "start", "mailhost", "--plan", str(fake_plan), reached=reached)
         done = cli.run("resume", "mailhost")
         assert done.rc == 0 and cli.record()["phase"] == "completed", done
+        no_client_hold(world_of(fake_world))  # the old VM still runs here: nothing left held on it
         done = cli.run("decommission", "mailhost", "--yes")
         assert done.rc == 0, done
 
@@ -99,7 +107,9 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert {op: counts.get(op, 0) for op in ONCE} == {
         "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "persist_link": 1,
         "persist_nic": 1, "undefine": 1, "flatten": 1,
+        "define_client_hold": 1, "hold_clients": 1, "release_clients": 1, "undefine_client_hold": 1,
     }, why
+    no_client_hold(world)
     assert counts["set_claim"] == 1 and counts["release_claim"] == 1, why
     commands = [e["cmd"] for e in world["effects"] if e["op"] == "run" and e["role"] == "staging" and "labos-update" in e["cmd"]]
     assert commands == ["labos-update fetch", "labos-update install", "labos-update install"], why
@@ -112,6 +122,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert g["release"] == "2" and g["services"]
     assert len(set(g["mail"])) == len(g["mail"]) == 20 + 40 + 8 + 1
     assert all(img["backing"] is None for img in world["images"].values())
+    assert not [g for g in world["guests"].values() if g.get("authorized_sync_keys") or g.get("sync_key_pairs")], why
     assert set(world["images"]) == set(twin["disks"].values()), "the old VM's images must be gone"
     # the run's own record agrees
     record = cli.record()
@@ -149,3 +160,18 @@ def test_concurrent_starts_exactly_one_proceeds(tmp_path: Path, fake_world: Worl
     assert f"locked by pid {first.pid}" in out and "since" in out
     world = json.loads(fake_world.path.read_text())
     assert [e["op"] for e in world["effects"]].count("snapshot") == 1
+
+
+def test_status_names_the_clients_a_killed_cutover_left_held(tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at("done:cutover.hold_clients", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "reached")
+    shown = cli.run("status", "mailhost")
+    assert "clients held on mailhost:25" in " ".join(shown.out.split()), shown
+    for command in (("status", "--json"), ("status", "mailhost", "--json"), ("list", "--json")):
+        runs = json.loads(cli.run(*command).out)["runs"]
+        assert runs[-1]["client_hold"] == "mailhost:25", command
+    assert world_of(fake_world)["client_holds"] == {"mailhost": {"52:54:00:12:34:56": f"upgrader-hold-{cli.record()['run_id']}"}}
+    assert cli.run("resume", "mailhost").rc == 0
+    no_client_hold(world_of(fake_world))
+    assert "clients held" not in cli.run("status", "mailhost").out
+    assert json.loads(cli.run("status", "mailhost", "--json").out)["runs"][0]["client_hold"] is None

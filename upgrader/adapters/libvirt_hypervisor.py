@@ -20,6 +20,7 @@ import libvirt
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from upgrader.adapters.libvirt_checkpoints import LibvirtCheckpoints
+from upgrader.adapters.libvirt_client_hold import ClientHoldMixin
 from upgrader.adapters.libvirt_common import (chain_of, disk_elements, disk_only_flags, esc, libvirt_errors, running_job,
                                               source_file, wait_job)
 from upgrader.adapters.libvirt_nics import LibvirtNicsMixin, placement, retarget
@@ -35,7 +36,7 @@ RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
 CONN_FRESH = 1.0
 
 
-class LibvirtHypervisor(LibvirtNicsMixin):
+class LibvirtHypervisor(LibvirtNicsMixin, ClientHoldMixin):
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None

@@ -13,25 +13,29 @@ no-agent-forwarding, no-X11-forwarding, no-port-forwarding; `from="127.0.0.1,::1
 source's sshd is OpenSSH (dropbear refuses the whole line for an option it does not know, `from=`
 among them). No `restrict`: old OpenSSH does not know it. authorized_keys is only ever edited by
 KEYS_SCRIPT: the new content goes to a temp file beside it, is checked line by line against the
-old one, and renamed over it; on any failure the original is left as it was. The key is removed
-in a `finally` (bounded, never hiding the error that got there); a key left by a killed process
-is removed when the next sync starts, or by `sweep`.
+old one, and renamed over it; on any failure the original is left as it was.
+
+`open` sets all of that up once and returns a session; each `pass_` through it is only rsync (a
+tunnel whose connection went raises ConnectionLost rather than retrying into it), `revoke` removes
+the key line (one command on the source) and `close` the key pair as well (bounded, never hiding
+the error that got there). `sync` is open + one pass + close, the close in a `finally`. A key left
+by a killed process is removed when the next sync starts, or by `sweep`.
 """
 
 from __future__ import annotations
 
-import random
 import re
 import secrets
 import shlex
-import socket
-import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import paramiko
 
 from upgrader.adapters.fabric_shell import FabricShell
+from upgrader.adapters.rsync_session import RsyncSession
+from upgrader.adapters.rsync_tunnel import forward, sshd_banner, unforward
 from upgrader.errors import InfraError, StepFailed, UpgraderError
 from upgrader.ports import SIGNALLED, Command, OutputSink, Result, SyncStats, cmd
 
@@ -273,52 +277,72 @@ class RsyncSyncer:
         final: bool,
         on_output: OutputSink | None = None,
     ) -> SyncStats:
+        """One pass in a session of its own: open, pass, close (the pre-sync passes, the reverse
+        sync); `seconds` is the pass alone, the open and the close are `setup_seconds` and
+        `close_seconds`."""
+        started = time.monotonic()
+        session = self.open(source, target, paths, on_output=on_output)
+        setup = time.monotonic() - started
+        try:
+            stats = session.pass_(final=final, on_output=on_output)
+        finally:
+            closing = time.monotonic()
+            left = not session.close()
+            closed = time.monotonic() - closing
+        return replace(stats, key_left=left, setup_seconds=round(setup, 3), close_seconds=round(closed, 3))
+
+    def open(self, source: str, target: str, paths: Sequence[tuple[str, Sequence[str]]], *,
+             on_output: OutputSink | None = None) -> "RsyncSession":
+        """Everything a pass needs, set up once: the key pair on the target, the forced command
+        and the authorised key on the source, the remote forward, the rsh wrapper. On a failure
+        what was set up is removed again before the error propagates."""
         folders = [path.rstrip("/") + "/" for path, _ in paths]
         key_id = new_key_id(self.run_id)
         serve = serve_script(key_id, folders)  # refuses a path the forced command could not match
         src, dst = self.shells.connect(source), self.shells.connect(target)
-        keydir, serve_path = f"{self.workdir}/{key_id}", f"{self.workdir}/{key_id}.serve"
-        started = time.monotonic()
+        session = RsyncSession(self, src, dst, key_id, list(paths), on_output)
         try:
-            public = self._keygen(dst, keydir)
-            openssh = "OpenSSH" in _sshd_banner(src, self.sshd_port)
+            public = self._keygen(dst, session.keydir)
+            openssh = "OpenSSH" in sshd_banner(src, self.sshd_port)
             _must(src, cmd("umask 077 && mkdir -p {} && rm -f {}/{}-*.serve && printf %s {} > {} && [ $(wc -c < {}) -eq {} ]",
-                           self.workdir, self.workdir, MARKER, serve, serve_path, serve_path, str(len(serve.encode()))),
+                           self.workdir, self.workdir, MARKER, serve, session.serve_path, session.serve_path,
+                           str(len(serve.encode()))),
                   "writing the sync key's forced command")
             # one checked edit: drops every sync key left by a killed run, adds this one
-            line = key_line(public, key_id, serve_path, openssh=openssh)
+            line = key_line(public, key_id, session.serve_path, openssh=openssh)
             result = src.run(edit_keys(key_pattern(), line), timeout=120)
             if not result.ok:
                 raise SyncKeyError("authorising the sync key", src.name, result)
             if removed_count(result) and on_output:
                 on_output(f"upgrader: removed {removed_count(result)} sync key(s) a killed sync left on {src.name}")
-            files, size, rc = self._transfer(src, dst, keydir, paths, final, on_output)
-        finally:
-            left = not self._cleanup(src, dst, key_id, keydir, serve_path, on_output)
-        return SyncStats(files=files, bytes=size, seconds=round(time.monotonic() - started, 3), rc=rc,
-                         key_id=key_id, key_left=left)
+            session.src_transport, session.transport, session.remote_port, session.wrapper = self._tunnel(
+                src, dst, session.keydir, lambda: not session.revoked)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
-    def _cleanup(self, src: "FabricShell", dst: "FabricShell", key_id: str, keydir: str, serve_path: str,
-                 on_output: OutputSink | None) -> bool:
-        """Remove the key line, its forced command and the key pair; bounded (CONNECT_WAIT to
-        reconnect, CLEANUP_TIMEOUT per command) and never raising, so the error that brought us
-        here (or SIGTERM's exception) is the one that propagates. True when the line is gone."""
-        removed = True
-        steps = ((src, edit_keys(key_pattern(key_id=key_id), then=cmd("rm -f {}", serve_path)), "removing the sync key"),
-                 (dst, cmd("rm -rf {}", keydir), "removing the sync key pair"))
-        for shell, command, what in steps:
-            try:
-                shell.ensure(wait=self.connect_wait)
-                result = shell.run(command, timeout=CLEANUP_TIMEOUT)
-                problem = "" if result.ok else f"exited {result.rc}: {result.tail(3)}"
-            except Exception as exc:  # noqa: BLE001 - a clean-up must not replace the original error
-                problem = f"{type(exc).__name__}: {exc}"
-            if problem:
-                removed = removed and shell is not src
-                if on_output:
-                    on_output(f"upgrader: {what} {key_id} on {shell.name} failed ({problem}); "
-                              "the next sync or a sweep removes it")
-        return removed
+    def _revoke(self, src: "FabricShell", key_id: str, serve_path: str, on_output: OutputSink | None) -> bool:
+        """The key line and its forced command off the source, one command. True when gone."""
+        return self._remove(src, edit_keys(key_pattern(key_id=key_id), then=cmd("rm -f {}", serve_path)),
+                            f"removing the sync key {key_id}", on_output)
+
+    def _remove_keypair(self, dst: "FabricShell", key_id: str, keydir: str, on_output: OutputSink | None) -> bool:
+        return self._remove(dst, cmd("rm -rf {}", keydir), f"removing the sync key pair {key_id}", on_output)
+
+    def _remove(self, shell: "FabricShell", command: Command, what: str, on_output: OutputSink | None) -> bool:
+        """One clean-up command; bounded (CONNECT_WAIT to reconnect a lost connection,
+        CLEANUP_TIMEOUT for the command) and never raising an Exception, so the error that
+        brought us here is the one that propagates. True when it succeeded."""
+        try:
+            shell.ensure(wait=self.connect_wait)
+            result = shell.run(command, timeout=CLEANUP_TIMEOUT)
+            problem = "" if result.ok else f"exited {result.rc}: {result.tail(3)}"
+        except Exception as exc:  # noqa: BLE001 - a clean-up must not replace the original error
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem and on_output:
+            on_output(f"upgrader: {what} on {shell.name} failed ({problem}); the next sync or a sweep removes it")
+        return not problem
 
     def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
         pattern = key_pattern(run_id)
@@ -357,24 +381,31 @@ class RsyncSyncer:
         return " ".join(public[0].split()[:2])
 
     @staticmethod
-    def _rsync(dst: "FabricShell", command: Command, on_output: OutputSink | None) -> Result:
-        """rsync is idempotent: a pass cut short (killed, connection reset, timeout) is run again."""
+    def _rsync(dst: "FabricShell", command: Command, on_output: OutputSink | None,
+               alive: Callable[[], None] | None = None) -> Result:
+        """rsync is idempotent: a pass cut short (killed, connection reset, timeout) is run again,
+        unless `alive` raises (ConnectionLost: the tunnel went with its connection, and a retry
+        through it would only fail again)."""
         for attempt in range(1, RSYNC_ATTEMPTS + 1):
             result = dst.run(command, timeout=24 * 3600, on_output=on_output)
+            if transient(result.rc) and alive is not None:
+                alive()
             if not transient(result.rc) or attempt == RSYNC_ATTEMPTS:
                 return result
             if on_output:
                 on_output(f"upgrader: rsync exited {result.rc} (cut short); running it again ({attempt + 1} of {RSYNC_ATTEMPTS})")
         raise AssertionError("unreachable")
 
-    def _transfer(self, src: "FabricShell", dst: "FabricShell", workdir: str, paths: Sequence[tuple[str, Sequence[str]]],
-                  final: bool, on_output: OutputSink | None) -> tuple[int, int, int]:
-        user = src.target.user
+    def _tunnel(self, src: "FabricShell", dst: "FabricShell", workdir: str,
+                carry: Callable[[], bool]) -> tuple[paramiko.Transport, paramiko.Transport, int, str]:
+        """The remote forward on the target back to the source's sshd (carrying while `carry()`)
+        and the rsh wrapper that uses it: (the source's transport its channels go over, the
+        target's transport holding the forward, its port, the wrapper's path)."""
         src_transport = src.ensure().client.get_transport()
         dst_transport = dst.ensure().client.get_transport()
         if src_transport is None or dst_transport is None:
             raise InfraError("SSH connection closed before the sync could start")
-        remote_port = _forward(dst_transport, src_transport, self.sshd_port)
+        remote_port = forward(dst_transport, src_transport, self.sshd_port, carry)
         try:
             # The tunnel ends at the source's own sshd through the orchestrator's pinned connection,
             # so the guest-side client need not pin again (dbclient cannot take an alias anyway).
@@ -386,92 +417,29 @@ class RsyncSyncer:
             wrapper = f"{workdir}/rsh"
             script = f'#!/bin/sh\nHOME={workdir}; export HOME\nexec {client} "$@"\n'
             _must(dst, cmd("printf %s {} > {} && chmod 700 {}", script, wrapper, wrapper), "writing the rsync remote shell")
-            files = size = worst = 0
-            for path, excludes in paths:
-                folder = path.rstrip("/") + "/"
-                args = ["rsync", "-aH", "--delete", "--numeric-ids", "--stats", "-e", wrapper]
-                args += [f"--exclude={e}" for e in excludes]
-                args += [f"{user}@127.0.0.1:{folder}", folder]
-                result = self._rsync(dst, Command(" ".join(shlex.quote(a) for a in args)), on_output)
-                if result.rc != 0 and not (result.rc == VANISHED and not final):
-                    raise SyncFailed(f"rsync of {folder} {src.name} -> {dst.name}", dst.name, result,
-                                     hint="a final pass must exit 0; nothing was switched over")
-                f, b = parse_stats(result.stdout)
-                files, size, worst = files + f, size + b, max(worst, result.rc)
-            return files, size, worst
-        finally:
-            if dst_transport.is_active():
-                dst_transport.cancel_port_forward("127.0.0.1", remote_port)
+        except BaseException:
+            unforward(dst_transport, remote_port)
+            raise
+        return src_transport, dst_transport, remote_port, wrapper
 
-
-def _sshd_banner(src: "FabricShell", port: int) -> str:
-    """The identification line of the sshd the sync key will meet: the source's own
-    127.0.0.1:`port`, reached like the sync reaches it (direct-tcpip over the source's connection)."""
-    transport = src.ensure().client.get_transport()
-    where = f"127.0.0.1:{port} on {src.name}"
-    if transport is None:
-        raise InfraError(f"SSH connection to {src.name} closed before the sync could start")
-    try:
-        channel = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=30)
-    except (paramiko.SSHException, OSError) as exc:
-        raise InfraError(f"the sync cannot reach the source's sshd at {where}: {exc}",
-                         hint="the source's sshd must listen on 127.0.0.1 and allow TCP forwarding (dropbear: no -j)") from exc
-    data = b""
-    try:
-        channel.settimeout(15)
-        while b"\n" not in data and len(data) < 512:
-            chunk = channel.recv(512)
-            if not chunk:
-                break
-            data += chunk
-    except (socket.timeout, OSError, paramiko.SSHException):
-        pass
-    finally:
-        channel.close()
-    banner = next((line for line in data.decode("ascii", "replace").splitlines() if line.startswith("SSH-")), "")
-    if not banner:
-        raise InfraError(f"no SSH banner from {where} (got {data[:80]!r})", hint="the sync tunnels to the source's own sshd there")
-    return banner
-
-
-def _forward(dst: paramiko.Transport, src: paramiko.Transport, sshd_port: int = 22) -> int:
-    """Ask the target's sshd to listen on its 127.0.0.1:R; every connection to it becomes a
-    direct-tcpip channel to the source's own 127.0.0.1:`sshd_port` over the source's SSH connection.
-    A random high port, retried if it is taken."""
-
-    def handle(channel: paramiko.Channel, origin: object, server: object) -> None:
-        try:
-            peer = src.open_channel("direct-tcpip", ("127.0.0.1", sshd_port), ("127.0.0.1", 0), timeout=30)
-        except (paramiko.SSHException, OSError):
-            channel.close()
-            return
-        threading.Thread(target=_copy, args=(channel, peer), daemon=True).start()
-        threading.Thread(target=_copy, args=(peer, channel), daemon=True).start()
-
-    for _ in range(10):
-        port = random.randint(20000, 60000)
-        try:
-            dst.request_port_forward("127.0.0.1", port, handler=handle)
-            return port
-        except paramiko.SSHException:
-            continue
-    raise InfraError("the target refused a remote port forward", hint="its sshd must allow remote forwarding (dropbear: no -k)")
-
-
-def _copy(read: paramiko.Channel, write: paramiko.Channel) -> None:
-    try:
-        while True:
-            data = read.recv(65536)
-            if not data:
-                break
-            write.sendall(data)
-    except (OSError, EOFError, paramiko.SSHException):
-        pass
-    finally:
-        try:
-            write.shutdown_write()
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
+    def _transfer(self, src: "FabricShell", dst: "FabricShell", wrapper: str, paths: Sequence[tuple[str, Sequence[str]]],
+                  final: bool, on_output: OutputSink | None, *, alive: Callable[[], None] | None = None) -> tuple[int, int, int]:
+        """rsync once per path through the session's wrapper: (files, bytes, worst exit code).
+        `alive` raises ConnectionLost when the tunnel is gone (asked after a transfer cut short)."""
+        user = src.target.user
+        files = size = worst = 0
+        for path, excludes in paths:
+            folder = path.rstrip("/") + "/"
+            args = ["rsync", "-aH", "--delete", "--numeric-ids", "--stats", "-e", wrapper]
+            args += [f"--exclude={e}" for e in excludes]
+            args += [f"{user}@127.0.0.1:{folder}", folder]
+            result = self._rsync(dst, Command(" ".join(shlex.quote(a) for a in args)), on_output, alive)
+            if result.rc != 0 and not (result.rc == VANISHED and not final):
+                raise SyncFailed(f"rsync of {folder} {src.name} -> {dst.name}", dst.name, result,
+                                 hint="a final pass must exit 0; nothing was switched over")
+            f, b = parse_stats(result.stdout)
+            files, size, worst = files + f, size + b, max(worst, result.rc)
+        return files, size, worst
 
 
 def _must(shell: "FabricShell", command: Command, what: str) -> Result:

@@ -24,6 +24,7 @@ from upgrader.lab.domain import DomainInfo, GuestSpec, domain_xml, parse
 from upgrader.lab.errors import LabError, LabNotUp
 from upgrader.lab.lab_clients import LabClients
 from upgrader.lab.lab_guests import LabGuests
+from upgrader.lab.lab_holds import LabHolds
 from upgrader.lab.proc import run
 from upgrader.lab.ssh import SSHTarget, proxy_command
 
@@ -36,7 +37,7 @@ def _quiet_libvirt() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-class Lab(LabGuests, LabClients):
+class Lab(LabGuests, LabClients, LabHolds):
     def __init__(self, lab_dir: str | os.PathLike[str] | None = None, *,
                  progress: Progress | None = None) -> None:
         self.paths = C.LabPaths.resolve(lab_dir)

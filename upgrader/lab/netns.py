@@ -88,6 +88,10 @@ def setup() -> None:
         ensure_namespace(ns)
     for seg in C.SEGMENTS.values():
         ensure_bridge(seg.bridge)
+    # bridged frames through iptables/ip6tables: the rules libvirt's nwfilter writes for a client
+    # hold (issue 14) match on the bridge port. Per namespace since Linux 5.3 (1 by default there)
+    _sysctl(C.NS_LAB, "net.bridge.bridge-nf-call-iptables", "1")
+    _sysctl(C.NS_LAB, "net.bridge.bridge-nf-call-ip6tables", "1")
     for seg in C.SEGMENTS.values():
         # one address and one MAC on both segments, like a router: the twin's neighbour entry for
         # its SSH peer learnt on staging stays right after it moves to prod (else ~30 s of silence)

@@ -3,7 +3,8 @@ the cutover bench: where the time between the quiesce and "the service answers" 
 
 Each part runs from the previous step's `done` to this step's `done`; the first from the
 quiesce's `begin` (where cutover.service_back's downtime starts). Steps a run did not take
-(claim_address under mac_move) are left out. `total` is quiesce begin -> service_back done; with a
+(claim_address under mac_move; sync_close in a run from before the sync session) are left out.
+`sync_close` is the revoke of the sync key on prod after the final pass (one command). `total` is quiesce begin -> service_back done; with a
 client hold (issue 14) `held` is hold_clients done -> service_back done.
 """
 
@@ -15,8 +16,8 @@ from typing import Any
 
 from upgrader.store.journal import parse_journal
 
-WINDOW = ("cutover.quiesce", "cutover.final_sync", "cutover.takeover", "cutover.claim_address", "cutover.resume",
-          "cutover.service_back")
+WINDOW = ("cutover.quiesce", "cutover.final_sync", "cutover.sync_close", "cutover.takeover", "cutover.claim_address",
+          "cutover.resume", "cutover.service_back")
 HOLD = "cutover.hold_clients"
 
 

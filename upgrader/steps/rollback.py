@@ -24,6 +24,7 @@ from upgrader.notify import Kind
 from upgrader.phases import Phase
 from upgrader.steps import takeover
 from upgrader.steps.base import Outcome, StepContext
+from upgrader.steps.client_hold import ROLLBACK_RELEASE_KEY, release_if_held
 from upgrader.steps.identity import OLD_VM_OFF_HINT, is_ours
 from upgrader.steps.notices import tell_about_window
 from upgrader.steps.operator_notice import ROLLED_BACK_KEY, rolled_back_event, tell_operator
@@ -98,6 +99,7 @@ class RollingBack:
         return [
             "decide once: did the network move to the twin, does the new prod answer (journaled)",
             "quiesce the new prod (the twin)",
+            f"release the client hold on {plan.source.domain} if one is still on",
             f"network back to {plan.source.domain}",
             "reverse rsync twin -> old VM of everything written since cutover",
             f"resume services on {plan.source.domain}",
@@ -124,6 +126,7 @@ class RollingBack:
                 run_commands(ctx, "rollback.quiesce_new", "prod", list(plan.sync.quiesce), "quiesce")
             except InfraError as exc:  # includes a connection lost for good
                 degrade(ctx, exc, "prod")
+        release_if_held(ctx, ROLLBACK_RELEASE_KEY)  # the old VM never comes back linked up and held
         ctx.once(
             "rollback.network",
             f"network back to {plan.source.domain}",

@@ -11,6 +11,7 @@ from typing import Any
 
 from upgrader.events import Notice
 from upgrader.steps.base import StepContext
+from upgrader.steps.client_hold import release_if_held
 from upgrader.steps.identity import is_ours, release_claim, require_ours
 from upgrader.steps.snapshot import snapshot_name, snapshot_of
 from upgrader.steps.sync import SYNC_KEYS, sweep_sync_keys
@@ -21,6 +22,7 @@ def teardown(ctx: StepContext, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if any(key.startswith(SYNC_KEYS) for key in ctx.journal.begun):
         sweep_sync_keys(ctx)  # while both guests still answer
+    release_if_held(ctx, f"{prefix}.release_clients")  # never leave prod holding new connections
     if "clone.define" in ctx.journal.begun:
         twin = plan.twin_name
 

@@ -1,6 +1,6 @@
-"""Data sync between prod and the twin: one rsync pass as a `once` (pre-sync passes, final pass,
-reverse sync), the plan's service commands, the sync keys a killed sync left. The pre-sync
-phase itself is in steps/presync.py."""
+"""Data sync between prod and the twin: one rsync pass as a `once` (pre-sync passes, reverse
+sync), the plan's service commands, the sync keys a killed sync left. The cutover's sync session
+is in steps/sync_session.py, the pre-sync phase in steps/presync.py."""
 
 from __future__ import annotations
 
@@ -29,18 +29,23 @@ def sync_once(ctx: StepContext, key: str, source: str, target: str, *, final: bo
         stats = ctx.ports.syncer.sync(source, target, sync_paths(ctx.plan), final=final, on_output=ctx.output_sink(key))
         if stats.key_left:
             ctx.emit(Notice(f"the sync key {stats.key_id} could not be removed from {source}; "
-                            "it is swept at the end of the run", "warning"))
+                            "the next sync's authorisation or a sweep removes it", "warning"))
         return {**asdict(stats), **(extra or {})}
 
     return ctx.once_reconnecting(key, f"rsync {source} -> {target}" + (" (final)" if final else ""), run)
 
 
-SYNC_KEYS = ("presync.pass[", "cutover.final_sync", "rollback.reverse_sync")
+SYNC_KEYS = ("presync.pass[", "cutover.sync_open", "cutover.sync_reopen[", "cutover.final_sync", "rollback.reverse_sync")
+# the cutover's session (steps/sync_session.py): its key stays authorised from an open until the
+# revoke, not only while the open runs
+SESSION_OPENS, SESSION_REVOKE = ("cutover.sync_open", "cutover.sync_reopen["), "cutover.sync_close"
 
 
 def sync_in_doubt(ctx: StepContext) -> bool:
-    """A sync began and never finished: its key may still be authorised."""
-    return any(key.startswith(SYNC_KEYS) and key not in ctx.journal.done for key in ctx.journal.begun)
+    """A sync began and never finished (a session: opened and never revoked): its key may
+    still be authorised."""
+    return any(key.startswith(SYNC_KEYS) and (SESSION_REVOKE if key.startswith(SESSION_OPENS) else key) not in ctx.journal.done
+               for key in ctx.journal.begun)
 
 
 def sweep_sync_keys(ctx: StepContext, roles: tuple[str, ...] = ("prod", "staging")) -> int:

@@ -143,17 +143,24 @@ def no_sync_keys(world: dict[str, Any], domain: str) -> None:
     assert keys == [], f"sync keys left authorised on {domain}: {keys}"
 
 
+def no_client_hold(world: dict[str, Any]) -> None:
+    """No nwfilter defined, no NIC of any domain held (fake_client_hold.py)."""
+    assert world.get("nwfilters", {}) == {}, f"client-hold filters left: {world['nwfilters']}"
+    assert not any(world.get("client_holds", {}).values()), f"NICs left held: {world['client_holds']}"
+
+
 def check_rolled_back(world: dict[str, Any]) -> None:
     no_sync_keys(world, "mailhost")
+    no_client_hold(world)
     counts = op_counts(world)
     assert list(world["domains"]) == ["mailhost"]
     old = world["domains"]["mailhost"]
     assert all(old["links"].values()) and old["disks"] == {"vda": BASE_IMAGE} and old["claim"] is None
     assert list(world["images"]) == [BASE_IMAGE]
     assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "move_nic", "undefine", "merge_back", "set_claim",
-                                      "release_claim")} == {
+                                      "release_claim", "hold_clients", "release_clients")} == {
         "snapshot": 1, "clone": 1, "set_link": 2, "move_nic": 2, "undefine": 1, "merge_back": 1, "set_claim": 1,
-        "release_claim": 1}
+        "release_claim": 1, "hold_clients": 1, "release_clients": 1}
     twin_mail = set(world["guests"]["g1"]["mail"])  # the twin's guest outlives its domain in the fake
     old_mail = guest(world, "mailhost")["mail"]
     assert twin_mail <= set(old_mail), sorted(twin_mail - set(old_mail))  # nothing the new prod accepted is lost
@@ -162,19 +169,24 @@ def check_rolled_back(world: dict[str, Any]) -> None:
 
 def check_aborted(world: dict[str, Any]) -> None:
     no_sync_keys(world, "mailhost")
+    no_client_hold(world)
     counts = op_counts(world)
     assert list(world["domains"]) == ["mailhost"] and list(world["images"]) == [BASE_IMAGE]
     assert world["domains"]["mailhost"]["claim"] is None
-    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "undefine", "merge_back", "release_claim")} == {
-        "snapshot": 1, "clone": 1, "set_link": 0, "undefine": 1, "merge_back": 1, "release_claim": 1}
+    assert {op: counts[op] for op in ("snapshot", "clone", "set_link", "undefine", "merge_back", "release_claim",
+                                      "define_client_hold")} == {
+        "snapshot": 1, "clone": 1, "set_link": 0, "undefine": 1, "merge_back": 1, "release_claim": 1, "define_client_hold": 0}
     assert guest(world, "mailhost")["release"] == "1"
 
 
 def check_decommissioned(world: dict[str, Any]) -> None:
     no_sync_keys(world, "mailhost-twin")
+    no_client_hold(world)
     counts = op_counts(world)
-    assert {op: counts[op] for op in ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "set_claim")} == {
-        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "set_claim": 1}
+    assert {op: counts[op] for op in ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "set_claim",
+                                      "hold_clients", "release_clients")} == {
+        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "set_claim": 1,
+        "hold_clients": 1, "release_clients": 1}
     g = guest(world, "mailhost-twin")
     assert g["release"] == "2" and g["services"] and len(set(g["mail"])) == len(g["mail"])
     assert all(img["backing"] is None for img in world["images"].values())

@@ -7,7 +7,7 @@ Fakes fail loudly: an unknown domain, an unsafe merge or a command the shell was
 (fake_commands.UnexpectedCall: no canned entry, none of upgrader's own guest commands) raises.
 
 The world (its shape, the file, the helpers every fake shares) is in upgrader/testing/world.py;
-checkpoints of the fake hypervisor in fake_checkpoints.py.
+checkpoints of the fake hypervisor in fake_checkpoints.py, its client hold in fake_client_hold.py.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from upgrader.errors import CheckFailed, ConnectionLost, ForwardRefused, InfraError, StepFailed, UnsafeOperation
-from upgrader.ports import (Claim, Command, DomainInfo, OutputSink, Probe, Prompt, RemoteForward, Result, SnapshotInfo,
-                            SyncStats)
+from upgrader.ports import Claim, Command, DomainInfo, OutputSink, Probe, Prompt, RemoteForward, Result, SnapshotInfo
 from upgrader.steps.base import Ports
 from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
+from upgrader.testing.fake_client_hold import FakeClientHold, drop_live_holds
 from upgrader.testing.fake_commands import UnexpectedCall, UnexpectedForward, canned_for, own_command
 from upgrader.testing.fake_nics import FakeNics, back_to_definition
 from upgrader.testing.hooks import maybe_pause
@@ -33,7 +33,7 @@ from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, W
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "FakeSyncer", "UnexpectedCall", "UnexpectedForward",
+__all__ = ["FakeHypervisor", "FakeProber", "FakeShell", "FakeShells", "UnexpectedCall", "UnexpectedForward",
            "World", "WorldFile", "build", "new_world"]
 
 
@@ -47,7 +47,7 @@ def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- hypervisor
 
 
-class FakeHypervisor(FakeCheckpoints, FakeNics):
+class FakeHypervisor(FakeCheckpoints, FakeClientHold, FakeNics):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
@@ -157,6 +157,7 @@ class FakeHypervisor(FakeCheckpoints, FakeNics):
             if dom["running"]:
                 dom["running"] = False
                 back_to_definition(dom)  # live NIC changes not persisted are gone, as in libvirt
+                drop_live_holds(world, name)
                 effect(world, "destroy", domain=name)
         maybe_pause(f"after:destroy:{name}")
 
@@ -289,8 +290,14 @@ def live_forwards(world: World, role: str, session: str) -> list[dict[str, Any]]
 
 
 class FakeShell:
-    def __init__(self, world: WorldFile, role: str, network: str, session: str = "") -> None:
-        self.world, self.name, self.network, self.session = world, role, network, session
+    def __init__(self, world: WorldFile, role: str, network: str, session: str = "",
+                 factory: "FakeShells | None" = None) -> None:
+        self.world, self.name, self.network, self.session, self.factory = world, role, network, session, factory
+
+    def _replaced(self) -> None:
+        """This role's connection died: the next command runs on a new one (FabricShell.ensure)."""
+        if self.factory is not None:
+            self.factory.replace_connection(self.name)
 
     def run(
         self,
@@ -317,6 +324,12 @@ class FakeShell:
                         entry["was_cut"] = int(entry.get("was_cut", 0)) + 1
                         cut = True
                         break
+                    # `stale: N`: the first N matching runs find the connection dead and reconnect
+                    # quietly first (FabricShell.ensure), so the command runs on a new connection
+                    if int(entry.get("stale", 0)) > int(entry.get("was_stale", 0)):
+                        entry["was_stale"] = int(entry.get("was_stale", 0)) + 1
+                        self._replaced()
+                        effect(world, "reconnect", role=self.name, domain=domain)
                     canned = entry
                     rc, stdout = int(canned.get("rc", 0)), str(canned.get("stdout", "")).format(**guest)
                     guest.update(canned.get("set", {}))
@@ -347,6 +360,7 @@ class FakeShell:
         if unexpected is not None:
             raise unexpected
         if lost:
+            self._replaced()
             raise ConnectionLost(f"fake: connection to {self.name} lost while running `{command.short()}`")
         if on_output and stdout:
             for out in stdout.splitlines():
@@ -411,11 +425,20 @@ class FakeShells:
     def __init__(self, world: WorldFile, networks: dict[str, str]) -> None:
         self.world, self.networks = world, networks
         self.session = uuidlib.uuid4().hex  # this process's connections: its forwards die with it
+        self.replaced: dict[str, int] = {}  # role -> how often its connection died or was dropped in this process
+
+    def connection(self, role: str) -> str:
+        """The identity of `role`'s current connection (like a paramiko Transport): a sync
+        session's tunnel lives on the connections it was opened on (FakeSyncer)."""
+        return f"{self.session}/{role}/{self.replaced.get(role, 0)}"
+
+    def replace_connection(self, role: str) -> None:
+        self.replaced[role] = self.replaced.get(role, 0) + 1
 
     def connect(self, role: str, *, wait: float | None = None) -> FakeShell:
         if f"ssh:{role}" in self.world.read()["faults"]:
             raise InfraError(f"fake: SSH to {role} does not answer (fault)")
-        shell = FakeShell(self.world, role, self.networks[role], self.session)
+        shell = FakeShell(self.world, role, self.networks[role], self.session, self)
         shell.boot_id()  # fails like SSH would when nothing answers
         return shell
 
@@ -424,94 +447,8 @@ class FakeShells:
             effect(world, "reset_connections")
             opened = world.setdefault("forwards", [])  # their forwards went with them
             opened[:] = [f for f in opened if f["session"] != self.session]
-
-
-# ---------------------------------------------------------------------------------------- sync
-
-
-class FakeSyncer:
-    """Copies the source guest's mail to the target. Like the real one it authorises a key on
-    the source for the sync (guest["authorized_sync_keys"], after dropping any a killed sync left)
-    and removes it afterwards, also when the connection is lost; a process killed at the pause
-    point `during:sync:pass|final` leaves it there for the next sync or `sweep`."""
-
-    MARKER = "upgrader-sync"
-
-    def __init__(self, world: WorldFile, networks: dict[str, str], run_id: str = "fake-run") -> None:
-        self.world, self.networks, self.run_id = world, networks, run_id
-
-    def _network(self, role: str) -> str:
-        if role not in self.networks:
-            raise ValueError(f"fake: unknown role {role!r}; known: {', '.join(self.networks)}")
-        return self.networks[role]
-
-    def sync(
-        self,
-        source: str,
-        target: str,
-        paths: Sequence[tuple[str, Sequence[str]]],
-        *,
-        final: bool,
-        on_output: OutputSink | None = None,
-    ) -> SyncStats:
-        kind = "final" if final else "pass"
-        if f"sync:{kind}" in self.world.read()["faults"]:
-            result = Result(f"rsync -a {source}:… {target}:…", 23, "", "rsync error: some files could not be transferred (code 23)")
-            raise StepFailed(f"fake: rsync from {source} to {target} exited 23:\n{result.tail()}", result=result)
-        key_id = f"{self.MARKER}-{self.run_id}-{uuidlib.uuid4().hex[:8]}"
-        with self.world.change() as world:
-            _guest_of(world, self._network(target))
-            _, src = _guest_of(world, self._network(source))
-            src["authorized_sync_keys"] = [key_id]  # stale ones of killed syncs go first
-        maybe_pause(f"during:sync:{kind}")
-        try:
-            with self.world.change() as world:
-                _, src = _guest_of(world, self.networks[source])
-                _, dst = _guest_of(world, self.networks[target])
-                passes = sum(1 for e in world["effects"] if e["op"] == "sync")
-                incoming = world["incoming"]
-                if src["services"] and not final and passes < len(incoming):
-                    start = len(src["mail"])
-                    src["mail"].extend(f"m{start + i}-p{passes}" for i in range(incoming[passes]))
-                new = sorted(set(src["mail"]) - set(dst["mail"]))
-                gone = set(dst["mail"]) - set(src["mail"])
-                dst["mail"] = list(src["mail"])
-                files = len(new) + len(gone)
-                effect(world, "sync", source=source, target=target, final=final, files=files)
-                drops = world.setdefault("sync_drops", [])  # "final"/"pass": lose the connection after syncing
-                lost = kind in drops
-                if lost:
-                    drops.remove(kind)
-        finally:
-            with self.world.change() as world:
-                for guest in world["guests"].values():  # wherever the source's guest is now
-                    if key_id in guest.get("authorized_sync_keys", []):
-                        guest["authorized_sync_keys"].remove(key_id)
-        if lost:
-            raise ConnectionLost(f"fake: connection to {target} lost during rsync")
-        if on_output:
-            on_output(f"sent {files} files")
-        maybe_pause(f"after:sync:{kind}")
-        return SyncStats(files=files, bytes=files * 2048, seconds=round(0.01 + files * 0.001, 3), key_id=key_id)
-
-    def sweep(self, roles: Sequence[str], run_id: str | None = None, *, strict: bool = False) -> int:
-        networks = [self._network(role) for role in roles]
-        prefix = f"{self.MARKER}-{run_id}-" if run_id is not None else f"{self.MARKER}-"
-        removed, silent = 0, []
-        with self.world.change() as world:
-            for role, network in zip(roles, networks):
-                try:
-                    _, guest = _guest_of(world, network)
-                except InfraError:
-                    if strict:
-                        raise
-                    silent.append(role)  # does not answer: 0 for that role
-                    continue
-                keys = guest.get("authorized_sync_keys", [])
-                guest["authorized_sync_keys"] = [k for k in keys if not k.startswith(prefix)]
-                removed += len(keys) - len(guest["authorized_sync_keys"])
-            effect(world, "sweep_keys", roles=list(roles), run_id=run_id, removed=removed, unreachable=silent)
-        return removed
+        for role in self.networks:
+            self.replace_connection(role)
 
 
 # -------------------------------------------------------------------------------------- probing
@@ -555,7 +492,9 @@ def build(plan: "Plan", run_id: str = "fake-run") -> Ports:
         raise InfraError(f"fake world {path} does not exist", hint="tests create it with upgrader.testing.fakes.new_world()")
     world = WorldFile(path)
     networks = {"prod": plan.takeover.production_network, "staging": plan.staging.network}
-    from upgrader.testing.fake_playbooks import FakePlaybooks  # it builds on this module's guests
+    from upgrader.testing.fake_playbooks import FakePlaybooks  # they build on this module's guests
+    from upgrader.testing.fake_syncer import FakeSyncer
 
-    return Ports(FakeHypervisor(world), FakeShells(world, networks), FakeSyncer(world, networks, run_id), FakeProber(world, networks),
+    shells = FakeShells(world, networks)
+    return Ports(FakeHypervisor(world), shells, FakeSyncer(world, networks, run_id, shells), FakeProber(world, networks),
                  playbooks=FakePlaybooks(world, networks, plan.source.domain))

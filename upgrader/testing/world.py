@@ -9,8 +9,11 @@ World shape (see `new_world`):
   free_memory: bytes the hypervisor can give a new domain (preflight: the twin's memory must fit)
   images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
             the guest's state when it was taken (what a revert to it restores)
-  guests:   id -> {boot_id, files[], mail[], release, services}
-  commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role}]   canned results,
+  guests:   id -> {boot_id, files[], mail[], release, services, authorized_sync_keys[], sync_key_pairs[]}
+  commands: [{match: regex, rc, stdout, set: {guest fields}, add_mail: n, role, cut: n, drop: n, stale: n}]
+            canned results; cut/drop: the first n matching runs lose the connection before/after
+            running; stale: the first n find it dead and reconnect quietly first (a sync
+            session's tunnel is then gone: fake_syncer.py);
             first match; add_mail: mail that clients deliver once the command has run. A command
             with no entry that is none of upgrader's own guest commands raises UnexpectedCall
             (fake_commands.py); `expect_plan(world, plan)` cans what the plan itself runs
@@ -24,7 +27,11 @@ World shape (see `new_world`):
             another raises UnexpectedForward); `expect_plan` adds the plan's package proxy
   forwards: [{role, session, listen_port, host, port}]  open forwards, per process (`session`): a
             run effect lists the ones live on its role's connection (`forwards`) and its `env`
-  faults:   ... "forward:staging"  the twin's sshd refuses a remote forward (ForwardRefused)
+  faults:   ... "forward:staging"  the twin's sshd refuses a remote forward (ForwardRefused);
+             "sync:open", "sync:final", "sync:revoke", "sweep:prod": see fake_syncer.py
+  nwfilters: name -> [ports]   defined nwfilters (fake_client_hold.py)
+  client_holds: domain -> {mac: filter name}   live filterrefs of running domains (dropped when
+            the domain stops); a name without the upgrader-hold- prefix is the NIC's own filter
   effects:  [{op, ...}]
 """
 
@@ -80,6 +87,8 @@ def new_world(
         "playbooks": [],  # canned `ansible:` playbook runs (fake_playbooks.py)
         "incoming": [40, 8, 1],
         "faults": [],
+        "nwfilters": {},
+        "client_holds": {},
         "effects": [],
     }
 
