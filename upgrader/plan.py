@@ -596,7 +596,11 @@ class Sync(_Model):
 
     paths: Annotated[list[SyncPath], Field(min_length=1)] = Field(description="directory trees to copy")
     quiesce: list[StrictStr] = Field(
-        default=[], description="commands that stop writers on production before the final sync"
+        default=[],
+        description="commands that stop writers on production before the final sync. Contract: they return only "
+        "when the service no longer accepts or writes; connections in progress are finished or cut (a mail "
+        "acknowledged before they return is on disk, none after). A stop that returns while workers still run "
+        "can lose what they write after the final sync (docs/operations.md, Quiescing)",
     )
     resume: list[StrictStr] = Field(
         default=[],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -97,6 +98,25 @@ class DomainInfo:
     memory: int = 0  # bytes the domain is defined with (a twin cloned from it gets as much); 0: unknown
 
 
+class NicScope(str, Enum):
+    """Which definition of a running domain a NIC change goes to: LIVE, what the guest has now
+    (the takeover inside the downtime window: one update per NIC); CONFIG, the persistent
+    definition a (re)start boots from (written once the service is back); BOTH. A domain that is
+    not running has only its persistent definition: every scope changes that."""
+
+    BOTH = "both"
+    LIVE = "live"
+    CONFIG = "config"
+
+
+@dataclass(frozen=True)
+class NicPlacement:
+    """Where a domain's NICs are in one of its definitions: mac -> network/bridge, mac -> link up."""
+
+    nics: dict[str, str]
+    links: dict[str, bool]
+
+
 @dataclass(frozen=True)
 class Claim:
     """A run's claim on a VM, kept on the VM itself (libvirt domain <metadata>) so that every
@@ -168,9 +188,15 @@ class Hypervisor(Protocol):
         """Delete `owner`'s overlays over `bases` that no domain uses (a clone killed before it
         defined the domain). Returns bytes freed."""
 
-    def set_link(self, domain: str, mac: str, up: bool) -> None: ...
+    def set_link(self, domain: str, mac: str, up: bool, scope: NicScope = NicScope.BOTH) -> None:
+        """Link state of NIC `mac`; a link coming up in the live domain announces itself."""
 
-    def move_nic(self, domain: str, mac: str, network: str) -> None: ...
+    def move_nic(self, domain: str, mac: str, network: str, scope: NicScope = NicScope.BOTH) -> None:
+        """Put NIC `mac` on `network` (a libvirt network or a bridge); live, it announces itself."""
+
+    def persistent_nics(self, domain: str) -> NicPlacement | None:
+        """The NICs of the domain's persistent definition (what a start boots with); `domain()`
+        reports the live ones of a running domain. None if the domain does not exist."""
 
     def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
         """Fold the snapshot's overlays back into their bases (blockcommit), refusing when

@@ -96,6 +96,15 @@ def test_happy_path_then_decommission(lab: Lab, tmp_path: Path) -> None:
     # the old VM is kept, link down
     names = {info.name for info, _ in lab.domains()}
     assert {"mailhost", "mailhost-twin"} <= names
+    # the window moved the running VMs only; cutover.persist_nics then wrote both definitions
+    from upgrader.adapters.libvirt_hypervisor import LibvirtHypervisor
+    from upgrader.lab import config as C
+
+    hv = LibvirtHypervisor(lab.uri)
+    twin_def, old_def = hv.persistent_nics("mailhost-twin"), hv.persistent_nics("mailhost")
+    hv.conn.close()
+    assert twin_def is not None and set(twin_def.nics.values()) == {C.BR_PROD}
+    assert old_def is not None and not any(old_def.links.values())
     print(f"whole run {whole:.1f} s; client: {len(accepted)} accepted, {seen['failed']} failed, "
           f"longest TCP outage {seen['longest_outage']} s; outputs: "
           f"{json.dumps({k: record['outputs'].get(k) for k in ('snapshot', 'clone.define', 'cutover.service_back')})}")

@@ -49,6 +49,8 @@ KILL_POINTS = [
     ("after:move_nic:prod-net", "inside takeover: twin moved"),
     ("begin:cutover.release_clients", "service back: the release journaled, the old VM still held"),
     ("after:release_clients:mailhost", "inside the release: the NIC released, the filter still defined"),
+    ("begin:cutover.persist_nics", "after the window: moved live only, the definitions not yet written"),
+    ("after:persist_link:mailhost", "inside persist_nics: the old VM's definition written, the twin's not"),
     ("done:verify", "boundary: verified"),
     ("after:undefine_domain", "inside decommission: old VM undefined, its images not deleted (found on the lab)"),
     ("after:undefine", "inside decommission: old VM undefined"),
@@ -56,8 +58,8 @@ KILL_POINTS = [
 
 DECOMMISSION_POINTS = {"after:undefine_domain", "after:undefine"}  # reached by `upgrader decommission`
 
-ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "undefine", "flatten",
-        "define_client_hold", "hold_clients", "release_clients", "undefine_client_hold")
+ONCE = ("snapshot", "clone", "start", "reboot", "set_link", "move_nic", "persist_link", "persist_nic", "undefine",
+        "flatten", "define_client_hold", "hold_clients", "release_clients", "undefine_client_hold")
 
 
 def upgrader(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
@@ -103,7 +105,8 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     world = world_of(fake_world)
     counts = op_counts(world)
     assert {op: counts.get(op, 0) for op in ONCE} == {
-        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "undefine": 1, "flatten": 1,
+        "snapshot": 1, "clone": 1, "start": 1, "reboot": 2, "set_link": 1, "move_nic": 1, "persist_link": 1,
+        "persist_nic": 1, "undefine": 1, "flatten": 1,
         "define_client_hold": 1, "hold_clients": 1, "release_clients": 1, "undefine_client_hold": 1,
     }, why
     no_client_hold(world)
@@ -114,6 +117,7 @@ def test_kill_and_resume(tmp_path: Path, fake_world: WorldFile, fake_plan: Path,
     assert list(world["domains"]) == ["mailhost-twin"]
     twin = world["domains"]["mailhost-twin"]
     assert set(twin["nics"].values()) == {"prod-net"} and twin["claim"] is None
+    assert "config" not in twin, why  # its persistent definition is where it serves (fake_nics.py)
     g = guest(world, "mailhost-twin")
     assert g["release"] == "2" and g["services"]
     assert len(set(g["mail"])) == len(g["mail"]) == 20 + 40 + 8 + 1

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from typing import Callable
 from urllib.parse import urlsplit
 
 import libvirt
@@ -23,6 +23,7 @@ from upgrader.adapters.libvirt_checkpoints import LibvirtCheckpoints
 from upgrader.adapters.libvirt_client_hold import ClientHoldMixin
 from upgrader.adapters.libvirt_common import (chain_of, disk_elements, disk_only_flags, esc, libvirt_errors, running_job,
                                               source_file, wait_job)
+from upgrader.adapters.libvirt_nics import LibvirtNicsMixin, placement, retarget
 from upgrader.errors import InfraError, StepFailed, UnsafeOperation
 from upgrader.ports import Checkpoint, Claim, DomainInfo, SnapshotInfo
 
@@ -30,12 +31,16 @@ from upgrader.ports import Checkpoint, Claim, DomainInfo, SnapshotInfo
 CLAIM_NS = "urn:x-upgrader:claim:1"
 CLAIM_PREFIX = "upgrader"
 RECONNECT_WAIT = 90.0  # seconds to wait for a restarted libvirtd
+# a connection that answered this recently is used without asking again (each ask is an RPC; the
+# takeover in the downtime window makes a dozen calls in well under a second)
+CONN_FRESH = 1.0
 
 
-class LibvirtHypervisor(ClientHoldMixin):
+class LibvirtHypervisor(LibvirtNicsMixin, ClientHoldMixin):
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
+        self._answered = float("-inf")  # time.monotonic() of the connection's last liveness answer
         self._checkpoints = LibvirtCheckpoints(self)
 
     # ------------------------------------------------------------------------ connection
@@ -43,10 +48,15 @@ class LibvirtHypervisor(ClientHoldMixin):
     @property
     def conn(self) -> libvirt.virConnect:
         """The connection, re-opened if libvirtd went away (restarted, upgraded): guests keep
-        running without it, so a run waits up to RECONNECT_WAIT for it to come back."""
+        running without it, so a run waits up to RECONNECT_WAIT for it to come back. Asked at
+        most once per CONN_FRESH: a daemon restarted in between fails the next call (InfraError),
+        as one restarted between the ask and the call always could."""
         if self._conn is not None:
+            if time.monotonic() - self._answered < CONN_FRESH:
+                return self._conn
             try:
                 self._conn.getLibVersion()  # a restarted daemon shows here; isAlive() may not know yet
+                self._answered = time.monotonic()
                 return self._conn
             except libvirt.libvirtError:
                 self._conn = None
@@ -57,6 +67,7 @@ class LibvirtHypervisor(ClientHoldMixin):
                                 retry=retry_if_exception_type(InfraError), reraise=True):
             with attempt, libvirt_errors(f"cannot connect to libvirt at {self.uri}"):
                 self._conn = libvirt.open(self.uri)
+        self._answered = time.monotonic()
         assert self._conn is not None
         return self._conn
 
@@ -93,21 +104,11 @@ class LibvirtHypervisor(ClientHoldMixin):
             return None
         root = self._xml(dom)
         disks = {d.find("target").get("dev", "?"): source_file(d) or "" for d in disk_elements(root)}  # type: ignore[union-attr]
-        nics: dict[str, str] = {}
-        links: dict[str, bool] = {}
-        for iface in root.findall("./devices/interface"):
-            mac = iface.find("mac")
-            source = iface.find("source")
-            if mac is None or source is None:
-                continue
-            address = mac.get("address", "").lower()
-            nics[address] = source.get("bridge") or source.get("network") or ""
-            link = iface.find("link")
-            links[address] = link is None or link.get("state", "up") == "up"
+        nics = placement(root)
         with libvirt_errors(f"state of {name}"):
             running = bool(dom.isActive())
-        return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics, links=links,
-                          memory=_memory_bytes(root))
+        return DomainInfo(name=name, uuid=dom.UUIDString(), running=running, disks=disks, nics=nics.nics,
+                          links=nics.links, memory=_memory_bytes(root))
 
     def free_memory(self) -> int:
         """MemFree plus buffers and page cache of the hypervisor host (what a new domain can get
@@ -267,7 +268,7 @@ class LibvirtHypervisor(ClientHoldMixin):
                 disk.remove(backing)
         kind = "network" if self._is_network(network) else "bridge"
         for iface in root.findall("./devices/interface"):
-            _retarget(iface, kind, network)  # isolated segment; same MAC unless mapped (ip_move)
+            retarget(iface, kind, network)  # isolated segment; same MAC unless mapped (ip_move)
             mac = iface.find("mac")
             if mac is not None and macs and mac.get("address", "").lower() in macs:
                 mac.set("address", macs[mac.get("address", "").lower()])
@@ -323,13 +324,6 @@ class LibvirtHypervisor(ClientHoldMixin):
                 f"<backingStore><path>{esc(base)}</path><format type='{fmt}'/></backingStore></volume>"
             )
             return str(pool.createXML(xml, 0).path())
-
-    def _is_network(self, name: str) -> bool:
-        try:
-            self.conn.networkLookupByName(name)
-            return True
-        except libvirt.libvirtError:
-            return False
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -387,48 +381,6 @@ class LibvirtHypervisor(ClientHoldMixin):
         with libvirt_errors("scanning domains"):
             return [d.name() for d in self.conn.listAllDomains()
                     if any(path == source_file(x) for x in disk_elements(self._xml(d, inactive=True)))]
-
-    # ------------------------------------------------------------------------ network
-
-    def _update_interface(self, domain: str, mac: str, change: Callable[[ET.Element], None]) -> None:
-        dom = self._dom(domain)
-        live = bool(dom.isActive())
-        for inactive in ((False, True) if live else (True,)):
-            root = self._xml(dom, inactive=inactive)
-            iface = _interface(root, mac)
-            if iface is None:
-                raise StepFailed(f"{domain} has no NIC {mac}")
-            change(iface)
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG if inactive else libvirt.VIR_DOMAIN_AFFECT_LIVE
-            with libvirt_errors(f"updating {domain}'s NIC {mac}"):
-                dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), flags)
-
-    def set_link(self, domain: str, mac: str, up: bool) -> None:
-        def change(iface: ET.Element) -> None:
-            link = iface.find("link")
-            if link is None:
-                link = ET.SubElement(iface, "link")
-            link.set("state", "up" if up else "down")
-
-        self._update_interface(domain, mac, change)
-        if up:
-            self._announce(domain)
-
-    def move_nic(self, domain: str, mac: str, network: str) -> None:
-        kind = "network" if self._is_network(network) else "bridge"
-        self._update_interface(domain, mac, lambda iface: _retarget(iface, kind, network))
-        self._announce(domain)
-
-    def _announce(self, domain: str) -> None:
-        """Make the moved NIC announce itself (RARP/GARP) so switches and bridges learn its new
-        port at once instead of when their MAC table ages out. QEMU only; best effort."""
-        try:
-            import libvirt_qemu
-
-            libvirt_qemu.qemuMonitorCommand(self._dom(domain), '{"execute":"announce-self","arguments":'
-                                            '{"initial":50,"max":550,"rounds":5,"step":100}}', 0)
-        except (ImportError, libvirt.libvirtError):
-            pass
 
     # ------------------------------------------------------------------------ chains
 
@@ -544,23 +496,6 @@ class LibvirtHypervisor(ClientHoldMixin):
                 with libvirt_errors(f"updating {dom.name()}'s definition"):
                     self.conn.defineXML(ET.tostring(root, encoding="unicode"))
                 return
-
-
-def _interface(root: ET.Element, mac: str) -> ET.Element | None:
-    for iface in root.findall("./devices/interface"):
-        node = iface.find("mac")
-        if node is not None and node.get("address", "").lower() == mac.lower():
-            return iface
-    return None
-
-
-def _retarget(iface: ET.Element, kind: str, name: str) -> None:
-    iface.set("type", kind)
-    source = iface.find("source")
-    if source is None:
-        source = ET.SubElement(iface, "source")
-    source.attrib.clear()
-    source.set(kind, name)
 
 
 def _suffixed(path: str, twin: str) -> str:

@@ -14,6 +14,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from upgrader.errors import StepFailed
+from upgrader.ports import NicScope
 from upgrader.steps import guest
 from upgrader.steps.base import StepContext
 from upgrader.steps.identity import is_ours
@@ -60,8 +61,9 @@ def given_back(ctx: StepContext) -> bool:
     return all(twin_nics.get(t) != prod_net and old_links.get(m, False) for m, t in pairs)
 
 
-def takeover(ctx: StepContext) -> dict[str, Any]:
-    """Each move is skipped when already in place, so a re-run after a crash repeats nothing."""
+def takeover(ctx: StepContext, *, live_only: bool = False) -> dict[str, Any]:
+    """Each move is skipped when already in place, so a re-run after a crash repeats nothing.
+    `live_only`: the running domains only (the persistent side: `persist`)."""
     hv, plan = ctx.ports.hypervisor, ctx.plan
     _, old_links, twin_nics, pairs = _placement(ctx)
     prod_net = plan.takeover.production_network
@@ -71,14 +73,48 @@ def takeover(ctx: StepContext) -> dict[str, Any]:
     if missing:
         raise StepFailed(f"{plan.twin_name} has no NIC {', '.join(missing)}",
                          hint="the twin was cloned under another takeover strategy; abort and start again")
+    scope = NicScope.LIVE if live_only else NicScope.BOTH
     for mac, _ in pairs:  # the old VM leaves the segment first: never two NICs with one MAC/IP on it
         if old_links.get(mac, True):
-            hv.set_link(plan.source.domain, mac, False)
+            hv.set_link(plan.source.domain, mac, False, scope)
     for _, mac in pairs:
         if twin_nics.get(mac) != prod_net:
-            hv.move_nic(plan.twin_name, mac, prod_net)
+            hv.move_nic(plan.twin_name, mac, prod_net, scope)
     ctx.ports.shells.reset()  # "prod" is the twin from now on
     return {"strategy": plan.takeover.strategy, "macs": [t for _, t in pairs]}
+
+
+def _persisted(ctx: StepContext) -> tuple[list[str], list[str]]:
+    """(old VM's MACs still linked up, twin's MACs not on the production net) in the domains'
+    persistent definitions: what `persist` has left to write."""
+    hv, plan = ctx.ports.hypervisor, ctx.plan
+    _, _, _, pairs = _placement(ctx)
+    old, twin = hv.persistent_nics(plan.source.domain), hv.persistent_nics(plan.twin_name)
+    if old is None or twin is None:
+        raise StepFailed(f"persisting the takeover needs both {plan.source.domain} and {plan.twin_name} defined")
+    prod_net = plan.takeover.production_network
+    return ([m for m, _ in pairs if old.links.get(m, True)],
+            [t for _, t in pairs if twin.nics.get(t) != prod_net])
+
+
+def persist(ctx: StepContext, key: str) -> dict[str, Any]:
+    """After a LIVE-only takeover: write the taken-over placement into the persistent
+    definitions (old VM's links down, the twin's NICs on the production net). Probed by reading
+    those definitions, so a crash between the live move and this step is finished on resume."""
+    plan = ctx.plan
+
+    def run(_: dict[str, Any]) -> dict[str, Any]:
+        links, nics = _persisted(ctx)
+        for mac in links:
+            ctx.ports.hypervisor.set_link(plan.source.domain, mac, False, NicScope.CONFIG)
+        for mac in nics:
+            ctx.ports.hypervisor.move_nic(plan.twin_name, mac, plan.takeover.production_network, NicScope.CONFIG)
+        return {"links": links, "nics": nics}
+
+    def probe(_: dict[str, Any]) -> dict[str, Any] | None:
+        return {"probed": True} if _persisted(ctx) == ([], []) else None
+
+    return ctx.once(key, "persist the takeover in both VMs' definitions", run, probe)
 
 
 def give_back(ctx: StepContext) -> dict[str, Any]:

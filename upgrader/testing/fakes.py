@@ -26,6 +26,7 @@ from upgrader.steps.guest import IS_MARKED_TEMPLATE
 from upgrader.testing.fake_checkpoints import FakeCheckpoints, collect_checkpoints
 from upgrader.testing.fake_client_hold import FakeClientHold, drop_live_holds
 from upgrader.testing.fake_commands import UnexpectedCall, UnexpectedForward, canned_for, own_command
+from upgrader.testing.fake_nics import FakeNics, back_to_definition
 from upgrader.testing.hooks import maybe_pause
 from upgrader.testing.world import DEFAULT_FREE_MEMORY, DEFAULT_MEMORY, World, WorldFile, chains_of, domain_of, effect, is_used, new_world
 
@@ -46,7 +47,7 @@ def _guest_of(world: World, role_network: str) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------- hypervisor
 
 
-class FakeHypervisor(FakeCheckpoints, FakeClientHold):
+class FakeHypervisor(FakeCheckpoints, FakeClientHold, FakeNics):
     def __init__(self, world: WorldFile) -> None:
         self.world = world
 
@@ -155,6 +156,7 @@ class FakeHypervisor(FakeCheckpoints, FakeClientHold):
             dom = domain_of(world, name)
             if dom["running"]:
                 dom["running"] = False
+                back_to_definition(dom)  # live NIC changes not persisted are gone, as in libvirt
                 drop_live_holds(world, name)
                 effect(world, "destroy", domain=name)
         maybe_pause(f"after:destroy:{name}")
@@ -191,21 +193,6 @@ class FakeHypervisor(FakeCheckpoints, FakeClientHold):
                     freed += world["images"].pop(path)["size"]
                     effect(world, "remove_orphan", path=path)
             return freed
-
-    def set_link(self, domain: str, mac: str, up: bool) -> None:
-        with self.world.change() as world:
-            domain_of(world, domain)["links"][mac] = up
-            effect(world, "set_link", domain=domain, mac=mac, up=up)
-        maybe_pause(f"after:set_link:{domain}")
-
-    def move_nic(self, domain: str, mac: str, network: str) -> None:
-        with self.world.change() as world:
-            dom = domain_of(world, domain)
-            if mac not in dom["nics"]:
-                raise StepFailed(f"fake: {domain} has no NIC {mac}")
-            dom["nics"][mac] = network
-            effect(world, "move_nic", domain=domain, mac=mac, network=network)
-        maybe_pause(f"after:move_nic:{network}")
 
     def merge_back(self, domain: str, snapshot: SnapshotInfo) -> int:
         with self.world.change() as world:

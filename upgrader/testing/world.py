@@ -3,7 +3,9 @@ the orchestrator and resume in a new process), changed under an flock and replac
 
 World shape (see `new_world`):
   domains:  name -> {uuid, running, disks{target: path}, nics{mac: network}, links{mac: up}, guest,
-                    autostart, memory}  autostart: host-level, not copied by a clone (like libvirt)
+                    autostart, memory, config?}  autostart: host-level, not copied by a clone (like
+            libvirt); nics/links: live; config {nics, links}: the persistent definition while a
+            LIVE-only change makes it differ (fake_nics.py)
   free_memory: bytes the hypervisor can give a new domain (preflight: the twin's memory must fit)
   images:   path -> {size, backing, checkpoint?}  checkpoint: {name, guest} on a checkpoint overlay,
             the guest's state when it was taken (what a revert to it restores)
