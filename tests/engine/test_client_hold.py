@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from upgrader import app
+from upgrader.events import Notice
 from upgrader.app_status import held_clients_of
 from upgrader.phases import Phase
 from upgrader.ports import client_hold_name
@@ -68,8 +69,27 @@ def test_held_from_before_the_quiesce_until_the_service_answers(tmp_path: Path, 
     no_hold_left(world)
     order = [k for kind, k in keys(tmp_path) if kind == "done"]
     assert order.index("cutover.hold_clients") + 1 == order.index("cutover.quiesce")  # nothing in between
-    assert order.index("cutover.service_back") + 1 == order.index("cutover.release_clients")
+    assert order.index("cutover.service_back") + 2 == order.index("cutover.persist_nics") + 1 == order.index("cutover.release_clients")
     assert record.output("cutover.hold_clients")["macs"] == [MAC]
+
+
+def test_a_hold_that_cannot_be_set_up_fails_open_and_the_cutover_goes_on(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """A NIC with a filter of its own (clean-traffic) cannot be held: the cutover goes on without
+    the hold and says so; the upgrade is not rolled back for it, the NIC's own filter is untouched."""
+    with fake_world.change() as world:
+        world["client_holds"] = {"mailhost": {MAC: "clean-traffic"}}
+    said: list[Notice] = []
+    listen = lambda event: said.append(event) if isinstance(event, Notice) else None  # noqa: E731
+    record = app.start(app.Context(RunStore(tmp_path / "state"), [listen]), app.StartOptions("mailhost", str(fake_plan)))
+    assert record.phase == Phase.COMPLETED
+    hold = record.output("cutover.hold_clients")
+    assert hold["filter"] is None and hold["macs"] == [] and "filter" in hold["skipped"]
+    world = world_of(fake_world)
+    assert world["nwfilters"] == {}  # the run's filter was defined, then dropped again
+    assert world["client_holds"]["mailhost"] == {MAC: "clean-traffic"}
+    assert [n for n in said if n.level == "warning" and "not held during this cutover" in n.text], said
+    assert not [e for e in world["effects"] if e["op"] == "hold_clients"]
 
 
 def test_hold_off_does_nothing(tmp_path: Path, fake_world: WorldFile) -> None:

@@ -59,8 +59,8 @@ def test_only_the_final_rsync_runs_between_the_quiesce_and_the_takeover(tmp_path
     # the key pair swept after the service was back
     keys = [k for k in record.outputs if k.startswith("cutover.")]
     assert keys == ["cutover.sync_open", "cutover.hold_clients", "cutover.quiesce", "cutover.final_sync", "cutover.sync_close",
-                    "cutover.takeover", "cutover.resume", "cutover.service_back", "cutover.release_clients",
-                    "cutover.persist_nics", "cutover.sync_sweep"], keys
+                    "cutover.takeover", "cutover.resume", "cutover.service_back", "cutover.persist_nics",
+                    "cutover.release_clients", "cutover.sync_sweep"], keys
     assert record.output("cutover.final_sync")["key_id"] == record.output("cutover.sync_open")["key_id"]
     closed = record.output("cutover.sync_close")
     assert closed["key_left"] is False and closed["seconds"] >= 0 and closed["swept"] is None

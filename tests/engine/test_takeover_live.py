@@ -89,3 +89,17 @@ def test_persisting_already_written_is_probed_not_redone(
     assert {op: counts[op] for op in NIC_OPS} == {"set_link": 1, "move_nic": 1, "persist_link": 1, "persist_nic": 1}
     outputs = [e for e in journal(cli) if e.get("key") == "cutover.persist_nics" and e.get("kind") == "done"]
     assert len(outputs) == 1 and outputs[0]["outputs"] == {"probed": True}
+
+
+def test_a_twin_that_stopped_before_its_definition_was_written_is_kept_by_a_rollback(
+        tmp_path: Path, fake_world: WorldFile, fake_plan: Path) -> None:
+    """Killed before persist_nics, then the new prod stops: its definition still says staging,
+    but it served on prod (and took mail). A rollback must keep it, not remove it as unmoved."""
+    cli = Cli(tmp_path / "state", tmp_path / "locks")
+    cli.kill_at("begin:cutover.persist_nics", "start", "mailhost", "--plan", str(fake_plan), reached=tmp_path / "r")
+    FakeHypervisor(fake_world).destroy(TWIN)
+    cli.run("rollback", "mailhost", "--yes")
+    world = world_of(fake_world)
+    assert TWIN in world["domains"], "the twin that served on prod was removed"
+    decision = [e for e in journal(cli) if e.get("key") == "rollback.plan" and e.get("kind") == "done"]
+    assert decision and decision[-1]["outputs"]["moved"] is True

@@ -12,6 +12,12 @@ being refused. Established connections pass and drain. "hold" alone means a held
   release_if_held(ctx, key)     every way out (rollback, teardown): release if a hold began and no
                                 release finished (as sweep_sync_keys does for sync keys)
 
+The hold fails open: when it cannot be set up (a NIC with a filter of its own, no iptables on the
+hypervisor, a NIC type nwfilter does not cover), whatever got held is released again, a warning
+says why, and the cutover goes on without it — clients are refused for the window as they were
+before the hold existed. A hold is a refinement of the cutover, never a reason to roll an upgrade
+back.
+
 A hold off (`takeover.hold: []`, or no port to hold) does nothing at all: no filter, no journal
 entry. The filter is named after the run (ports.client_hold_name), so a release never touches
 another run's hold or a NIC's own filter.
@@ -22,7 +28,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from upgrader.errors import StepFailed
+from upgrader.errors import InfraError, StepFailed
+from upgrader.events import Notice
 from upgrader.ports import client_hold_name
 from upgrader.plan_hold import hold_ports
 from upgrader.steps.base import Journal, Outputs, StepContext
@@ -54,9 +61,17 @@ def hold_clients(ctx: StepContext) -> Outputs | None:
             raise StepFailed(f"{domain} has no NIC on {ctx.plan.takeover.production_network} to hold clients on",
                              hint="check takeover.production_network")
         started = time.monotonic()
-        hv.define_client_hold(name, ports)
-        for mac in macs:
-            hv.hold_clients(domain, mac, name)
+        try:
+            hv.define_client_hold(name, ports)
+            for mac in macs:
+                hv.hold_clients(domain, mac, name)
+        except InfraError as exc:
+            undone = _undo_failed_hold(ctx, macs, name)
+            ctx.emit(Notice(f"clients are not held during this cutover: {exc.message}"
+                            + (f" ({exc.hint})" if exc.hint else "") + "; going on without the hold: new "
+                            "connections are refused in the window, as without takeover.hold" + undone, "warning"))
+            return {"filter": None, "ports": list(ports), "macs": [], "skipped": exc.message,
+                    "seconds": round(time.monotonic() - started, 3)}
         return {"filter": name, "ports": list(ports), "macs": macs, "seconds": round(time.monotonic() - started, 3)}
 
     def held_now(_: dict[str, Any]) -> Outputs | None:
@@ -68,6 +83,19 @@ def hold_clients(ctx: StepContext) -> Outputs | None:
 
     return ctx.once(HOLD_KEY, f"hold new connections to {domain}:{', '.join(map(str, ports))}", run, held_now,
                     lambda: {"domain": domain, "ports": list(ports)})
+
+
+def _undo_failed_hold(ctx: StepContext, macs: list[str], name: str) -> str:
+    """Best effort after a hold that failed halfway: release what got held, drop the filter.
+    Returns "" or a note of what is still to undo (the release steps try again later)."""
+    hv, domain = ctx.ports.hypervisor, ctx.plan.source.domain
+    try:
+        for mac in macs:
+            hv.release_clients(domain, mac)
+        hv.undefine_client_hold(name)
+    except InfraError as exc:
+        return f"; undoing it failed too ({exc.message}): it is released again after the cutover"
+    return ""
 
 
 def release_clients(ctx: StepContext, key: str) -> Outputs | None:

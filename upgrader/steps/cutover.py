@@ -41,10 +41,8 @@ class Cutover:
             f"{plan.twin_name}'s NICs onto {plan.takeover.production_network}"
             + (f"; the new prod claims {plan.takeover.address} with gratuitous ARPs" if plan.takeover.strategy == "ip_move" else ""),
             f"resume services on the new prod: {'; '.join(plan.sync.resume) or '(no commands)'}",
-        ] + (["once the service answers: release the client hold"] if hold_ports(plan) else []) + [
-            "persist the takeover in both VMs' definitions (the window changed the running VMs only)",
-            "the sync's key pair removed from the new prod",
-        ]
+            "once the service answers: persist the takeover in both VMs' definitions (the window changed the running VMs only)",
+        ] + (["release the client hold"] if hold_ports(plan) else []) + ["the sync's key pair removed from the new prod"]
 
     def run(self, ctx: StepContext) -> Outcome:
         plan = ctx.plan
@@ -72,8 +70,8 @@ class Cutover:
             moved = {**moved, **claimed}
         run_commands(ctx, "cutover.resume", "prod", list(plan.sync.resume), "resume services")
         back = ctx.once("cutover.service_back", "wait until the service answers at its address", lambda _: service_back(ctx))
-        release_clients(ctx, CUTOVER_RELEASE_KEY)
         takeover.persist(ctx, "cutover.persist_nics")  # the window moved the live domains only
+        release_clients(ctx, CUTOVER_RELEASE_KEY)
         sweep_session(ctx, SWEEP_KEY, "prod")  # the twin now
         out: dict[str, Any] = {"final_sync": final, "takeover": moved, "seconds": round(time.monotonic() - started, 3),
                                "observed_downtime": back.get("downtime")}

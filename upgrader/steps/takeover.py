@@ -104,6 +104,10 @@ def persist(ctx: StepContext, key: str) -> dict[str, Any]:
     plan = ctx.plan
 
     def run(_: dict[str, Any]) -> dict[str, Any]:
+        if not taken_over(ctx):  # a VM restarted since the window: its definition came back live
+            raise StepFailed(f"the takeover no longer holds on the running VMs ({plan.source.domain} linked up or "
+                             f"{plan.twin_name} off the production network); not writing it into their definitions",
+                             hint="a VM was restarted after the window; `upgrader rollback HOST` gives the network back")
         links, nics = _persisted(ctx)
         for mac in links:
             ctx.ports.hypervisor.set_link(plan.source.domain, mac, False, NicScope.CONFIG)
