@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m upgrader.lab.traffic")
     p.add_argument("--host", default=C.SERVICE_IP)
     p.add_argument("--port", type=int, default=C.SMTP_PORT)
-    p.add_argument("--interval", type=float, default=0.05, help="seconds between mails (default 0.05)")
+    p.add_argument("--interval", type=float, default=0.05, help="seconds between mails of the mail loop (default 0.05; 0: no mail loop)")
     p.add_argument("--tcp-interval", type=float, default=0.05, help="seconds between TCP probes (default 0.05 = 20 Hz)")
     p.add_argument("--to", default="alice@mailhost")
     p.add_argument("--sender-interval", type=float, metavar="SECONDS",
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     traffic = Traffic(args.host, args.port, args.interval, args.tcp_interval, args.to, args.log)
     signal.signal(signal.SIGTERM, lambda *_: traffic.stop.set())
     signal.signal(signal.SIGINT, lambda *_: traffic.stop.set())
-    threads = [threading.Thread(target=traffic.mail_loop), threading.Thread(target=traffic.tcp_loop)]
+    threads = [threading.Thread(target=traffic.tcp_loop)]
+    if args.interval > 0:
+        threads.append(threading.Thread(target=traffic.mail_loop))
     if args.sender_interval:
         threads.append(threading.Thread(target=traffic.add_sender(args.sender_interval, args.sender_connect_timeout).run,
                                         args=(traffic.stop,)))
