@@ -48,13 +48,13 @@ class RollbackPlan(BaseModel):
 def decide(ctx: StepContext) -> dict[str, Any]:
     hv, plan = ctx.ports.hypervisor, ctx.plan
     twin = hv.domain(plan.twin_name)
-    # moved: on the production network now, or the takeover began. The window moves the running
-    # VMs only (cutover.persist_nics writes the definitions later), so a twin that stopped before
-    # that reads as "on staging" from its definition although it served, and took mail, on prod:
-    # it must be kept, never torn down as if it had not been moved.
+    # moved: a running twin's live placement tells. The window moves the running VMs only
+    # (cutover.persist_nics writes the definitions later), so a twin that stopped before that reads
+    # as "on staging" from its definition although it may have served, and taken mail, on prod:
+    # once the takeover began, a stopped twin counts as moved and is kept, never torn down.
     moved = twin is not None and is_ours(ctx, plan.twin_name, twin) and (
         any(net == plan.takeover.production_network for net in twin.nics.values())
-        or "cutover.takeover" in ctx.journal.begun)
+        or (not twin.running and "cutover.takeover" in ctx.journal.begun))
     reachable = False
     if moved:
         try:
