@@ -39,7 +39,7 @@ POINTS = [
     ("begin", "upgrade[0]", 0.3, False),
     ("begin", "upgrade[1]", 0.2, False),
     ("begin", "upgrade[2]", 0.5, False),
-    ("begin", "upgrade[3]", 2, True),
+    ("begin", "upgrade[3]", 2, False),  # in CI until 2026-12-02 (the hold point took its place)
     ("begin", "upgrade[4]", 0.5, False),
     ("begin", "upgrade[5]", 0.3, False),
     ("done", "upgrade[5]", 0, False),
