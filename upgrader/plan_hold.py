@@ -13,22 +13,28 @@ port), without prod's SSH port; `[]` turns the hold off. Pure functions, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from upgrader.plan_checks import PlanCheckError
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
 
-MAX_HOLD_PORTS = 32  # one drop rule per port and IP version on the hypervisor, instantiated inside the window
+MAX_HOLD_PORTS = 32  # one drop rule per port on the hypervisor (IPv4), instantiated just before the quiesce
 NETWORK_CHECKS = ("tcp", "smtp", "imap", "http")
+
+
+def prod_network_checks(plan: "Plan") -> list[tuple[str, Any]]:
+    """(kind, spec) of the verify checks that reach prod's own ports (network kinds, no `host:`
+    of their own), in plan order: the hold's default ports, and the service-back probe."""
+    found = [(check.kind, getattr(check, check.kind)) for check in plan.verify_checks if check.kind in NETWORK_CHECKS]
+    return [(kind, spec) for kind, spec in found if spec.host is None]
 
 
 def default_ports(plan: "Plan") -> tuple[int, ...]:
     """The ports of the verify checks that reach prod itself (no `host:`), sorted, without prod's
     SSH port (the orchestrator's own reconnects must never be held)."""
-    specs = [getattr(check, check.kind) for check in plan.verify_checks if check.kind in NETWORK_CHECKS]
-    ports = {int(spec.port) for spec in specs if spec.host is None}
+    ports = {int(spec.port) for _, spec in prod_network_checks(plan)}
     ports.discard(plan.ssh.prod.port)
     return tuple(sorted(ports))
 

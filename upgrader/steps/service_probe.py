@@ -8,25 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from upgrader.plan_hold import prod_network_checks
 from upgrader.ports import Probe
 
 if TYPE_CHECKING:
     from upgrader.plan import Plan
-
-KINDS = ("tcp", "smtp", "imap", "http")
 
 
 def service_probe(plan: "Plan", timeout: float = 120.0) -> Probe | None:
     """The probe for the service's port, or None when `verify` has no such check. Banners are
     matched by their protocol's default pattern (the check's own `expect` is verify's business);
     HTTP asks for the check's path and status."""
-    for check in plan.verify_checks:
-        if check.kind not in KINDS:
-            continue
-        spec = getattr(check, check.kind)
-        if spec.host is not None:
-            continue
-        if check.kind == "http":
-            return Probe(kind="http", port=spec.port, path=spec.path, status=spec.status, timeout=timeout)
-        return Probe(kind=check.kind, port=spec.port, timeout=timeout)
-    return None
+    checks = prod_network_checks(plan)
+    if not checks:
+        return None
+    kind, spec = checks[0]
+    if kind == "http":
+        return Probe(kind="http", port=spec.port, path=spec.path, status=spec.status, timeout=timeout)
+    return Probe(kind=kind, port=spec.port, timeout=timeout)
