@@ -20,8 +20,10 @@ longest TCP outage and refused SMTP deliveries, the sender's refused and failed 
 longest delay of one delivery, and messages lost (accepted but not on the new prod: seeded + new +
 those accepted during the cutover, the sender's included). With the client hold on (the default
 of the plan; `--hold off` runs with `takeover.hold: []`) also `held_s`: from the hold in place
-(hold_clients done) until the service answers — it must stay under ~0.9 s (a SYN is
-retransmitted at +1 s, then +3 s). Needs root; brings the lab up.
+(hold_clients done) until the service answers. It is a lower bound of how long clients were held:
+libvirt may drop SYNs already during hold_clients' own ~0.6 s; what decides the delays (a SYN is
+retransmitted at +1 s, then +3 s) is the sender's longest delay, measured on the client side.
+Needs root; brings the lab up.
 """
 
 from __future__ import annotations

@@ -172,8 +172,9 @@ class RemoteForwards:
 
 
 def _cancel(transport: paramiko.Transport | None, forward: RemoteForward) -> bool:
-    """cancel-tcpip-forward, answered (not paramiko's cancel_port_forward: it does not wait, and
-    it drops the transport's one handler, which the other forwards still need)."""
+    """cancel-tcpip-forward, answered and bounded (not paramiko's cancel_port_forward: it waits
+    for the answer without a timeout, and it drops the transport's one handler, which the other
+    forwards still need)."""
     if transport is None or not transport.is_active():
         return True  # the listener went with the connection
     try:
